@@ -1,0 +1,82 @@
+"""Tiny *random* StableDiffusionPipeline folders, for unit tests (diffusers' ``get_dummy_components`` habit).
+
+The parts have the real architectures (AutoencoderKL with downsampling factor 8 and 4 latent channels,
+UNet2DConditionModel, DDIM, a BertModel text encoder with MiniLM's tokenizer) at toy widths, random
+weights. Images are noise-like but every tensor has the real shapes, so protocols, the channel and
+accounting can be exercised in seconds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from transformers import BertConfig, BertModel, BertTokenizerFast
+
+from shared.model_loader import MegConfig, minilm_dir
+
+
+def build_random_pipeline(seed: int = 0, image_size: int = 32, hidden: int = 32) -> tuple[StableDiffusionPipeline, MegConfig]:
+    """Build a toy pipeline: images ``[3, image_size, image_size]``, latents ``[4, image_size/8, image_size/8]``,
+    prompt embeddings ``[max_tokens, hidden]``."""
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=image_size // 8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        norm_num_groups=8,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=hidden,
+        attention_head_dim=4,
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(8, 8, 16, 16),
+        layers_per_block=1,
+        norm_num_groups=8,
+        latent_channels=4,
+        sample_size=image_size,
+    )
+    tokenizer = BertTokenizerFast.from_pretrained(minilm_dir(), local_files_only=True)
+    text_encoder = BertModel(
+        BertConfig(
+            vocab_size=tokenizer.vocab_size,
+            hidden_size=hidden,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=37,
+            max_position_embeddings=64,
+        ),
+    )
+    scheduler = DDIMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False,
+        steps_offset=1,
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    meg = MegConfig(max_tokens=8, es_steps=4, ue_steps=2, guidance=2.0, image_size=image_size)
+    return pipe, meg
+
+
+def save_random_pipeline(folder: str | Path, seed: int = 0, image_size: int = 32) -> Path:
+    """Write a toy pipeline folder loadable by :func:`shared.model_loader.load_pipeline`."""
+    folder = Path(folder)
+    pipe, meg = build_random_pipeline(seed=seed, image_size=image_size)
+    pipe.save_pretrained(folder, safe_serialization=True)
+    meg.write(folder)
+    return folder
