@@ -1,0 +1,16 @@
+"""Common code of the MEG processes: schema (``pb``), tensors on the air, channel math, protocols, models.
+
+Importing it makes every Hugging Face library offline for this process (nothing is downloaded at run
+time, ever) and quiets their import-time chatter; both can be overridden from the environment.
+"""
+
+import os
+
+for _key, _value in {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "DIFFUSERS_VERBOSITY": "error",
+}.items():
+    os.environ.setdefault(_key, _value)

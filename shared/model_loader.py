@@ -15,15 +15,10 @@ import os
 from dataclasses import dataclass, asdict, fields
 from pathlib import Path
 
+import diffusers
 import torch
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-
-import diffusers  # noqa: E402
-import transformers  # noqa: E402
-from diffusers import DDIMScheduler, StableDiffusionPipeline  # noqa: E402
+import transformers
+from diffusers import DDIMScheduler, StableDiffusionPipeline
 
 diffusers.logging.set_verbosity_error()
 diffusers.logging.disable_progress_bar()
@@ -41,14 +36,15 @@ class MegConfig:
     ``max_tokens`` caps the tokenizer length (the prompt embedding is ``[1, max_tokens, hidden]``;
     ``None`` keeps the tokenizer's own, 77 for SD-v1.5's CLIP);
     ``es_steps``/``ue_steps`` are the DDIM steps of the ES and of the UE's weaker budget (Full-UE, ESUC
-    completer); ``guidance`` is the classifier-free guidance scale; ``image_size`` is the side in pixels.
+    completer); ``guidance`` is the classifier-free guidance scale; ``image_size`` is the side in pixels (``None``:
+    the UNet's sample size times the VAE's downsampling factor).
     """
 
     max_tokens: int | None = None
     es_steps: int = 25
     ue_steps: int = 6
     guidance: float = 3.0
-    image_size: int = 64
+    image_size: int | None = None
 
     @classmethod
     def read(cls, folder: Path) -> "MegConfig":

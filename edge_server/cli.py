@@ -1,0 +1,79 @@
+"""``meg-edge``: the edge server daemon and its model tools."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+import tomllib
+from dataclasses import fields
+from pathlib import Path
+
+from edge_server.settings import EdgeSettings
+
+
+def _settings(args: argparse.Namespace) -> EdgeSettings:
+    values: dict[str, object] = {}
+    if args.config:
+        values.update(tomllib.loads(Path(args.config).read_text()).get("edge", {}))
+    for f in fields(EdgeSettings):
+        flag = getattr(args, f.name, None)
+        if flag is not None:
+            values[f.name] = flag
+    unknown = set(values) - {f.name for f in fields(EdgeSettings)}
+    if unknown:
+        raise ValueError(f"unknown settings in [edge]: {sorted(unknown)}")
+    return EdgeSettings(**values)  # type: ignore[arg-type]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="meg-edge", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the edge server daemon")
+    serve.add_argument("--listen", help="HOST:PORT to bind (port 0 = any free port; default 127.0.0.1:50051)")
+    serve.add_argument("--model", help="StableDiffusionPipeline folder (default: the embedded meg-tiny)")
+    serve.add_argument("--device", choices=["auto", "cpu", "cuda"], help="auto = CUDA fp16 when present")
+    serve.add_argument("--max-concurrency", type=int, help="generations at once (default 2)")
+    serve.add_argument("--grace-s", type=float, help="drain time on SIGTERM/SIGINT (default 10)")
+    serve.add_argument("--config", help="TOML file with an [edge] table; flags override it")
+
+    rnd = sub.add_parser("make-random-model", help="write a tiny random pipeline folder (tests, demos without weights)")
+    rnd.add_argument("out")
+    rnd.add_argument("--seed", type=int, default=0)
+    rnd.add_argument("--image-size", type=int, default=32)
+
+    sub.add_parser("train-model", help="train meg-tiny (see --help of the subcommand)", add_help=False)
+    sub.add_parser("eval-model", help="evaluate a model (see --help of the subcommand)", add_help=False)
+
+    args, rest = parser.parse_known_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.command == "train-model":
+        from edge_server.train_model import main as train_main
+
+        return train_main(rest)
+    if args.command == "eval-model":
+        from edge_server.eval_model import main as eval_main
+
+        return eval_main(rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.command == "make-random-model":
+        from shared.random_pipeline import save_random_pipeline
+
+        print(save_random_pipeline(args.out, seed=args.seed, image_size=args.image_size))
+        return 0
+    try:
+        settings = _settings(args)
+        from edge_server.server import serve as serve_forever
+
+        asyncio.run(serve_forever(settings))
+    except (OSError, ValueError, RuntimeError) as exc:
+        print(f"meg-edge: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

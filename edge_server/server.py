@@ -1,0 +1,48 @@
+"""The edge daemon: ``create_server(settings) -> (server, port)`` as in grpc's own examples."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import grpc
+
+from edge_server.servicer import EdgeServicer
+from edge_server.settings import EdgeSettings
+from shared.grpc_util import add_health_and_reflection, message_options, serve_until_signal, set_serving
+from shared.model_ops import ModelParts
+from shared.pb import edge_pb2, edge_pb2_grpc
+
+log = logging.getLogger("meg.edge")
+SERVICE_NAME = edge_pb2.DESCRIPTOR.services_by_name["EdgeService"].full_name
+
+
+async def create_server(settings: EdgeSettings, parts: ModelParts | None = None) -> tuple[grpc.aio.Server, int, object]:
+    """Load the model (unless given), build and start the server. Returns ``(server, port, health)``.
+
+    The health service reports SERVING for ``""`` and ``meg.v1.EdgeService`` once the model is loaded.
+    Bind ``HOST:0`` to get a free port.
+    """
+    if parts is None:
+        parts = await asyncio.to_thread(ModelParts.load, settings.model, settings.device)
+    server = grpc.aio.server(options=message_options(settings.max_message_bytes))
+    edge_pb2_grpc.add_EdgeServiceServicer_to_server(EdgeServicer(parts, settings), server)
+    health = add_health_and_reflection(server, [SERVICE_NAME])
+    port = server.add_insecure_port(settings.listen)
+    if port == 0:
+        raise OSError(f"could not listen on {settings.listen}")
+    await server.start()
+    await set_serving(health, [SERVICE_NAME])
+    g = parts.geometry
+    log.info(
+        "meg-edge serving %s on port %d (device %s, image %d², latent %d×%d², cond %d×%d)",
+        parts.name, port, parts.device, g.image_size, g.latent_channels, g.latent_size, g.max_tokens, g.embed_dim,
+    )
+    return server, port, health
+
+
+async def serve(settings: EdgeSettings) -> None:
+    server, port, health = await create_server(settings)
+    print(f"meg-edge listening on port {port}", flush=True)
+    await serve_until_signal(server, health, settings.grace_s)
+    log.info("meg-edge stopped")

@@ -1,0 +1,143 @@
+"""The edge service: deserialise and check -> run the protocol segment -> serialise. No per-protocol code."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+
+import grpc
+import torch
+
+from edge_server.settings import EdgeSettings
+from shared import air
+from shared.model_ops import DeadlineExceeded, ModelOps, ModelParts, Params
+from shared.pb import edge_pb2, edge_pb2_grpc
+from shared.protocols import PROTOCOLS, TEXT_KEYS, TASKS, ProtocolError, Segment, get_protocol, plan, run_segment
+
+log = logging.getLogger("meg.edge")
+
+
+class RequestError(ValueError):
+    """A request a person must fix: becomes INVALID_ARGUMENT with this message."""
+
+
+def check_params(p: edge_pb2.GenerationParams) -> Params:
+    """Validate generation parameters; raises :class:`RequestError`."""
+    checks = [
+        (p.steps <= 1000, f"steps must be at most 1000, got {p.steps}"),
+        (math.isfinite(p.guidance) and 0 <= p.guidance <= 50, f"guidance must be in [0, 50], got {p.guidance}"),
+        (math.isfinite(p.fc) and 0 <= p.fc <= 1, f"fc must be in (0, 1] (0 = default), got {p.fc}"),
+        (math.isfinite(p.strength) and 0 <= p.strength <= 1, f"strength must be in [0, 1], got {p.strength}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise RequestError(message)
+    return Params(seed=p.seed, steps=p.steps, guidance=p.guidance, fc=p.fc, strength=p.strength)
+
+
+def check_segment(request: edge_pb2.SegmentRequest) -> Segment:
+    """The ES segment this request asks for; raises :class:`RequestError`."""
+    task = request.task or "txt2img"
+    if task not in TASKS:
+        raise RequestError(f"unknown task {task!r}; known: {', '.join(TASKS)}")
+    try:
+        _, stages = get_protocol(request.protocol, task)
+    except ProtocolError as exc:
+        raise RequestError(str(exc)) from None
+    segments = plan(stages, task)  # type: ignore[arg-type]
+    if request.segment >= len(segments) or segments[request.segment].actor != "ES":
+        es_segments = [s.index for s in segments if s.actor == "ES"]
+        raise RequestError(
+            f"segment {request.segment} of {request.protocol.upper()} is not an ES segment; ES segments: {es_segments}"
+        )
+    return segments[request.segment]
+
+
+class EdgeServicer(edge_pb2_grpc.EdgeServiceServicer):
+    """Thin: every protocol goes through :meth:`RunSegment` and :func:`shared.protocols.run_segment`."""
+
+    def __init__(self, parts: ModelParts, settings: EdgeSettings) -> None:
+        self.parts = parts
+        self.settings = settings
+        self._slots = asyncio.Semaphore(settings.max_concurrency)
+
+    async def Describe(
+        self, request: edge_pb2.DescribeRequest, context: grpc.aio.ServicerContext
+    ) -> edge_pb2.DescribeResponse:
+        g = self.parts.geometry
+        return edge_pb2.DescribeResponse(
+            model=self.parts.name,
+            image_size=g.image_size,
+            latent_channels=g.latent_channels,
+            latent_size=g.latent_size,
+            max_tokens=g.max_tokens,
+            embed_dim=g.embed_dim,
+            protocols=list(PROTOCOLS),
+            device=str(self.parts.device),
+        )
+
+    def _workspace(self, request: edge_pb2.SegmentRequest, segment: Segment) -> dict[str, object]:
+        """Decode and check what the UE sent against what the segment receives."""
+        expected = {k for k in segment.receives if k not in TEXT_KEYS}
+        names = [t.name for t in request.tensors]
+        if len(set(names)) != len(names):
+            raise RequestError(f"tensor names repeat: {names}")
+        if set(names) != expected:
+            raise RequestError(
+                f"{request.protocol.upper()} segment {segment.index} expects tensors {sorted(expected)}, got {sorted(names)}"
+            )
+        workspace: dict[str, object] = {}
+        for t in request.tensors:
+            try:
+                workspace[t.name] = air.from_air(t, self.parts.geometry.shape_of(t.name))
+            except air.TensorError as exc:
+                raise RequestError(str(exc)) from None
+        if "prompt" in segment.receives:
+            prompt = request.prompt.strip()
+            if not prompt:
+                raise RequestError("the prompt is empty; say what to draw")
+            if len(prompt) > self.settings.max_prompt_chars:
+                raise RequestError(
+                    f"the prompt has {len(prompt)} characters; the limit is {self.settings.max_prompt_chars}"
+                )
+            workspace["prompt"] = prompt
+        elif request.prompt:
+            raise RequestError(f"{request.protocol.upper()} does not send the prompt text to the ES at this segment")
+        return workspace
+
+    async def RunSegment(
+        self, request: edge_pb2.SegmentRequest, context: grpc.aio.ServicerContext
+    ) -> edge_pb2.SegmentResponse:
+        try:
+            segment = check_segment(request)
+            params = check_params(request.params)
+            workspace = self._workspace(request, segment)
+        except RequestError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        remaining = context.time_remaining()
+        budget = self.settings.default_deadline_s if remaining is None else remaining
+        deadline = time.monotonic() + budget
+        ops = ModelOps(self.parts, params, deadline)
+        try:
+            await asyncio.wait_for(self._slots.acquire(), timeout=max(budget, 0.001))
+        except TimeoutError:
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "no generation slot freed before the deadline")
+        started = time.perf_counter()
+        try:
+            out = await asyncio.to_thread(run_segment, segment, workspace, ops)
+        except DeadlineExceeded as exc:
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
+        finally:
+            self._slots.release()
+        seconds = time.perf_counter() - started
+        log.info(
+            "%s %s seg %d req %s: %.2fs", request.protocol.upper(), request.task or "txt2img",
+            segment.index, request.request_id or "-", seconds,
+        )
+        return edge_pb2.SegmentResponse(
+            tensors=[air.to_air(k, v) for k, v in out.items() if isinstance(v, torch.Tensor)],
+            uplink_seen=[t.applied for t in request.tensors if t.HasField("applied")],
+            es_seconds=seconds,
+        )

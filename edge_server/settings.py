@@ -1,0 +1,19 @@
+"""Edge server settings: flags, optionally a TOML file (``[edge]`` table) underneath them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from shared.grpc_util import DEFAULT_MAX_MESSAGE_BYTES
+
+
+@dataclass(frozen=True)
+class EdgeSettings:
+    listen: str = "127.0.0.1:50051"
+    model: str | None = None  # StableDiffusionPipeline folder; None = embedded meg-tiny
+    device: str = "auto"  # auto | cpu | cuda
+    max_concurrency: int = 2  # generations run at once; the rest wait (bounded by their deadline)
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    max_prompt_chars: int = 1000
+    default_deadline_s: float = 300.0  # applied when a client sends no deadline
+    grace_s: float = 10.0  # drain time on SIGTERM/SIGINT
