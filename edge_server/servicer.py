@@ -14,7 +14,9 @@ from edge_server.settings import EdgeSettings
 from shared import air
 from shared.model_ops import DeadlineExceeded, ModelOps, ModelParts, Params
 from shared.pb import edge_pb2, edge_pb2_grpc
-from shared.protocols import PROTOCOLS, TEXT_KEYS, TASKS, ProtocolError, Segment, get_protocol, plan, run_segment
+from shared.protocols import (
+    PROTOCOLS, TASKS, TEXT_KEYS, ProtocolError, Segment, check_prompt, get_protocol, plan, run_segment,
+)
 
 log = logging.getLogger("meg.edge")
 
@@ -95,14 +97,10 @@ class EdgeServicer(edge_pb2_grpc.EdgeServiceServicer):
             except air.TensorError as exc:
                 raise RequestError(str(exc)) from None
         if "prompt" in segment.receives:
-            prompt = request.prompt.strip()
-            if not prompt:
-                raise RequestError("the prompt is empty; say what to draw")
-            if len(prompt) > self.settings.max_prompt_chars:
-                raise RequestError(
-                    f"the prompt has {len(prompt)} characters; the limit is {self.settings.max_prompt_chars}"
-                )
-            workspace["prompt"] = prompt
+            try:
+                workspace["prompt"] = check_prompt(request.prompt, self.settings.max_prompt_chars)
+            except ProtocolError as exc:
+                raise RequestError(str(exc)) from None
         elif request.prompt:
             raise RequestError(f"{request.protocol.upper()} does not send the prompt text to the ES at this segment")
         return workspace

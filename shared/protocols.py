@@ -80,6 +80,43 @@ PROTOCOLS: dict[str, ProtocolSpec] = {
     spec.name: spec
     for spec in (
         ProtocolSpec(
+            "FULL-ES",
+            "centralized: the prompt goes up, the ES generates, the image pixels come down",
+            {
+                "txt2img": (
+                    es("encode_prompt", "prompt", "cond"),
+                    es("denoise", "cond", "latent"),
+                    es("decode", "latent", "image"),
+                ),
+            },
+        ),
+        ProtocolSpec(
+            "UIEG",
+            "UE infers the task seed, ES generates the image and sends the pixels down",
+            {
+                "txt2img": (
+                    ue("encode_prompt", "prompt", "cond"),
+                    ue("compress", "cond", "task_seed"),
+                    es("decompress_cond", "task_seed", "cond"),
+                    es("denoise", "cond", "latent"),
+                    es("decode", "latent", "image"),
+                ),
+            },
+        ),
+        ProtocolSpec(
+            "EIUG",
+            "ES infers the latent from the prompt and sends its seed, UE decodes the image",
+            {
+                "txt2img": (
+                    es("encode_prompt", "prompt", "cond"),
+                    es("denoise", "cond", "latent"),
+                    es("compress", "latent", "seed"),
+                    ue("decompress_latent", "seed", "latent"),
+                    ue("decode", "latent", "image"),
+                ),
+            },
+        ),
+        ProtocolSpec(
             "CIAG",
             "UE encodes the task seed, ES denoises, UE decodes the seed (co-inference)",
             {
@@ -96,6 +133,20 @@ PROTOCOLS: dict[str, ProtocolSpec] = {
         ),
     )
 }
+
+
+#: Longest prompt accepted, in characters (the tokenizer keeps only its first tokens anyway).
+MAX_PROMPT_CHARS = 1000
+
+
+def check_prompt(prompt: str, max_chars: int = MAX_PROMPT_CHARS) -> str:
+    """The stripped prompt, or :class:`ProtocolError` if it is empty or longer than ``max_chars``."""
+    text = prompt.strip()
+    if not text:
+        raise ProtocolError("the prompt is empty; say what to draw")
+    if len(text) > max_chars:
+        raise ProtocolError(f"the prompt has {len(text)} characters; the limit is {max_chars}")
+    return text
 
 
 def get_protocol(name: str, task: str) -> tuple[ProtocolSpec, tuple[Stage, ...]]:

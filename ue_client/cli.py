@@ -8,7 +8,7 @@ import sys
 
 import grpc
 
-from shared.protocols import PROTOCOLS, TASKS
+from shared.protocols import PROTOCOLS, TASKS, check_prompt
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -16,9 +16,7 @@ def _generate(args: argparse.Namespace) -> int:
     from shared.model_ops import ModelParts, Params
     from ue_client.session import EdgeClient, check_geometry, generate
 
-    prompt = args.prompt.strip()
-    if not prompt:
-        raise ValueError("the prompt is empty; say what to draw")
+    prompt = check_prompt(args.prompt)
     parts = ModelParts.load(args.model, args.device)
     image_in = load_png(args.image, parts.geometry.image_size) if args.image else None
     with EdgeClient(args.via, timeout_s=args.timeout) as client:

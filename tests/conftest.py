@@ -1,0 +1,70 @@
+"""Fixtures: tiny random models (diffusers' get_dummy_components habit), real servers on free ports."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+import pytest  # noqa: E402
+
+from shared.random_pipeline import save_random_pipeline  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def random_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random StableDiffusionPipeline folder (32×32 images, 4×4×4 latents)."""
+    return save_random_pipeline(tmp_path_factory.mktemp("random-model") / "pipe", seed=0, image_size=32)
+
+
+class BackgroundLoop:
+    """An asyncio loop in a thread, for running grpc.aio servers beside synchronous test code."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, coro: object, timeout: float = 120.0) -> object:
+        fut: Future = asyncio.run_coroutine_threadsafe(coro, self.loop)  # type: ignore[arg-type]
+        return fut.result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+@dataclass
+class Stack:
+    """An ES and a channel proxy in front of it, in this process, on free loopback ports."""
+
+    es_addr: str
+    proxy_addr: str
+    link: object
+    parts: object
+
+
+@pytest.fixture(scope="module")
+def inproc_stack(random_model_dir: Path) -> Iterator[Stack]:
+    from channel_emulator.link import Link
+    from channel_emulator.proxy import create_proxy
+    from edge_server.server import create_server
+    from edge_server.settings import EdgeSettings
+    from shared.model_ops import ModelParts
+
+    parts = ModelParts.load(str(random_model_dir), "cpu")
+    bg = BackgroundLoop()
+    es, es_port, _ = bg.run(create_server(EdgeSettings(listen="127.0.0.1:0", max_message_bytes=4 * 1024 * 1024), parts))  # type: ignore[misc]
+    link = Link()
+    proxy, proxy_port, _ = bg.run(create_proxy("127.0.0.1:0", f"127.0.0.1:{es_port}", link))  # type: ignore[misc]
+    yield Stack(f"127.0.0.1:{es_port}", f"127.0.0.1:{proxy_port}", link, parts)
+    bg.run(proxy.stop(1))
+    bg.run(es.stop(1))
+    bg.close()

@@ -1,0 +1,40 @@
+import pytest
+
+from shared.protocols import PROTOCOLS, ProtocolError, check_prompt, get_protocol, plan
+
+
+def test_ciag_plan_is_derived_from_the_stages() -> None:
+    _, stages = get_protocol("ciag", "txt2img")
+    segments = plan(stages, "txt2img")
+    assert [s.actor for s in segments] == ["UE", "ES", "UE"]
+    assert segments[0].receives == () and segments[0].returns == ("task_seed",)
+    assert segments[1].receives == ("task_seed",) and segments[1].returns == ("seed",)
+    assert segments[2].receives == ("seed",)
+
+
+@pytest.mark.parametrize(
+    "name, up, down",
+    [("FULL-ES", ("prompt",), ("image",)), ("UIEG", ("task_seed",), ("image",)),
+     ("EIUG", ("prompt",), ("seed",)), ("CIAG", ("task_seed",), ("seed",))],
+)
+def test_what_crosses_each_protocol(name: str, up: tuple[str, ...], down: tuple[str, ...]) -> None:
+    _, stages = get_protocol(name, "txt2img")
+    es = [s for s in plan(stages, "txt2img") if s.actor == "ES"]
+    assert len(es) == 1
+    assert es[0].receives == up and es[0].returns == down
+
+
+def test_unknown_protocol_and_task() -> None:
+    with pytest.raises(ProtocolError, match="unknown protocol 'XYZ'"):
+        get_protocol("XYZ", "txt2img")
+    with pytest.raises(ProtocolError, match="no 'img2img' variant"):
+        get_protocol("CIAG", "img2img")
+    assert "CIAG" in PROTOCOLS
+
+
+def test_prompt_checks() -> None:
+    assert check_prompt("  a red circle ") == "a red circle"
+    with pytest.raises(ProtocolError, match="empty"):
+        check_prompt("   ")
+    with pytest.raises(ProtocolError, match="limit is 1000"):
+        check_prompt("x" * 1001)
