@@ -12,71 +12,160 @@ import sys
 import grpc
 from google.protobuf.json_format import MessageToDict
 
-from channel_emulator.link import Link
-from shared.channel import ChannelConfigError, make_model
-from shared.grpc_util import serve_until_signal
+from shared.channel import IDEAL, ChannelConfigError, ChannelProfile, load_profiles
+from shared.grpc_util import serve_until_signal, split_hostport
 from shared.pb import channel_pb2, channel_pb2_grpc
 
 CONTROL_DEADLINE_S = 10.0
 
 
+def _upstreams(values: list[str]) -> dict[str, str]:
+    """``[NAME=]HOST:PORT`` items -> {name: address}; unnamed ones are es0, es1, ..."""
+    out: dict[str, str] = {}
+    for i, value in enumerate(values):
+        name, sep, addr = value.rpartition("=")
+        name = name if sep else f"es{i}"
+        split_hostport(addr)
+        if name in out:
+            raise ValueError(f"upstream name {name!r} given twice")
+        out[name] = addr
+    return out
+
+
+def _direction_profile(args: argparse.Namespace, direction: str, book: object) -> ChannelProfile:
+    named = getattr(args, f"{direction}_profile")
+    if named:
+        return book.get(named)  # type: ignore[attr-defined]
+    snr = getattr(args, f"{direction}_snr_db")
+    snr = args.snr_db if snr is None else snr
+    if snr is None:
+        return IDEAL
+    return ChannelProfile(model=args.model, snr_db=snr, coherence_symbols=args.coherence, k_factor=args.k_factor,
+                          csi_error=args.csi_error)
+
+
 async def _serve(args: argparse.Namespace) -> None:
+    from channel_emulator.link import LinkTable
     from channel_emulator.proxy import create_proxy
 
-    def model(snr: float | None) -> object:
-        return make_model("ideal", math.inf) if snr is None else make_model(args.model, snr)
-
-    link = Link(
-        uplink=model(args.uplink_snr_db if args.uplink_snr_db is not None else args.snr_db),
-        downlink=model(args.downlink_snr_db if args.downlink_snr_db is not None else args.snr_db),
-        seed=args.seed,
-    )
-    server, port, health = await create_proxy(args.listen, args.upstream, link)
+    book = load_profiles(args.profiles)
+    table = LinkTable(book, _direction_profile(args, "uplink", book), _direction_profile(args, "downlink", book), args.seed)
+    server, port, health = await create_proxy(args.listen, _upstreams(args.upstream), table)
     print(f"meg-channel listening on port {port}", flush=True)
     await serve_until_signal(server, health, args.grace_s)
+
+
+def _fmt_profile(p: dict[str, object]) -> str:
+    name = f"{p.get('name')}: " if p.get("name") else ""
+    model = str(p.get("model", ""))
+    if model == "ideal":
+        return f"{name}ideal"
+    extra = ""
+    if model in ("rayleigh", "rician"):
+        extra += f", coherence {p.get('coherence_symbols', 0)} symbols"
+    if model == "rician":
+        extra += f", K {p.get('k_factor')}"
+    if p.get("csi_error"):
+        extra += f", CSI error {p.get('csi_error')}"
+    return f"{name}{model} {p.get('snr_db')} dB{extra}"
+
+
+def _print(command: str, data: dict[str, object]) -> None:
+    if command == "profiles":
+        for p in data.get("profiles", []):  # type: ignore[union-attr]
+            print(_fmt_profile(p))
+    elif command == "stats":
+        print(f"{'link':16s} {'dir':8s} {'rpcs':>5s} {'tx':>5s} {'symbols':>10s} {'bytes':>10s} {'snr dB':>7s} {'energy':>10s}")
+        for e in data.get("entries", []):  # type: ignore[union-attr]
+            snr = e.get("mean_snr_db")
+            snr_s = f"{snr:7.2f}" if isinstance(snr, float) and math.isfinite(snr) else "      -"
+            print(f"{e['link']:16s} {e['direction']:8s} {int(e['rpcs']):5d} {int(e['transmissions']):5d} "
+                  f"{int(e['symbols']):10d} {int(e['payload_bytes']):10d} {snr_s} {float(e['energy']):10.1f}")
+    elif command == "csi":
+        print(json.dumps(data))
+    else:
+        print(f"upstreams: {', '.join(data.get('upstreams', []))}")  # type: ignore[arg-type]
+        for ls in [data["default"], *data.get("links", [])]:  # type: ignore[list-item]
+            print(f"{ls['link']:16s} uplink   {_fmt_profile(ls['uplink'])}")
+            print(f"{'':16s} downlink {_fmt_profile(ls['downlink'])}")
 
 
 def _control(args: argparse.Namespace) -> int:
     with grpc.insecure_channel(args.via) as channel:
         stub = channel_pb2_grpc.ChannelControlStub(channel)
-        if args.command == "show":
-            reply = stub.GetChannel(channel_pb2.GetChannelRequest(), timeout=CONTROL_DEADLINE_S)
+        t = CONTROL_DEADLINE_S
+        if args.command == "profiles":
+            reply = stub.ListProfiles(channel_pb2.ListProfilesRequest(), timeout=t)
+        elif args.command == "show":
+            reply = stub.GetChannel(channel_pb2.GetChannelRequest(), timeout=t)
         elif args.command == "stats":
-            reply = stub.GetStats(channel_pb2.GetStatsRequest(), timeout=CONTROL_DEADLINE_S)
+            reply = stub.GetStats(channel_pb2.GetStatsRequest(), timeout=t)
+        elif args.command == "reset":
+            reply = stub.ResetChannel(channel_pb2.ResetChannelRequest(stats=args.stats), timeout=t)
+        elif args.command == "csi":
+            reply = stub.GetCSI(channel_pb2.CSIRequest(link=args.link, direction=args.direction, blocks=args.blocks), timeout=t)
         else:
-            setting = channel_pb2.DirectionSettings(model=args.model, snr_db=args.snr_db)
-            dirs = ["uplink", "downlink"] if args.direction == "both" else [args.direction]
-            reply = stub.SetChannel(channel_pb2.SetChannelRequest(**{d: setting for d in dirs}), timeout=CONTROL_DEADLINE_S)
+            req = channel_pb2.SetChannelRequest(link=args.link, direction=args.direction)
+            if args.profile:
+                req.profile = args.profile
+            elif args.snr_db is not None:
+                req.custom.CopyFrom(channel_pb2.Profile(model=args.model, snr_db=args.snr_db, coherence_symbols=args.coherence,
+                                                        k_factor=args.k_factor, csi_error=args.csi_error))
+            else:
+                raise ValueError("set needs a PROFILE name or --snr-db")
+            reply = stub.SetChannel(req, timeout=t)
     data = MessageToDict(reply, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
     if args.json:
         print(json.dumps(data))
     else:
-        for direction, values in data.items():
-            print(f"{direction:9s} " + "  ".join(f"{k}={v}" for k, v in values.items()))
+        _print(args.command, data)
     return 0
+
+
+def _custom_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="awgn", help="ideal | awgn | rayleigh | rician (default awgn)")
+    p.add_argument("--coherence", type=int, default=256, help="fading block length in symbols (default 256)")
+    p.add_argument("--k-factor", type=float, default=0.0, help="Rician K (linear)")
+    p.add_argument("--csi-error", type=float, default=0.0, help="std of the CSI estimation error")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="meg-channel", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="run the channel proxy in front of an edge server")
+    serve = sub.add_parser("serve", help="run the channel proxy in front of one or more edge servers")
     serve.add_argument("--listen", default="127.0.0.1:50052", help="HOST:PORT to bind (port 0 = any free port)")
-    serve.add_argument("--upstream", required=True, help="HOST:PORT of the edge server")
-    serve.add_argument("--snr-db", type=float, help="SNR of both directions (default: ideal link)")
+    serve.add_argument("--upstream", action="append", required=True, metavar="[NAME=]HOST:PORT",
+                       help="an edge server (repeat for several; unnamed ones are es0, es1, ...)")
+    serve.add_argument("--profiles", help="TOML file of named profiles and per-link settings")
+    serve.add_argument("--uplink-profile", help="named profile of every uplink")
+    serve.add_argument("--downlink-profile", help="named profile of every downlink")
+    serve.add_argument("--snr-db", type=float, help="SNR of both directions with --model (default: ideal link)")
     serve.add_argument("--uplink-snr-db", type=float, help="uplink SNR, overrides --snr-db")
     serve.add_argument("--downlink-snr-db", type=float, help="downlink SNR, overrides --snr-db")
-    serve.add_argument("--model", default="awgn", help="channel model when an SNR is given (default awgn)")
-    serve.add_argument("--seed", type=int, default=0, help="seed of the link's noise RNG")
+    _custom_flags(serve)
+    serve.add_argument("--seed", type=int, default=0, help="seed of the links' RNGs")
     serve.add_argument("--grace-s", type=float, default=5.0)
-    for name, help_ in (("show", "print a running proxy's channel settings"), ("stats", "print its counters"),
-                        ("set", "change a direction's channel; applies from the next transmission")):
+    helps = {
+        "profiles": "list the named profiles", "show": "print the links' settings", "stats": "print the counters",
+        "set": "change a link direction; applies from the next transmission", "reset": "back to start-up settings",
+        "csi": "draw and print the CSI of a link direction's next blocks",
+    }
+    for name, help_ in helps.items():
         p = sub.add_parser(name, help=help_)
         p.add_argument("--via", required=True, help="HOST:PORT of the proxy")
         p.add_argument("--json", action="store_true")
         if name == "set":
             p.add_argument("direction", choices=["uplink", "downlink", "both"])
-            p.add_argument("--model", default="awgn")
-            p.add_argument("--snr-db", type=float, required=True)
+            p.add_argument("profile", nargs="?", help="a named profile (or give --snr-db and the model flags)")
+            p.add_argument("--link", default="", help="UE->ES link (default: every link and the default)")
+            p.add_argument("--snr-db", type=float)
+            _custom_flags(p)
+        if name == "reset":
+            p.add_argument("--stats", action="store_true", help="also zero the counters")
+        if name == "csi":
+            p.add_argument("--link", default="ue->es0")
+            p.add_argument("--direction", default="downlink", choices=["uplink", "downlink"])
+            p.add_argument("--blocks", type=int, default=4)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
@@ -85,8 +174,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         return _control(args)
     except grpc.RpcError as exc:
-        code = exc.code()  # type: ignore[attr-defined]
-        details = exc.details()  # type: ignore[attr-defined]
+        code, details = exc.code(), exc.details()  # type: ignore[attr-defined]
         if code == grpc.StatusCode.UNAVAILABLE:
             details = f"cannot reach the channel proxy at {args.via}"
         print(f"meg-channel: error: {details}", file=sys.stderr)

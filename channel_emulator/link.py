@@ -1,8 +1,16 @@
-"""What the proxy does to the tensors of one direction of the link, and its counters."""
+"""What the proxy does to the tensors of each link direction, its CSI and its counters.
+
+A *link* is one UE↔ES pair, named ``"UE->ES"``; each has an ``uplink`` (requests) and a ``downlink``
+(responses) :class:`Direction` with its own profile, seeded RNG and counters. Settings changes replace a
+direction's profile atomically (the event loop is single-threaded), so they apply from the next
+transmission and never touch an RPC in flight.
+"""
 
 from __future__ import annotations
 
 import math
+import zlib
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -10,10 +18,11 @@ from google.protobuf.message import Message
 
 from channel_emulator.walker import air_tensors
 from shared import air
-from shared.channel import ChannelModel, make_model, transmit
+from shared.channel import ChannelConfigError, ChannelProfile, ProfileBook, estimate_csi, transmit
 from shared.pb import air_pb2, channel_pb2
 
 DIRECTIONS = ("uplink", "downlink")
+DEFAULT_LINK = "default"
 
 
 @dataclass
@@ -27,61 +36,124 @@ class DirectionCounters:
     snr_count: int = 0
     energy: float = 0.0
 
-    def to_proto(self) -> channel_pb2.DirectionStats:
-        mean = self.snr_sum / self.snr_count if self.snr_count else math.nan
-        return channel_pb2.DirectionStats(
-            transmissions=self.transmissions, symbols=self.symbols, payload_bytes=self.payload_bytes,
-            message_bytes=self.message_bytes, rpcs=self.rpcs, mean_snr_db=mean, energy=self.energy,
-        )
+
+def profile_to_proto(p: ChannelProfile) -> channel_pb2.Profile:
+    return channel_pb2.Profile(name=p.name, model=p.model, snr_db=p.snr_db, coherence_symbols=p.coherence_symbols,
+                               k_factor=p.k_factor, csi_error=p.csi_error)
+
+
+def profile_from_proto(p: channel_pb2.Profile) -> ChannelProfile:
+    """An ad hoc profile from the control RPC (model defaults to AWGN); raises ChannelConfigError."""
+    return ChannelProfile(name=p.name, model=p.model or "awgn", snr_db=p.snr_db, coherence_symbols=p.coherence_symbols,
+                          k_factor=p.k_factor, csi_error=p.csi_error)
 
 
 @dataclass
 class Direction:
-    """One direction of the link: its channel model, seeded RNG and counters."""
+    """One direction of one link."""
 
-    name: str
-    model: ChannelModel
+    profile: ChannelProfile
     rng: np.random.Generator
     counters: DirectionCounters = field(default_factory=DirectionCounters)
+    pending: deque[tuple[float, float]] = field(default_factory=deque)  # (h, reported ĥ) handed out as CSI
 
-    def settings(self) -> channel_pb2.DirectionSettings:
-        return channel_pb2.DirectionSettings(model=self.model.name, snr_db=self.model.snr_db)
+    def csi(self, blocks: int) -> np.ndarray:
+        """Draw the fading of the next ``blocks`` blocks now; the next transmission uses exactly these."""
+        h = self.profile.model_object().generate(blocks, self.rng)
+        h_hat = estimate_csi(h, self.profile.csi_error, self.rng)
+        self.pending.extend(zip(h.tolist(), h_hat.tolist()))
+        return h_hat
+
+    def take_fading(self, blocks: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """The pending CSI draws for a transmission of ``blocks`` blocks, topped up with fresh ones."""
+        if not self.pending:
+            return None
+        while len(self.pending) < blocks:
+            self.csi(blocks - len(self.pending))
+        taken = [self.pending.popleft() for _ in range(blocks)]
+        return np.array([t[0] for t in taken]), np.array([t[1] for t in taken])
 
 
-class Link:
-    """The UE↔ES link as the proxy sees it. A settings change applies from the next transmission."""
+class LinkTable:
+    """Every link the proxy has seen, the profile book, and the start-up settings to reset to."""
 
-    def __init__(self, name: str = "ue->es", uplink: ChannelModel | None = None,
-                 downlink: ChannelModel | None = None, seed: int = 0) -> None:
-        self.name = name
-        ideal = make_model("ideal", math.inf)
-        self.directions = {
-            d: Direction(d, m or ideal, np.random.default_rng([seed, i]))
-            for i, (d, m) in enumerate(zip(DIRECTIONS, (uplink, downlink)))
-        }
+    def __init__(self, book: ProfileBook, default_uplink: ChannelProfile, default_downlink: ChannelProfile,
+                 seed: int = 0) -> None:
+        """``default_*``: what links get unless the book's ``[links.default]`` / ``[links.NAME]`` say otherwise."""
+        self.book = book
+        self.seed = seed
+        flags = dict(zip(DIRECTIONS, (default_uplink, default_downlink)))
+        self._initial = {d: self._from_book(DEFAULT_LINK, d) or flags[d] for d in DIRECTIONS}
+        self.default = dict(self._initial)
+        self.links: dict[str, dict[str, Direction]] = {}
 
-    def set(self, direction: str, model: str, snr_db: float) -> None:
-        """Replace a direction's model; raises :class:`shared.channel.ChannelConfigError`."""
-        self.directions[direction].model = make_model(model or "awgn", snr_db)
+    # -- settings --------------------------------------------------------------------------------------
+    def _from_book(self, link: str, direction: str) -> ChannelProfile | None:
+        name = self.book.links.get(link, {}).get(direction)
+        return self.book.get(name) if name else None
 
-    def settings(self) -> channel_pb2.ChannelSettings:
+    def link(self, name: str) -> dict[str, Direction]:
+        if name not in self.links:
+            salt = zlib.crc32(name.encode())
+            self.links[name] = {
+                d: Direction(self._from_book(name, d) or self.default[d], np.random.default_rng([self.seed, salt, i]))
+                for i, d in enumerate(DIRECTIONS)
+            }
+        return self.links[name]
+
+    def set(self, link: str, direction: str, profile: ChannelProfile) -> None:
+        """Set one direction (``both`` for the two) of one link, or of every link and the default (``""``)."""
+        dirs = DIRECTIONS if direction == "both" else (direction,)
+        if any(d not in DIRECTIONS for d in dirs):
+            raise ChannelConfigError(f"direction must be uplink, downlink or both, got {direction!r}")
+        targets = [self.link(link)] if link else list(self.links.values())
+        for d in dirs:
+            if not link:
+                self.default[d] = profile
+            for t in targets:
+                t[d].profile = profile
+                t[d].pending.clear()
+
+    def reset(self, stats: bool) -> None:
+        self.default = dict(self._initial)
+        for name, dirs in self.links.items():
+            for d, direction in dirs.items():
+                direction.profile = self._from_book(name, d) or self._initial[d]
+                direction.pending.clear()
+                if stats:
+                    direction.counters = DirectionCounters()
+
+    def settings(self, upstreams: list[str]) -> channel_pb2.ChannelSettings:
+        def ls(name: str, dirs: dict[str, ChannelProfile]) -> channel_pb2.LinkSettings:
+            return channel_pb2.LinkSettings(link=name, uplink=profile_to_proto(dirs["uplink"]),
+                                            downlink=profile_to_proto(dirs["downlink"]))
+
         return channel_pb2.ChannelSettings(
-            uplink=self.directions["uplink"].settings(), downlink=self.directions["downlink"].settings()
+            default=ls(DEFAULT_LINK, self.default),
+            links=[ls(n, {d: v.profile for d, v in dirs.items()}) for n, dirs in sorted(self.links.items())],
+            upstreams=upstreams,
         )
 
     def stats(self) -> channel_pb2.ChannelStats:
-        return channel_pb2.ChannelStats(
-            uplink=self.directions["uplink"].counters.to_proto(),
-            downlink=self.directions["downlink"].counters.to_proto(),
-        )
+        entries = []
+        for name, dirs in sorted(self.links.items()):
+            for d, v in dirs.items():
+                c = v.counters
+                entries.append(channel_pb2.DirectionStats(
+                    link=name, direction=d, rpcs=c.rpcs, transmissions=c.transmissions, symbols=c.symbols,
+                    payload_bytes=c.payload_bytes, message_bytes=c.message_bytes, energy=c.energy,
+                    mean_snr_db=c.snr_sum / c.snr_count if c.snr_count else math.nan,
+                ))
+        return channel_pb2.ChannelStats(entries=entries)
 
-    def apply(self, direction: str, msg: Message, message_bytes: int) -> bool:
+    # -- the data path ---------------------------------------------------------------------------------
+    def apply(self, link: str, direction: str, msg: Message, message_bytes: int) -> bool:
         """Perturb every well-formed ``AirTensor`` in ``msg`` in place; returns whether any was touched.
 
         Malformed tensors (bad shape/bytes/dtype, NaN) are forwarded untouched so that the receiver
         rejects them with a clear message. Raises ``ChannelConfigError`` for an invalid power allocation.
         """
-        d = self.directions[direction]
+        d = self.link(link)[direction]
         c = d.counters
         c.rpcs += 1
         c.message_bytes += message_bytes
@@ -93,26 +165,34 @@ class Link:
                 continue
             if not np.isfinite(x).all():
                 continue
+            profile = d.profile
             noise_seed = int(d.rng.integers(0, 2**63 - 1))
+            lc = profile.coherence_symbols if profile.model in ("rayleigh", "rician") else 0
+            blocks = 1 if lc == 0 else math.ceil(x.size / lc)
+            fading = d.take_fading(blocks)
             result = transmit(
-                x, d.model, np.random.default_rng(noise_seed),
+                x, profile, np.random.default_rng(noise_seed),
                 block_power=np.asarray(t.block_power) if len(t.block_power) else None,
-                block_length=int(t.block_length),
+                power_block_length=int(t.block_length),
+                fading=None if fading is None else fading[0],
+                fading_estimate=None if fading is None else fading[1],
             )
             dt = air.WIRE_DTYPES[t.dtype]
+            received = result.received
             if dt.itemsize == 2:
-                np.clip(result.received, -65504.0, 65504.0, out=result.received)
-            t.data = result.received.astype(dt).tobytes()
+                received = np.clip(received, -65504.0, 65504.0)
+            t.data = received.astype(dt).tobytes()
             t.applied.CopyFrom(air_pb2.ChannelApplied(
-                link=self.name, direction=direction, model=d.model.name, snr_db=d.model.snr_db,
+                link=link, direction=direction, model=profile.model, snr_db=profile.snr_db, profile=profile.name,
                 symbols=result.symbols, payload_bytes=len(t.data), energy=result.energy, noise_seed=noise_seed,
+                effective_snr_db=result.effective_snr_db, blocks=result.blocks,
             ))
             c.transmissions += 1
             c.symbols += result.symbols
             c.payload_bytes += len(t.data)
             c.energy += result.energy
-            if math.isfinite(d.model.snr_db):
-                c.snr_sum += d.model.snr_db
+            if math.isfinite(result.effective_snr_db):
+                c.snr_sum += result.effective_snr_db
                 c.snr_count += 1
             touched = True
         return touched

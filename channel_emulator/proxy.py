@@ -1,15 +1,22 @@
-"""The gRPC-level proxy: forwards every edge-service RPC to the ES as raw bytes, perturbing only the
-over-the-air tensors (requests = uplink, responses = downlink), and serves the channel-control RPCs."""
+"""The gRPC-level proxy: forwards every edge-service RPC to an ES as raw bytes, perturbing only the
+over-the-air tensors (requests = uplink, responses = downlink), and serves the channel-control RPCs.
+
+Routing: the UE names itself in the ``meg-ue`` request header (default ``ue``) and picks an upstream ES
+by name in ``meg-es`` (default: the first one); the pair is the link, ``"UE->ES"``.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Mapping
 
 import grpc
+import numpy as np
+from google.protobuf import message_factory
 from google.protobuf.message import Message
 
-from channel_emulator.link import DIRECTIONS, Link
+from channel_emulator.link import DIRECTIONS, LinkTable, profile_from_proto, profile_to_proto
 from channel_emulator.walker import carries_air
 from shared.channel import ChannelConfigError
 from shared.grpc_util import add_health_and_reflection, message_options, set_serving
@@ -20,99 +27,156 @@ EDGE_SERVICE = edge_pb2.DESCRIPTOR.services_by_name["EdgeService"]
 CONTROL_SERVICE_NAME = channel_pb2.DESCRIPTOR.services_by_name["ChannelControl"].full_name
 #: Deadline given upstream when the caller sent none (every RPC has one).
 DEFAULT_DEADLINE_S = 300.0
+MAX_LINKS = 10_000
+UE_HEADER, ES_HEADER = "meg-ue", "meg-es"
+_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 _HOP_HEADERS = {"user-agent", "content-type", "te", "grpc-timeout", "grpc-accept-encoding", "grpc-encoding"}
 
 
-def _message_class(desc: object) -> type[Message]:
-    from google.protobuf import message_factory
+class Upstreams:
+    """The edge servers behind the proxy, by name, each with one shared gRPC channel."""
 
-    return message_factory.GetMessageClass(desc)  # type: ignore[arg-type]
+    def __init__(self, targets: Mapping[str, str], options: list[tuple[str, int]]) -> None:
+        if not targets:
+            raise ValueError("the proxy needs at least one upstream edge server")
+        self.targets = dict(targets)
+        self.channels = {name: grpc.aio.insecure_channel(addr, options=options) for name, addr in targets.items()}
+        self.first = next(iter(targets))
+
+    async def close(self) -> None:
+        for ch in self.channels.values():
+            await ch.close()
 
 
-def _forwarder(method: str, in_desc: object, out_desc: object, link: Link,
-               upstream: grpc.aio.Channel, upstream_addr: str) -> Callable[..., object]:
+def _route(context: grpc.aio.ServicerContext, upstreams: Upstreams, table: LinkTable) -> tuple[str, str]:
+    """``(link name, upstream name)`` from the request headers; raises ValueError for bad names."""
+    md = dict(context.invocation_metadata() or ())
+    ue, es = str(md.get(UE_HEADER, "ue")), str(md.get(ES_HEADER, upstreams.first))
+    if not _NAME.match(ue):
+        raise ValueError(f"UE id {ue!r} in the {UE_HEADER} header must be 1-64 letters, digits or _.:-")
+    if es not in upstreams.channels:
+        raise ValueError(f"no upstream edge server named {es!r}; known: {', '.join(upstreams.channels)}")
+    link = f"{ue}->{es}"
+    if link not in table.links and len(table.links) >= MAX_LINKS:
+        raise ValueError(f"the proxy already tracks {MAX_LINKS} links")
+    return link, es
+
+
+def _forwarder(method: object, table: LinkTable, upstreams: Upstreams) -> Callable[..., object]:
     """A raw-bytes unary handler for one method: parse only messages that can carry tensors."""
-    in_cls, out_cls = _message_class(in_desc), _message_class(out_desc)
-    perturb_in, perturb_out = carries_air(in_desc), carries_air(out_desc)  # type: ignore[arg-type]
-    call = upstream.unary_unary(method)  # no serializers: bytes in, bytes out
+    in_desc, out_desc = method.input_type, method.output_type  # type: ignore[attr-defined]
+    in_cls: type[Message] = message_factory.GetMessageClass(in_desc)
+    out_cls: type[Message] = message_factory.GetMessageClass(out_desc)
+    perturb = {"uplink": carries_air(in_desc), "downlink": carries_air(out_desc)}
+    classes = {"uplink": in_cls, "downlink": out_cls}
+    path = f"/{EDGE_SERVICE.full_name}/{method.name}"  # type: ignore[attr-defined]
+    calls = {name: ch.unary_unary(path) for name, ch in upstreams.channels.items()}  # bytes in, bytes out
 
-    def through(direction: str, cls: type[Message], perturb: bool, raw: bytes) -> bytes:
-        if not perturb:
-            link.apply(direction, cls(), len(raw))  # counts the RPC and its bytes
+    def through(link: str, direction: str, raw: bytes) -> bytes:
+        if not perturb[direction]:
+            table.apply(link, direction, classes[direction](), len(raw))  # counts the RPC and its bytes
             return raw
-        msg = cls.FromString(raw)
-        return msg.SerializeToString() if link.apply(direction, msg, len(raw)) else raw
+        msg = classes[direction].FromString(raw)
+        return msg.SerializeToString() if table.apply(link, direction, msg, len(raw)) else raw
 
     async def handle(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         try:
-            up = through("uplink", in_cls, perturb_in, request)
-        except ChannelConfigError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"channel: {exc}")
+            link, es = _route(context, upstreams, table)
+            up = through(link, "uplink", request)
+        except (ValueError, ChannelConfigError) as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"channel proxy: {exc}")
         remaining = context.time_remaining()
-        metadata = tuple((k, v) for k, v in context.invocation_metadata() or () if k not in _HOP_HEADERS and not k.startswith(":"))
+        metadata = tuple(
+            (k, v) for k, v in context.invocation_metadata() or () if k not in _HOP_HEADERS and not k.startswith(":")
+        )
         try:
-            response = await call(up, timeout=DEFAULT_DEADLINE_S if remaining is None else remaining, metadata=metadata)
+            response = await calls[es](
+                up, timeout=DEFAULT_DEADLINE_S if remaining is None else remaining, metadata=metadata
+            )
         except grpc.aio.AioRpcError as exc:
             details = exc.details() or ""
             if exc.code() == grpc.StatusCode.UNAVAILABLE:
-                details = f"edge server at {upstream_addr} is unreachable through the channel proxy: {details}"
+                details = f"edge server {es} at {upstreams.targets[es]} is unreachable through the proxy: {details}"
             await context.abort(exc.code(), details)
         try:
-            return through("downlink", out_cls, perturb_out, response)
+            return through(link, "downlink", response)
         except ChannelConfigError as exc:
-            await context.abort(grpc.StatusCode.INTERNAL, f"channel: edge server sent a bad power allocation: {exc}")
+            await context.abort(grpc.StatusCode.INTERNAL, f"channel proxy: the edge server sent a bad power allocation: {exc}")
 
     return handle
 
 
 class ChannelControlServicer(channel_pb2_grpc.ChannelControlServicer):
-    """Read and change the link's settings at runtime; read its counters."""
+    """Read and change the links' settings at runtime; CSI; counters."""
 
-    def __init__(self, link: Link) -> None:
-        self.link = link
+    def __init__(self, table: LinkTable, upstreams: Upstreams) -> None:
+        self.table = table
+        self.upstreams = upstreams
+
+    def _settings(self) -> channel_pb2.ChannelSettings:
+        return self.table.settings(list(self.upstreams.targets))
+
+    async def ListProfiles(self, request: channel_pb2.ListProfilesRequest, context: grpc.aio.ServicerContext) -> channel_pb2.ProfileList:
+        return channel_pb2.ProfileList(profiles=[profile_to_proto(p) for _, p in sorted(self.table.book.profiles.items())])
 
     async def GetChannel(self, request: channel_pb2.GetChannelRequest, context: grpc.aio.ServicerContext) -> channel_pb2.ChannelSettings:
-        return self.link.settings()
+        return self._settings()
 
     async def SetChannel(self, request: channel_pb2.SetChannelRequest, context: grpc.aio.ServicerContext) -> channel_pb2.ChannelSettings:
-        changes = [(d, getattr(request, d)) for d in DIRECTIONS if request.HasField(d)]
         try:
-            # validate all first, so a bad request changes nothing
-            from shared.channel import make_model
-
-            for _, s in changes:
-                make_model(s.model or "awgn", s.snr_db)
+            which = request.WhichOneof("setting")
+            if which is None:
+                raise ChannelConfigError("say which profile (by name) or give a custom one")
+            profile = self.table.book.get(request.profile) if which == "profile" else profile_from_proto(request.custom)
+            if request.link and not _NAME.match(request.link.replace(">", "")):
+                raise ChannelConfigError(f"link name {request.link!r} is not UE->ES")
+            self.table.set(request.link, request.direction or "both", profile)
         except ChannelConfigError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        for d, s in changes:
-            self.link.set(d, s.model, s.snr_db)
-            log.info("%s set to %s %.1f dB", d, s.model or "awgn", s.snr_db)
-        return self.link.settings()
+        log.info("%s %s <- %s", request.link or "all links", request.direction or "both", profile)
+        return self._settings()
+
+    async def ResetChannel(self, request: channel_pb2.ResetChannelRequest, context: grpc.aio.ServicerContext) -> channel_pb2.ChannelSettings:
+        self.table.reset(request.stats)
+        return self._settings()
 
     async def GetStats(self, request: channel_pb2.GetStatsRequest, context: grpc.aio.ServicerContext) -> channel_pb2.ChannelStats:
-        return self.link.stats()
+        return self.table.stats()
+
+    async def GetCSI(self, request: channel_pb2.CSIRequest, context: grpc.aio.ServicerContext) -> channel_pb2.CSIResponse:
+        if request.direction not in DIRECTIONS:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"direction must be uplink or downlink, got {request.direction!r}")
+        if not 1 <= request.blocks <= 1_000_000:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"blocks must be in [1, 1000000], got {request.blocks}")
+        if request.link not in self.table.links and not _NAME.match(request.link.replace(">", "")):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"link name {request.link!r} is not UE->ES")
+        d = self.table.link(request.link)[request.direction]
+        gains = d.csi(int(request.blocks))
+        p = d.profile
+        lc = p.coherence_symbols if p.model in ("rayleigh", "rician") else 0
+        return channel_pb2.CSIResponse(gains=np.asarray(gains).tolist(), coherence_symbols=lc, snr_db=p.snr_db, model=p.model)
 
 
-async def create_proxy(listen: str, upstream: str, link: Link, max_message_bytes: int | None = None) -> tuple[grpc.aio.Server, int, object]:
+async def create_proxy(
+    listen: str, upstreams: Mapping[str, str], table: LinkTable, max_message_bytes: int | None = None
+) -> tuple[grpc.aio.Server, int, object]:
     """Build and start the proxy; returns ``(server, port, health)``. Bind ``HOST:0`` for a free port."""
     options = message_options(max_message_bytes) if max_message_bytes else message_options()
-    channel = grpc.aio.insecure_channel(upstream, options=options)
+    ups = Upstreams(upstreams, options)
     handlers = {
-        m.name: grpc.unary_unary_rpc_method_handler(
-            _forwarder(f"/{EDGE_SERVICE.full_name}/{m.name}", m.input_type, m.output_type, link, channel, upstream)
-        )
+        m.name: grpc.unary_unary_rpc_method_handler(_forwarder(m, table, ups))
         for m in EDGE_SERVICE.methods
         if not (m.client_streaming or m.server_streaming)
     }
     server = grpc.aio.server(options=options)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(EDGE_SERVICE.full_name, handlers),))
-    channel_pb2_grpc.add_ChannelControlServicer_to_server(ChannelControlServicer(link), server)
+    channel_pb2_grpc.add_ChannelControlServicer_to_server(ChannelControlServicer(table, ups), server)
     health = add_health_and_reflection(server, [CONTROL_SERVICE_NAME, EDGE_SERVICE.full_name])
     port = server.add_insecure_port(listen)
     if port == 0:
         raise OSError(f"could not listen on {listen}")
     await server.start()
     await set_serving(health, [CONTROL_SERVICE_NAME])
-    log.info("meg-channel on port %d -> %s (uplink %s, downlink %s)", port, upstream,
-             link.directions["uplink"].model, link.directions["downlink"].model)
+    log.info("meg-channel on port %d -> %s (default uplink %s, downlink %s)", port, dict(upstreams),
+             table.default["uplink"], table.default["downlink"])
     return server, port, health

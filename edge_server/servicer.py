@@ -19,6 +19,8 @@ from shared.protocols import (
 )
 
 log = logging.getLogger("meg.edge")
+#: DDIM steps allowed (the 1000 training timesteps minus the offset bound it).
+MAX_STEPS = 500
 
 
 class RequestError(ValueError):
@@ -28,7 +30,7 @@ class RequestError(ValueError):
 def check_params(p: edge_pb2.GenerationParams) -> Params:
     """Validate generation parameters; raises :class:`RequestError`."""
     checks = [
-        (p.steps <= 1000, f"steps must be at most 1000, got {p.steps}"),
+        (p.steps <= MAX_STEPS, f"steps must be at most {MAX_STEPS}, got {p.steps}"),
         (math.isfinite(p.guidance) and 0 <= p.guidance <= 50, f"guidance must be in [0, 50], got {p.guidance}"),
         (math.isfinite(p.fc) and 0 <= p.fc <= 1, f"fc must be in (0, 1] (0 = default), got {p.fc}"),
         (math.isfinite(p.strength) and 0 <= p.strength <= 1, f"strength must be in [0, 1], got {p.strength}"),

@@ -2,23 +2,28 @@
 
 A tensor of ``n`` real values is sent as ``n`` real symbols. The transmitter power-normalises it,
 ``s = x / rms(x)`` (so ``E[s²] = 1``; the scale ``rms(x)`` is side information that crosses losslessly),
-splits it into ``T = ceil(n / L)`` fading blocks of ``L`` symbols, and block ``t`` is received as
+and symbol ``i`` is received as
 
-    y_t = h_t · sqrt(p_t) · s_t + n_t,    n_t ~ N(0, N0),   N0 = 10^(−SNR_dB / 10)
+    y_i = h_{f(i)} · sqrt(p_{b(i)}) · s_i + n_i,    n_i ~ N(0, N0),   N0 = 10^(−SNR_dB / 10)
 
-The receiver equalises with its CSI (zero forcing, ``ŝ_t = y_t / (h_t sqrt(p_t))``; a block with no
-power carries nothing and is received as 0) and undoes the normalisation. SNR is per unit power: with
-``p_t = 1`` and ``|h_t| = 1`` the received SNR is exactly the profile's.
+where ``f(i) = i // Lc`` is the fading block (``Lc`` = the profile's coherence length in symbols) and
+``b(i) = i // Lp`` the power block (``Lp`` = the sender's block length; usually ``Lp = Lc``). The receiver
+equalises with its CSI ``ĥ`` (zero forcing, ``ŝ_i = y_i / (ĥ sqrt(p))``; a block with no power carries
+nothing and is received as 0) and undoes the normalisation. SNR is per unit power: with ``p = 1`` and
+``|h| = 1`` the received SNR is exactly the profile's.
 
-Models follow Sionna's habit: one small class each, ``generate`` (draw the fading) split from ``apply``.
-This module ships the ideal and AWGN links; fading models plug in as further :class:`ChannelModel`
-subclasses with their own ``generate``.
+Models follow Sionna's habit: one small class each, ``generate`` (draw the fading, shape ``[T]``, real
+amplitudes with ``E[h²] = 1``) split from :func:`transmit` (apply it). Real symbols see the amplitude
+``|h|`` of the complex gain: the phase is assumed removed by the receiver's CSI.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
 
 import numpy as np
 
@@ -27,44 +32,167 @@ class ChannelConfigError(ValueError):
     """A channel setting a person gave is invalid (unknown model, NaN SNR, bad block length...)."""
 
 
-@dataclass(frozen=True)
-class ChannelModel:
-    """Ideal link: ``h_t = 1`` and no noise. Subclasses override :meth:`generate` / :attr:`noisy`."""
+# --- models -------------------------------------------------------------------------------------------
 
-    snr_db: float = math.inf
-    name: str = "ideal"
-    noisy: bool = False
+
+@dataclass(frozen=True)
+class Ideal:
+    """No fading, no noise: ``h = 1``, ``N0 = 0``."""
+
+    noisy = False
 
     def generate(self, n_blocks: int, rng: np.random.Generator) -> np.ndarray:
-        """Fading gains for ``n_blocks`` blocks, shape ``[n_blocks]`` float64 with ``E[h²] = 1``."""
+        """Fading amplitudes ``[n_blocks]`` (all ones)."""
         return np.ones(n_blocks)
+
+
+@dataclass(frozen=True)
+class AWGN(Ideal):
+    """Additive white Gaussian noise, no fading (``h = 1``)."""
+
+    noisy = True
+
+
+@dataclass(frozen=True)
+class Rayleigh(AWGN):
+    """Rayleigh block fading: ``h = |g|``, ``g ~ CN(0, 1)``, so ``E[h²] = 1``; one draw per block."""
+
+    def generate(self, n_blocks: int, rng: np.random.Generator) -> np.ndarray:
+        g = rng.normal(0.0, math.sqrt(0.5), size=(n_blocks, 2))
+        return np.hypot(g[:, 0], g[:, 1])
+
+
+@dataclass(frozen=True)
+class Rician(AWGN):
+    """Rician block fading with factor ``K``: ``h = |sqrt(K/(K+1)) + g|``, ``g ~ CN(0, 1/(K+1))``."""
+
+    k_factor: float = 1.0
+
+    def generate(self, n_blocks: int, rng: np.random.Generator) -> np.ndarray:
+        los = math.sqrt(self.k_factor / (self.k_factor + 1.0))
+        g = rng.normal(0.0, math.sqrt(0.5 / (self.k_factor + 1.0)), size=(n_blocks, 2))
+        return np.hypot(los + g[:, 0], g[:, 1])
+
+
+MODELS = ("ideal", "awgn", "rayleigh", "rician")
+
+
+# --- profiles -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChannelProfile:
+    """What one direction of a link does: model, SNR (dB, per unit power), fading block length in
+    symbols (0 = the whole tensor is one block), Rician K, and the CSI estimation error's std."""
+
+    name: str = ""
+    model: str = "ideal"
+    snr_db: float = math.inf
+    coherence_symbols: int = 0
+    k_factor: float = 0.0
+    csi_error: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.model not in MODELS:
+            raise ChannelConfigError(f"unknown channel model {self.model!r}; known: {', '.join(MODELS)}")
+        if not isinstance(self.snr_db, (int, float)) or math.isnan(self.snr_db):
+            raise ChannelConfigError(f"SNR must be a number of dB, got {self.snr_db!r}")
+        if self.model != "ideal" and not (-100.0 <= self.snr_db <= 200.0):
+            raise ChannelConfigError(f"SNR {self.snr_db} dB is outside the supported range [-100, 200] dB")
+        if not isinstance(self.coherence_symbols, int) or self.coherence_symbols < 0:
+            raise ChannelConfigError(f"coherence length must be a whole number of symbols >= 0, got {self.coherence_symbols!r}")
+        if not math.isfinite(self.k_factor) or self.k_factor < 0:
+            raise ChannelConfigError(f"Rician K must be finite and >= 0, got {self.k_factor}")
+        if not math.isfinite(self.csi_error) or self.csi_error < 0:
+            raise ChannelConfigError(f"CSI error must be finite and >= 0, got {self.csi_error}")
 
     @property
     def noise_power(self) -> float:
-        """N0 for unit signal power."""
-        return 0.0 if not self.noisy else 10.0 ** (-self.snr_db / 10.0)
+        """N0 for unit signal power (0 for the ideal link)."""
+        return 0.0 if self.model == "ideal" else 10.0 ** (-self.snr_db / 10.0)
+
+    def model_object(self) -> Ideal:
+        return {"ideal": Ideal(), "awgn": AWGN(), "rayleigh": Rayleigh(), "rician": Rician(self.k_factor)}[self.model]
+
+
+IDEAL = ChannelProfile(name="ideal")
+
+
+def profile_from_mapping(name: str, raw: Mapping[str, object]) -> ChannelProfile:
+    """A profile from a TOML table / dict; unknown keys are an error."""
+    known = {f.name for f in fields(ChannelProfile)} - {"name"}
+    unknown = set(raw) - known
+    if unknown:
+        raise ChannelConfigError(f"profile {name!r}: unknown keys {sorted(unknown)}; known: {sorted(known)}")
+    values = dict(raw)
+    if "snr_db" in values:
+        values["snr_db"] = float(values["snr_db"])  # type: ignore[arg-type]
+    return ChannelProfile(name=name, **values)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
-class AWGN(ChannelModel):
-    """Additive white Gaussian noise at ``snr_db``, no fading (``h_t = 1``)."""
+class ProfileBook:
+    """Named profiles plus which profile each link direction starts with (``links["default"]`` for any)."""
 
-    name: str = "awgn"
-    noisy: bool = True
+    profiles: dict[str, ChannelProfile] = field(default_factory=dict)
+    links: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def get(self, name: str) -> ChannelProfile:
+        if name not in self.profiles:
+            raise ChannelConfigError(f"unknown profile {name!r}; known: {', '.join(sorted(self.profiles))}")
+        return self.profiles[name]
 
 
-MODELS: dict[str, type[ChannelModel]] = {"ideal": ChannelModel, "awgn": AWGN}
+BUILTIN_PROFILES = {
+    p.name: p
+    for p in (
+        IDEAL,
+        ChannelProfile("awgn-30", "awgn", 30.0),
+        ChannelProfile("awgn-10", "awgn", 10.0),
+        ChannelProfile("awgn-0", "awgn", 0.0),
+        ChannelProfile("awgn-minus10", "awgn", -10.0),
+        ChannelProfile("rayleigh-10", "rayleigh", 10.0, coherence_symbols=256),
+        ChannelProfile("rician-k5-10", "rician", 10.0, coherence_symbols=256, k_factor=5.0),
+    )
+}
 
 
-def make_model(name: str, snr_db: float) -> ChannelModel:
-    """Build a model by name, checking the settings. Raises :class:`ChannelConfigError`."""
-    if name not in MODELS:
-        raise ChannelConfigError(f"unknown channel model {name!r}; known: {', '.join(sorted(MODELS))}")
-    if not isinstance(snr_db, (int, float)) or math.isnan(snr_db):
-        raise ChannelConfigError(f"SNR must be a number of dB, got {snr_db!r}")
-    if name != "ideal" and not (-100.0 <= snr_db <= 200.0):
-        raise ChannelConfigError(f"SNR {snr_db} dB is outside the supported range [-100, 200] dB")
-    return MODELS[name](snr_db=float(snr_db))
+def load_profiles(path: str | Path | None) -> ProfileBook:
+    """Read a profiles TOML file (``[profiles.NAME]`` tables, optional ``[links.LINK]`` with ``uplink`` /
+    ``downlink`` profile names; ``[links.default]`` applies to every link). Built-in profiles are always there.
+    Raises :class:`ChannelConfigError` with the file name for malformed TOML or bad values."""
+    profiles = dict(BUILTIN_PROFILES)
+    links: dict[str, dict[str, str]] = {}
+    if path is None:
+        return ProfileBook(profiles, links)
+    try:
+        raw = tomllib.loads(Path(path).read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ChannelConfigError(f"{path}: {exc}") from None
+    unknown = set(raw) - {"profiles", "links"}
+    if unknown:
+        raise ChannelConfigError(f"{path}: unknown tables {sorted(unknown)}; expected [profiles.*] and [links.*]")
+    for name, table in raw.get("profiles", {}).items():
+        if not isinstance(table, dict):
+            raise ChannelConfigError(f"{path}: profiles.{name} must be a table")
+        try:
+            profiles[name] = profile_from_mapping(name, table)
+        except (ChannelConfigError, TypeError) as exc:
+            raise ChannelConfigError(f"{path}: {exc}") from None
+    book = ProfileBook(profiles, links)
+    for link, table in raw.get("links", {}).items():
+        if not isinstance(table, dict) or set(table) - {"uplink", "downlink"}:
+            raise ChannelConfigError(f"{path}: links.{link} may only set uplink and downlink profile names")
+        for direction, name in table.items():
+            try:
+                book.get(str(name))
+            except ChannelConfigError as exc:
+                raise ChannelConfigError(f"{path}: links.{link}.{direction}: {exc}") from None
+        links[link] = {k: str(v) for k, v in table.items()}
+    return book
+
+
+# --- transmission -------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -73,58 +201,90 @@ class Transmission:
 
     received: np.ndarray  # same shape as the input, float32
     symbols: int
-    blocks: int
-    energy: float  # sum_t p_t * (symbols in block t), normalised units
+    blocks: int  # fading blocks used
+    energy: float  # sum over power blocks of p_t × symbols in it
+    effective_snr_db: float  # 10·log10(mean_i(h_i² p_i) / N0); inf for a noiseless link
 
 
-def block_layout(n: int, block_length: int) -> tuple[int, int]:
-    """``(L, T)``: symbols per block (``0`` → one block of ``n``) and the number of blocks ``ceil(n/L)``."""
+def n_blocks(n: int, block_length: int) -> int:
+    """Blocks of ``block_length`` symbols covering ``n`` (``0`` → one block)."""
     if block_length < 0:
         raise ChannelConfigError(f"block length must be >= 0 symbols, got {block_length}")
-    length = n if block_length == 0 else min(block_length, n)
-    return length, max(1, math.ceil(n / max(length, 1)))
+    return 1 if block_length == 0 or n == 0 else math.ceil(n / block_length)
+
+
+def _per_symbol(values: np.ndarray, n: int, block_length: int) -> np.ndarray:
+    """Expand per-block values ``[T]`` to per-symbol ``[n]``."""
+    if values.size == 1:
+        return np.broadcast_to(values.astype(np.float32), (n,))
+    return np.repeat(values.astype(np.float32), block_length)[:n]
+
+
+def estimate_csi(h: np.ndarray, csi_error: float, rng: np.random.Generator) -> np.ndarray:
+    """What a receiver/transmitter learns of ``h``: ``|h + e|``, ``e ~ N(0, csi_error²)``; exact when 0."""
+    if csi_error == 0:
+        return h.copy()
+    return np.abs(h + rng.normal(0.0, csi_error, size=h.shape))
 
 
 def transmit(
     x: np.ndarray,
-    model: ChannelModel,
+    profile: ChannelProfile,
     rng: np.random.Generator,
     block_power: np.ndarray | None = None,
-    block_length: int = 0,
+    power_block_length: int = 0,
     fading: np.ndarray | None = None,
+    fading_estimate: np.ndarray | None = None,
 ) -> Transmission:
-    """Send ``x`` (any shape, ``n`` values) over ``model``; returns the equalised, de-normalised estimate.
+    """Send ``x`` (any shape, ``n`` values) over ``profile``; returns the equalised, de-normalised estimate.
 
-    ``block_power``: ``[T]`` powers ``p_t >= 0`` (default all ones). ``fading``: ``[T]`` gains to use instead
-    of drawing them (the CSI reported earlier). Raises :class:`ChannelConfigError` for a power vector of
-    the wrong length or with negative/non-finite entries.
+    ``block_power``: ``[Tp]`` powers ``p_t >= 0`` over blocks of ``power_block_length`` symbols (default:
+    unit power). ``fading``: ``[Tf]`` amplitudes to apply instead of drawing them (CSI handed out earlier),
+    with ``fading_estimate`` the receiver's CSI of them. Raises :class:`ChannelConfigError` for a power
+    vector of the wrong length or with negative/non-finite entries.
     """
-    flat = np.asarray(x, dtype=np.float64).reshape(-1)
+    xf = np.asarray(x, dtype=np.float32)
+    flat = xf.reshape(-1)
     n = flat.size
-    length, n_blocks = block_layout(n, block_length)
+    tp = n_blocks(n, power_block_length)
+    lp = power_block_length or n
     if block_power is None or len(block_power) == 0:
-        p = np.ones(n_blocks)
+        p = np.ones(tp, dtype=np.float32)
     else:
-        p = np.asarray(block_power, dtype=np.float64)
-        if p.shape != (n_blocks,):
-            raise ChannelConfigError(f"power allocation has {p.size} entries for {n_blocks} fading blocks")
+        p = np.asarray(block_power, dtype=np.float32)
+        if p.shape != (tp,):
+            raise ChannelConfigError(f"power allocation has {p.size} entries for {tp} blocks of {lp} symbols")
         if not np.isfinite(p).all() or (p < 0).any():
             raise ChannelConfigError("power allocation entries must be finite and >= 0")
-    h = model.generate(n_blocks, rng) if fading is None else np.asarray(fading, dtype=np.float64)
-    # per-symbol expansion of the per-block quantities
-    idx = np.minimum(np.arange(n) // length, n_blocks - 1)
-    counts = np.bincount(idx, minlength=n_blocks)
-    energy = float((p * counts).sum())
-    if not model.noisy and np.all(p > 0):
-        return Transmission(np.asarray(x, dtype=np.float32).copy(), n, n_blocks, energy)
-    scale = float(np.sqrt(np.mean(flat**2))) if n else 1.0
+    lp_counts = np.full(tp, lp, dtype=np.float64)
+    lp_counts[-1] = n - lp * (tp - 1)
+    energy = float((p * lp_counts).sum())
+    lc = profile.coherence_symbols if profile.model in ("rayleigh", "rician") else 0
+    tf = n_blocks(n, lc)
+    lc = lc or n
+    if fading is None:
+        h = profile.model_object().generate(tf, rng)
+        h_hat = estimate_csi(h, profile.csi_error, rng)
+    else:
+        h = np.asarray(fading, dtype=np.float64)[:tf]
+        h_hat = h if fading_estimate is None else np.asarray(fading_estimate, dtype=np.float64)[:tf]
+    if profile.model == "ideal" and bool(np.all(p > 0)):
+        return Transmission(xf.copy(), n, tf, energy, math.inf)
+    gain = _per_symbol(h, n, lc) * np.sqrt(_per_symbol(p, n, lp))
+    gain_hat = _per_symbol(h_hat, n, lc) * np.sqrt(_per_symbol(p, n, lp))
+    scale = float(np.sqrt(np.mean(np.square(flat, dtype=np.float64)))) if n else 1.0
     scale = scale if scale > 0 else 1.0
-    s = flat / scale
-    gain = h[idx] * np.sqrt(p[idx])
-    y = gain * s
-    if model.noisy:
-        y = y + rng.normal(0.0, math.sqrt(model.noise_power), size=n)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        s_hat = np.where(gain > 0, y / np.where(gain > 0, gain, 1.0), 0.0)
-    out = (s_hat * scale).astype(np.float32).reshape(np.shape(x))
-    return Transmission(out, n, n_blocks, energy)
+    n0 = profile.noise_power
+    y = gain * (flat / scale)
+    if n0 > 0:
+        y += rng.standard_normal(n, dtype=np.float32) * np.float32(math.sqrt(n0))
+    safe = np.where(gain_hat > 0, gain_hat, np.float32(1.0))
+    s_hat = np.where(gain_hat > 0, y / safe, np.float32(0.0))
+    mean_gain = float(np.mean(np.square(gain, dtype=np.float64)))
+    eff = math.inf if n0 == 0 else (10 * math.log10(mean_gain / n0) if mean_gain > 0 else -math.inf)
+    return Transmission((s_hat * np.float32(scale)).reshape(xf.shape), n, tf, energy, eff)
+
+
+def with_snr(profile: ChannelProfile, snr_db: float) -> ChannelProfile:
+    """The same profile at another SNR (checked)."""
+    return replace(profile, snr_db=snr_db, name="")

@@ -53,7 +53,8 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def inproc_stack(random_model_dir: Path) -> Iterator[Stack]:
-    from channel_emulator.link import Link
+    from channel_emulator.link import LinkTable
+    from shared.channel import IDEAL, load_profiles
     from channel_emulator.proxy import create_proxy
     from edge_server.server import create_server
     from edge_server.settings import EdgeSettings
@@ -62,8 +63,8 @@ def inproc_stack(random_model_dir: Path) -> Iterator[Stack]:
     parts = ModelParts.load(str(random_model_dir), "cpu")
     bg = BackgroundLoop()
     es, es_port, _ = bg.run(create_server(EdgeSettings(listen="127.0.0.1:0", max_message_bytes=4 * 1024 * 1024), parts))  # type: ignore[misc]
-    link = Link()
-    proxy, proxy_port, _ = bg.run(create_proxy("127.0.0.1:0", f"127.0.0.1:{es_port}", link))  # type: ignore[misc]
+    link = LinkTable(load_profiles(None), IDEAL, IDEAL)
+    proxy, proxy_port, _ = bg.run(create_proxy("127.0.0.1:0", {"es0": f"127.0.0.1:{es_port}"}, link))  # type: ignore[misc]
     yield Stack(f"127.0.0.1:{es_port}", f"127.0.0.1:{proxy_port}", link, parts)
     bg.run(proxy.stop(1))
     bg.run(es.stop(1))

@@ -115,7 +115,7 @@ def test_deadline_is_honoured(inproc_stack) -> None:  # type: ignore[no-untyped-
     parts = inproc_stack.parts
     with grpc.insecure_channel(inproc_stack.proxy_addr) as ch:
         stub = edge_pb2_grpc.EdgeServiceStub(ch)
-        slow = _ciag_request(parts, params=edge_pb2.GenerationParams(steps=1000))
+        slow = _ciag_request(parts, params=edge_pb2.GenerationParams(steps=500))
         with pytest.raises(grpc.RpcError) as err:
             stub.RunSegment(slow, timeout=0.3)
         assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
@@ -126,20 +126,35 @@ def test_channel_control_rejects_bad_settings(inproc_stack) -> None:  # type: ig
     with grpc.insecure_channel(inproc_stack.proxy_addr) as ch:
         ctl = channel_pb2_grpc.ChannelControlStub(ch)
         before = ctl.GetChannel(channel_pb2.GetChannelRequest(), timeout=5)
-        bad = [
-            channel_pb2.SetChannelRequest(uplink=channel_pb2.DirectionSettings(model="awgn", snr_db=math.nan)),
-            channel_pb2.SetChannelRequest(downlink=channel_pb2.DirectionSettings(model="wormhole", snr_db=3)),
-            channel_pb2.SetChannelRequest(
-                uplink=channel_pb2.DirectionSettings(model="awgn", snr_db=10),
-                downlink=channel_pb2.DirectionSettings(model="awgn", snr_db=1e9),
-            ),
-        ]
-        for req in bad:
+        P = channel_pb2.Profile
+        bad = {
+            "NaN SNR": (channel_pb2.SetChannelRequest(direction="uplink", custom=P(model="awgn", snr_db=math.nan)), "SNR must be a number"),
+            "unknown model": (channel_pb2.SetChannelRequest(custom=P(model="wormhole", snr_db=3)), "unknown channel model"),
+            "huge SNR": (channel_pb2.SetChannelRequest(custom=P(model="awgn", snr_db=1e9)), "outside the supported range"),
+            "unknown profile": (channel_pb2.SetChannelRequest(profile="moon-bounce"), "unknown profile 'moon-bounce'"),
+            "negative K": (channel_pb2.SetChannelRequest(custom=P(model="rician", snr_db=3, k_factor=-1)), "Rician K"),
+            "bad direction": (channel_pb2.SetChannelRequest(direction="sideways", profile="ideal"), "direction must be"),
+            "no setting": (channel_pb2.SetChannelRequest(direction="both"), "say which profile"),
+        }
+        for name, (req, msg) in bad.items():
             with pytest.raises(grpc.RpcError) as err:
                 ctl.SetChannel(req, timeout=5)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, name
+            assert msg in err.value.details(), (name, err.value.details())
+        for req in (channel_pb2.CSIRequest(link="ue->es0", direction="sideways", blocks=2),
+                    channel_pb2.CSIRequest(link="ue->es0", direction="downlink", blocks=0)):
+            with pytest.raises(grpc.RpcError) as err:
+                ctl.GetCSI(req, timeout=5)
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert ctl.GetChannel(channel_pb2.GetChannelRequest(), timeout=5) == before  # nothing half-applied
-        assert ctl.GetStats(channel_pb2.GetStatsRequest(), timeout=5).uplink.rpcs >= 0
+    # a bad UE id or upstream name in the headers
+    with grpc.insecure_channel(inproc_stack.proxy_addr) as ch:
+        stub = edge_pb2_grpc.EdgeServiceStub(ch)
+        for md, msg in (((("meg-ue", "bad id!"),), "UE id"), ((("meg-es", "es9"),), "no upstream edge server named 'es9'")):
+            with pytest.raises(grpc.RpcError) as err:
+                stub.Describe(edge_pb2.DescribeRequest(), timeout=5, metadata=md)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and msg in err.value.details()
+        assert stub.Describe(edge_pb2.DescribeRequest(), timeout=5).protocols
 
 
 def test_generation_through_proxy_after_errors(inproc_stack) -> None:  # type: ignore[no-untyped-def]

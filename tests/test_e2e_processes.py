@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import grpc
+import pytest
 from PIL import Image
 
 from shared.pb import channel_pb2, channel_pb2_grpc
@@ -24,7 +25,7 @@ def test_ciag_generation_through_three_processes(random_model_dir: Path, tmp_pat
             ue = subprocess.run(
                 [script("meg-ue"), "generate", "a small red circle above a blue square", "--protocol", "CIAG",
                  "--via", f"127.0.0.1:{ch_port}", "--model", model, "--out", str(out), "--seed", "3",
-                 "--steps", "3", "--json"],
+                 "--steps", "3", "--ue-id", "phone1", "--json"],
                 capture_output=True, text=True, timeout=180,
             )
             assert ue.returncode == 0, ue.stderr
@@ -41,10 +42,13 @@ def test_ciag_generation_through_three_processes(random_model_dir: Path, tmp_pat
     assert down["symbols"] == 4 * 4 * 4 and down["payload_bytes"] == 4 * 64
     assert up["snr_db"] == 25 and down["snr_db"] == 20 and up["channel"] == "awgn"
     # the proxy's own counters agree with the UE's report
-    assert stats.uplink.payload_bytes == up["payload_bytes"] and stats.uplink.symbols == up["symbols"]
-    assert stats.downlink.payload_bytes == down["payload_bytes"] and stats.downlink.symbols == down["symbols"]
-    assert stats.uplink.transmissions == 1 and stats.downlink.transmissions == 1
-    assert stats.uplink.mean_snr_db == 25 and stats.downlink.mean_snr_db == 20
+    entries = {(e.link, e.direction): e for e in stats.entries}
+    assert set(entries) == {("phone1->es0", "uplink"), ("phone1->es0", "downlink")}
+    s_up, s_down = entries["phone1->es0", "uplink"], entries["phone1->es0", "downlink"]
+    assert s_up.payload_bytes == up["payload_bytes"] and s_up.symbols == up["symbols"]
+    assert s_down.payload_bytes == down["payload_bytes"] and s_down.symbols == down["symbols"]
+    assert s_up.transmissions == 1 and s_down.transmissions == 1
+    assert s_up.mean_snr_db == pytest.approx(25) and s_down.mean_snr_db == pytest.approx(20)
 
 
 def test_cli_errors_are_one_clear_line(random_model_dir: Path, tmp_path: Path) -> None:

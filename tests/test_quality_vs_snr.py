@@ -12,8 +12,8 @@ from ue_client.session import EdgeClient, generate
 
 def _set_both(addr: str, model: str, snr_db: float) -> None:
     with grpc.insecure_channel(addr) as ch:
-        s = channel_pb2.DirectionSettings(model=model, snr_db=snr_db)
-        channel_pb2_grpc.ChannelControlStub(ch).SetChannel(channel_pb2.SetChannelRequest(uplink=s, downlink=s), timeout=5)
+        req = channel_pb2.SetChannelRequest(direction="both", custom=channel_pb2.Profile(model=model, snr_db=snr_db))
+        channel_pb2_grpc.ChannelControlStub(ch).SetChannel(req, timeout=5)
 
 
 def test_ciag_quality_follows_snr(inproc_stack) -> None:  # type: ignore[no-untyped-def]

@@ -19,7 +19,7 @@ def _generate(args: argparse.Namespace) -> int:
     prompt = check_prompt(args.prompt)
     parts = ModelParts.load(args.model, args.device)
     image_in = load_png(args.image, parts.geometry.image_size) if args.image else None
-    with EdgeClient(args.via, timeout_s=args.timeout) as client:
+    with EdgeClient(args.via, timeout_s=args.timeout, ue_id=args.ue_id, es_name=args.es) as client:
         check_geometry(parts, client.describe())
         params = Params(seed=args.seed, steps=args.steps, guidance=args.guidance, strength=args.strength)
         result = generate(parts, client, prompt, args.protocol, args.task, params, image_in)
@@ -53,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--image", help="input image for text-guided img2img")
     gen.add_argument("--strength", type=float, default=0.0)
     gen.add_argument("--timeout", type=float, default=120.0, help="deadline of the whole generation, seconds")
+    gen.add_argument("--ue-id", default="ue", help="this UE's name on the channel proxy (its link is UE->ES)")
+    gen.add_argument("--es", help="which edge server behind the proxy (by name; default its first)")
     gen.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
     if getattr(args, "task", "x") is None:

@@ -29,7 +29,8 @@ class LinkAccount:
     payload_bytes: int = 0  # bytes of over-the-air tensor data
     text_bytes: int = 0  # lossless prompt text (UTF-8)
     snr_db: float | None = None  # the SNR the channel applied (None: ideal or direct link)
-    channel: str | None = None  # channel model applied (None: direct link, no proxy)
+    channel: str | None = None  # channel profile (or model) applied (None: direct link, no proxy)
+    energy: float = 0.0  # transmit energy the channel accounted (normalised units)
 
     def add_tensor(self, t: air_pb2.AirTensor) -> None:
         self.transmissions += 1
@@ -37,8 +38,9 @@ class LinkAccount:
         self.payload_bytes += len(t.data)
 
     def saw(self, applied: air_pb2.ChannelApplied) -> None:
-        self.channel = applied.model
-        self.snr_db = applied.snr_db if math.isfinite(applied.snr_db) else None
+        self.channel = applied.profile or applied.model
+        self.snr_db = applied.snr_db if math.isfinite(applied.snr_db) and applied.model != "ideal" else None
+        self.energy += applied.energy
 
 
 @dataclass
@@ -61,16 +63,19 @@ class GenerationResult:
 class EdgeClient:
     """A gRPC connection to an ES (directly or through the channel proxy); every call has a deadline."""
 
-    def __init__(self, target: str, timeout_s: float = 120.0) -> None:
+    def __init__(self, target: str, timeout_s: float = 120.0, ue_id: str = "ue", es_name: str | None = None) -> None:
+        """``ue_id`` names this UE to the channel proxy (its link is ``ue_id->ES``); ``es_name`` picks an
+        upstream ES behind the proxy by name (default: its first)."""
         from shared.grpc_util import message_options
 
         self.target = target
         self.timeout_s = timeout_s
+        self.metadata: tuple[tuple[str, str], ...] = (("meg-ue", ue_id),) + ((("meg-es", es_name),) if es_name else ())
         self.channel = grpc.insecure_channel(target, options=message_options())
         self.stub = edge_pb2_grpc.EdgeServiceStub(self.channel)
 
     def describe(self) -> edge_pb2.DescribeResponse:
-        return self.stub.Describe(edge_pb2.DescribeRequest(), timeout=min(self.timeout_s, 30.0))
+        return self.stub.Describe(edge_pb2.DescribeRequest(), timeout=min(self.timeout_s, 30.0), metadata=self.metadata)
 
     def close(self) -> None:
         self.channel.close()
@@ -122,7 +127,9 @@ def generate(
             params=edge_pb2.GenerationParams(seed=params.seed, steps=params.steps, guidance=params.guidance,
                                              fc=params.fc, strength=params.strength),
         )
-        response = client.stub.RunSegment(request, timeout=max(deadline - time.monotonic(), 0.001))
+        response = client.stub.RunSegment(
+            request, timeout=max(deadline - time.monotonic(), 0.001), metadata=client.metadata
+        )
         es_seconds += response.es_seconds
         for applied in response.uplink_seen:
             up.saw(applied)

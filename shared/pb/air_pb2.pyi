@@ -7,11 +7,14 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ChannelApplied(_message.Message):
-    __slots__ = ("link", "direction", "model", "snr_db", "symbols", "payload_bytes", "energy", "noise_seed")
+    __slots__ = ("link", "direction", "model", "snr_db", "profile", "effective_snr_db", "blocks", "symbols", "payload_bytes", "energy", "noise_seed")
     LINK_FIELD_NUMBER: _ClassVar[int]
     DIRECTION_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     SNR_DB_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_FIELD_NUMBER: _ClassVar[int]
+    EFFECTIVE_SNR_DB_FIELD_NUMBER: _ClassVar[int]
+    BLOCKS_FIELD_NUMBER: _ClassVar[int]
     SYMBOLS_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_BYTES_FIELD_NUMBER: _ClassVar[int]
     ENERGY_FIELD_NUMBER: _ClassVar[int]
@@ -20,11 +23,14 @@ class ChannelApplied(_message.Message):
     direction: str
     model: str
     snr_db: float
+    profile: str
+    effective_snr_db: float
+    blocks: int
     symbols: int
     payload_bytes: int
     energy: float
     noise_seed: int
-    def __init__(self, link: _Optional[str] = ..., direction: _Optional[str] = ..., model: _Optional[str] = ..., snr_db: _Optional[float] = ..., symbols: _Optional[int] = ..., payload_bytes: _Optional[int] = ..., energy: _Optional[float] = ..., noise_seed: _Optional[int] = ...) -> None: ...
+    def __init__(self, link: _Optional[str] = ..., direction: _Optional[str] = ..., model: _Optional[str] = ..., snr_db: _Optional[float] = ..., profile: _Optional[str] = ..., effective_snr_db: _Optional[float] = ..., blocks: _Optional[int] = ..., symbols: _Optional[int] = ..., payload_bytes: _Optional[int] = ..., energy: _Optional[float] = ..., noise_seed: _Optional[int] = ...) -> None: ...
 
 class AirTensor(_message.Message):
     __slots__ = ("name", "shape", "dtype", "data", "transmission_id", "block_power", "block_length", "applied")

@@ -24,27 +24,39 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17shared/pb/channel.proto\x12\x06meg.v1\"2\n\x11\x44irectionSettings\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06snr_db\x18\x02 \x01(\x01\"i\n\x0f\x43hannelSettings\x12)\n\x06uplink\x18\x01 \x01(\x0b\x32\x19.meg.v1.DirectionSettings\x12+\n\x08\x64ownlink\x18\x02 \x01(\x0b\x32\x19.meg.v1.DirectionSettings\"\x13\n\x11GetChannelRequest\"k\n\x11SetChannelRequest\x12)\n\x06uplink\x18\x01 \x01(\x0b\x32\x19.meg.v1.DirectionSettings\x12+\n\x08\x64ownlink\x18\x02 \x01(\x0b\x32\x19.meg.v1.DirectionSettings\"\x11\n\x0fGetStatsRequest\"\x99\x01\n\x0e\x44irectionStats\x12\x15\n\rtransmissions\x18\x01 \x01(\x04\x12\x0f\n\x07symbols\x18\x02 \x01(\x04\x12\x15\n\rpayload_bytes\x18\x03 \x01(\x04\x12\x15\n\rmessage_bytes\x18\x04 \x01(\x04\x12\x0c\n\x04rpcs\x18\x05 \x01(\x04\x12\x13\n\x0bmean_snr_db\x18\x06 \x01(\x01\x12\x0e\n\x06\x65nergy\x18\x07 \x01(\x01\"`\n\x0c\x43hannelStats\x12&\n\x06uplink\x18\x01 \x01(\x0b\x32\x16.meg.v1.DirectionStats\x12(\n\x08\x64ownlink\x18\x02 \x01(\x0b\x32\x16.meg.v1.DirectionStats2\xcf\x01\n\x0e\x43hannelControl\x12@\n\nGetChannel\x12\x19.meg.v1.GetChannelRequest\x1a\x17.meg.v1.ChannelSettings\x12@\n\nSetChannel\x12\x19.meg.v1.SetChannelRequest\x1a\x17.meg.v1.ChannelSettings\x12\x39\n\x08GetStats\x12\x17.meg.v1.GetStatsRequest\x1a\x14.meg.v1.ChannelStatsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17shared/pb/channel.proto\x12\x06meg.v1\"v\n\x07Profile\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0e\n\x06snr_db\x18\x03 \x01(\x01\x12\x19\n\x11\x63oherence_symbols\x18\x04 \x01(\r\x12\x10\n\x08k_factor\x18\x05 \x01(\x01\x12\x11\n\tcsi_error\x18\x06 \x01(\x01\"\x15\n\x13ListProfilesRequest\"0\n\x0bProfileList\x12!\n\x08profiles\x18\x01 \x03(\x0b\x32\x0f.meg.v1.Profile\"`\n\x0cLinkSettings\x12\x0c\n\x04link\x18\x01 \x01(\t\x12\x1f\n\x06uplink\x18\x02 \x01(\x0b\x32\x0f.meg.v1.Profile\x12!\n\x08\x64ownlink\x18\x03 \x01(\x0b\x32\x0f.meg.v1.Profile\"\x13\n\x11GetChannelRequest\"p\n\x0f\x43hannelSettings\x12%\n\x07\x64\x65\x66\x61ult\x18\x01 \x01(\x0b\x32\x14.meg.v1.LinkSettings\x12#\n\x05links\x18\x02 \x03(\x0b\x32\x14.meg.v1.LinkSettings\x12\x11\n\tupstreams\x18\x03 \x03(\t\"u\n\x11SetChannelRequest\x12\x0c\n\x04link\x18\x01 \x01(\t\x12\x11\n\tdirection\x18\x02 \x01(\t\x12\x11\n\x07profile\x18\x03 \x01(\tH\x00\x12!\n\x06\x63ustom\x18\x04 \x01(\x0b\x32\x0f.meg.v1.ProfileH\x00\x42\t\n\x07setting\"$\n\x13ResetChannelRequest\x12\r\n\x05stats\x18\x01 \x01(\x08\"\x11\n\x0fGetStatsRequest\"\xba\x01\n\x0e\x44irectionStats\x12\x0c\n\x04link\x18\x01 \x01(\t\x12\x11\n\tdirection\x18\x02 \x01(\t\x12\x0c\n\x04rpcs\x18\x03 \x01(\x04\x12\x15\n\rtransmissions\x18\x04 \x01(\x04\x12\x0f\n\x07symbols\x18\x05 \x01(\x04\x12\x15\n\rpayload_bytes\x18\x06 \x01(\x04\x12\x15\n\rmessage_bytes\x18\x07 \x01(\x04\x12\x13\n\x0bmean_snr_db\x18\x08 \x01(\x01\x12\x0e\n\x06\x65nergy\x18\t \x01(\x01\"7\n\x0c\x43hannelStats\x12\'\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x16.meg.v1.DirectionStats\"=\n\nCSIRequest\x12\x0c\n\x04link\x18\x01 \x01(\t\x12\x11\n\tdirection\x18\x02 \x01(\t\x12\x0e\n\x06\x62locks\x18\x03 \x01(\r\"V\n\x0b\x43SIResponse\x12\r\n\x05gains\x18\x01 \x03(\x01\x12\x19\n\x11\x63oherence_symbols\x18\x02 \x01(\r\x12\x0e\n\x06snr_db\x18\x03 \x01(\x01\x12\r\n\x05model\x18\x04 \x01(\t2\x8a\x03\n\x0e\x43hannelControl\x12@\n\x0cListProfiles\x12\x1b.meg.v1.ListProfilesRequest\x1a\x13.meg.v1.ProfileList\x12@\n\nGetChannel\x12\x19.meg.v1.GetChannelRequest\x1a\x17.meg.v1.ChannelSettings\x12@\n\nSetChannel\x12\x19.meg.v1.SetChannelRequest\x1a\x17.meg.v1.ChannelSettings\x12\x44\n\x0cResetChannel\x12\x1b.meg.v1.ResetChannelRequest\x1a\x17.meg.v1.ChannelSettings\x12\x39\n\x08GetStats\x12\x17.meg.v1.GetStatsRequest\x1a\x14.meg.v1.ChannelStats\x12\x31\n\x06GetCSI\x12\x12.meg.v1.CSIRequest\x1a\x13.meg.v1.CSIResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'shared.pb.channel_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DIRECTIONSETTINGS']._serialized_start=35
-  _globals['_DIRECTIONSETTINGS']._serialized_end=85
-  _globals['_CHANNELSETTINGS']._serialized_start=87
-  _globals['_CHANNELSETTINGS']._serialized_end=192
-  _globals['_GETCHANNELREQUEST']._serialized_start=194
-  _globals['_GETCHANNELREQUEST']._serialized_end=213
-  _globals['_SETCHANNELREQUEST']._serialized_start=215
-  _globals['_SETCHANNELREQUEST']._serialized_end=322
-  _globals['_GETSTATSREQUEST']._serialized_start=324
-  _globals['_GETSTATSREQUEST']._serialized_end=341
-  _globals['_DIRECTIONSTATS']._serialized_start=344
-  _globals['_DIRECTIONSTATS']._serialized_end=497
-  _globals['_CHANNELSTATS']._serialized_start=499
-  _globals['_CHANNELSTATS']._serialized_end=595
-  _globals['_CHANNELCONTROL']._serialized_start=598
-  _globals['_CHANNELCONTROL']._serialized_end=805
+  _globals['_PROFILE']._serialized_start=35
+  _globals['_PROFILE']._serialized_end=153
+  _globals['_LISTPROFILESREQUEST']._serialized_start=155
+  _globals['_LISTPROFILESREQUEST']._serialized_end=176
+  _globals['_PROFILELIST']._serialized_start=178
+  _globals['_PROFILELIST']._serialized_end=226
+  _globals['_LINKSETTINGS']._serialized_start=228
+  _globals['_LINKSETTINGS']._serialized_end=324
+  _globals['_GETCHANNELREQUEST']._serialized_start=326
+  _globals['_GETCHANNELREQUEST']._serialized_end=345
+  _globals['_CHANNELSETTINGS']._serialized_start=347
+  _globals['_CHANNELSETTINGS']._serialized_end=459
+  _globals['_SETCHANNELREQUEST']._serialized_start=461
+  _globals['_SETCHANNELREQUEST']._serialized_end=578
+  _globals['_RESETCHANNELREQUEST']._serialized_start=580
+  _globals['_RESETCHANNELREQUEST']._serialized_end=616
+  _globals['_GETSTATSREQUEST']._serialized_start=618
+  _globals['_GETSTATSREQUEST']._serialized_end=635
+  _globals['_DIRECTIONSTATS']._serialized_start=638
+  _globals['_DIRECTIONSTATS']._serialized_end=824
+  _globals['_CHANNELSTATS']._serialized_start=826
+  _globals['_CHANNELSTATS']._serialized_end=881
+  _globals['_CSIREQUEST']._serialized_start=883
+  _globals['_CSIREQUEST']._serialized_end=944
+  _globals['_CSIRESPONSE']._serialized_start=946
+  _globals['_CSIRESPONSE']._serialized_end=1032
+  _globals['_CHANNELCONTROL']._serialized_start=1035
+  _globals['_CHANNELCONTROL']._serialized_end=1429
 # @@protoc_insertion_point(module_scope)

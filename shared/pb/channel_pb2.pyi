@@ -1,64 +1,129 @@
+from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
-class DirectionSettings(_message.Message):
-    __slots__ = ("model", "snr_db")
+class Profile(_message.Message):
+    __slots__ = ("name", "model", "snr_db", "coherence_symbols", "k_factor", "csi_error")
+    NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     SNR_DB_FIELD_NUMBER: _ClassVar[int]
+    COHERENCE_SYMBOLS_FIELD_NUMBER: _ClassVar[int]
+    K_FACTOR_FIELD_NUMBER: _ClassVar[int]
+    CSI_ERROR_FIELD_NUMBER: _ClassVar[int]
+    name: str
     model: str
     snr_db: float
-    def __init__(self, model: _Optional[str] = ..., snr_db: _Optional[float] = ...) -> None: ...
+    coherence_symbols: int
+    k_factor: float
+    csi_error: float
+    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., snr_db: _Optional[float] = ..., coherence_symbols: _Optional[int] = ..., k_factor: _Optional[float] = ..., csi_error: _Optional[float] = ...) -> None: ...
 
-class ChannelSettings(_message.Message):
-    __slots__ = ("uplink", "downlink")
+class ListProfilesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ProfileList(_message.Message):
+    __slots__ = ("profiles",)
+    PROFILES_FIELD_NUMBER: _ClassVar[int]
+    profiles: _containers.RepeatedCompositeFieldContainer[Profile]
+    def __init__(self, profiles: _Optional[_Iterable[_Union[Profile, _Mapping]]] = ...) -> None: ...
+
+class LinkSettings(_message.Message):
+    __slots__ = ("link", "uplink", "downlink")
+    LINK_FIELD_NUMBER: _ClassVar[int]
     UPLINK_FIELD_NUMBER: _ClassVar[int]
     DOWNLINK_FIELD_NUMBER: _ClassVar[int]
-    uplink: DirectionSettings
-    downlink: DirectionSettings
-    def __init__(self, uplink: _Optional[_Union[DirectionSettings, _Mapping]] = ..., downlink: _Optional[_Union[DirectionSettings, _Mapping]] = ...) -> None: ...
+    link: str
+    uplink: Profile
+    downlink: Profile
+    def __init__(self, link: _Optional[str] = ..., uplink: _Optional[_Union[Profile, _Mapping]] = ..., downlink: _Optional[_Union[Profile, _Mapping]] = ...) -> None: ...
 
 class GetChannelRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class ChannelSettings(_message.Message):
+    __slots__ = ("default", "links", "upstreams")
+    DEFAULT_FIELD_NUMBER: _ClassVar[int]
+    LINKS_FIELD_NUMBER: _ClassVar[int]
+    UPSTREAMS_FIELD_NUMBER: _ClassVar[int]
+    default: LinkSettings
+    links: _containers.RepeatedCompositeFieldContainer[LinkSettings]
+    upstreams: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, default: _Optional[_Union[LinkSettings, _Mapping]] = ..., links: _Optional[_Iterable[_Union[LinkSettings, _Mapping]]] = ..., upstreams: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class SetChannelRequest(_message.Message):
-    __slots__ = ("uplink", "downlink")
-    UPLINK_FIELD_NUMBER: _ClassVar[int]
-    DOWNLINK_FIELD_NUMBER: _ClassVar[int]
-    uplink: DirectionSettings
-    downlink: DirectionSettings
-    def __init__(self, uplink: _Optional[_Union[DirectionSettings, _Mapping]] = ..., downlink: _Optional[_Union[DirectionSettings, _Mapping]] = ...) -> None: ...
+    __slots__ = ("link", "direction", "profile", "custom")
+    LINK_FIELD_NUMBER: _ClassVar[int]
+    DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_FIELD_NUMBER: _ClassVar[int]
+    CUSTOM_FIELD_NUMBER: _ClassVar[int]
+    link: str
+    direction: str
+    profile: str
+    custom: Profile
+    def __init__(self, link: _Optional[str] = ..., direction: _Optional[str] = ..., profile: _Optional[str] = ..., custom: _Optional[_Union[Profile, _Mapping]] = ...) -> None: ...
+
+class ResetChannelRequest(_message.Message):
+    __slots__ = ("stats",)
+    STATS_FIELD_NUMBER: _ClassVar[int]
+    stats: bool
+    def __init__(self, stats: _Optional[bool] = ...) -> None: ...
 
 class GetStatsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class DirectionStats(_message.Message):
-    __slots__ = ("transmissions", "symbols", "payload_bytes", "message_bytes", "rpcs", "mean_snr_db", "energy")
+    __slots__ = ("link", "direction", "rpcs", "transmissions", "symbols", "payload_bytes", "message_bytes", "mean_snr_db", "energy")
+    LINK_FIELD_NUMBER: _ClassVar[int]
+    DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    RPCS_FIELD_NUMBER: _ClassVar[int]
     TRANSMISSIONS_FIELD_NUMBER: _ClassVar[int]
     SYMBOLS_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_BYTES_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
-    RPCS_FIELD_NUMBER: _ClassVar[int]
     MEAN_SNR_DB_FIELD_NUMBER: _ClassVar[int]
     ENERGY_FIELD_NUMBER: _ClassVar[int]
+    link: str
+    direction: str
+    rpcs: int
     transmissions: int
     symbols: int
     payload_bytes: int
     message_bytes: int
-    rpcs: int
     mean_snr_db: float
     energy: float
-    def __init__(self, transmissions: _Optional[int] = ..., symbols: _Optional[int] = ..., payload_bytes: _Optional[int] = ..., message_bytes: _Optional[int] = ..., rpcs: _Optional[int] = ..., mean_snr_db: _Optional[float] = ..., energy: _Optional[float] = ...) -> None: ...
+    def __init__(self, link: _Optional[str] = ..., direction: _Optional[str] = ..., rpcs: _Optional[int] = ..., transmissions: _Optional[int] = ..., symbols: _Optional[int] = ..., payload_bytes: _Optional[int] = ..., message_bytes: _Optional[int] = ..., mean_snr_db: _Optional[float] = ..., energy: _Optional[float] = ...) -> None: ...
 
 class ChannelStats(_message.Message):
-    __slots__ = ("uplink", "downlink")
-    UPLINK_FIELD_NUMBER: _ClassVar[int]
-    DOWNLINK_FIELD_NUMBER: _ClassVar[int]
-    uplink: DirectionStats
-    downlink: DirectionStats
-    def __init__(self, uplink: _Optional[_Union[DirectionStats, _Mapping]] = ..., downlink: _Optional[_Union[DirectionStats, _Mapping]] = ...) -> None: ...
+    __slots__ = ("entries",)
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[DirectionStats]
+    def __init__(self, entries: _Optional[_Iterable[_Union[DirectionStats, _Mapping]]] = ...) -> None: ...
+
+class CSIRequest(_message.Message):
+    __slots__ = ("link", "direction", "blocks")
+    LINK_FIELD_NUMBER: _ClassVar[int]
+    DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    link: str
+    direction: str
+    blocks: int
+    def __init__(self, link: _Optional[str] = ..., direction: _Optional[str] = ..., blocks: _Optional[int] = ...) -> None: ...
+
+class CSIResponse(_message.Message):
+    __slots__ = ("gains", "coherence_symbols", "snr_db", "model")
+    GAINS_FIELD_NUMBER: _ClassVar[int]
+    COHERENCE_SYMBOLS_FIELD_NUMBER: _ClassVar[int]
+    SNR_DB_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    gains: _containers.RepeatedScalarFieldContainer[float]
+    coherence_symbols: int
+    snr_db: float
+    model: str
+    def __init__(self, gains: _Optional[_Iterable[float]] = ..., coherence_symbols: _Optional[int] = ..., snr_db: _Optional[float] = ..., model: _Optional[str] = ...) -> None: ...

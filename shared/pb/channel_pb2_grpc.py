@@ -34,6 +34,11 @@ class ChannelControlStub:
         Args:
             channel: A grpc.Channel.
         """
+        self.ListProfiles = channel.unary_unary(
+                '/meg.v1.ChannelControl/ListProfiles',
+                request_serializer=shared_dot_pb_dot_channel__pb2.ListProfilesRequest.SerializeToString,
+                response_deserializer=shared_dot_pb_dot_channel__pb2.ProfileList.FromString,
+                _registered_method=True)
         self.GetChannel = channel.unary_unary(
                 '/meg.v1.ChannelControl/GetChannel',
                 request_serializer=shared_dot_pb_dot_channel__pb2.GetChannelRequest.SerializeToString,
@@ -44,15 +49,31 @@ class ChannelControlStub:
                 request_serializer=shared_dot_pb_dot_channel__pb2.SetChannelRequest.SerializeToString,
                 response_deserializer=shared_dot_pb_dot_channel__pb2.ChannelSettings.FromString,
                 _registered_method=True)
+        self.ResetChannel = channel.unary_unary(
+                '/meg.v1.ChannelControl/ResetChannel',
+                request_serializer=shared_dot_pb_dot_channel__pb2.ResetChannelRequest.SerializeToString,
+                response_deserializer=shared_dot_pb_dot_channel__pb2.ChannelSettings.FromString,
+                _registered_method=True)
         self.GetStats = channel.unary_unary(
                 '/meg.v1.ChannelControl/GetStats',
                 request_serializer=shared_dot_pb_dot_channel__pb2.GetStatsRequest.SerializeToString,
                 response_deserializer=shared_dot_pb_dot_channel__pb2.ChannelStats.FromString,
                 _registered_method=True)
+        self.GetCSI = channel.unary_unary(
+                '/meg.v1.ChannelControl/GetCSI',
+                request_serializer=shared_dot_pb_dot_channel__pb2.CSIRequest.SerializeToString,
+                response_deserializer=shared_dot_pb_dot_channel__pb2.CSIResponse.FromString,
+                _registered_method=True)
 
 
 class ChannelControlServicer:
     """Missing associated documentation comment in .proto file."""
+
+    def ListProfiles(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
 
     def GetChannel(self, request, context):
         """Missing associated documentation comment in .proto file."""
@@ -61,7 +82,16 @@ class ChannelControlServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SetChannel(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Change one direction (or both) of one link (or of every link and the default for new ones).
+        Takes effect from the next transmission; RPCs in flight are not dropped.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResetChannel(self, request, context):
+        """Back to the settings the proxy started with (and zeroed counters if asked).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -72,9 +102,22 @@ class ChannelControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetCSI(self, request, context):
+        """The fading of the next `blocks` blocks of a link's direction, drawn now and used by the next
+        transmission there (± the profile's CSI estimation error in what is reported).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ChannelControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'ListProfiles': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListProfiles,
+                    request_deserializer=shared_dot_pb_dot_channel__pb2.ListProfilesRequest.FromString,
+                    response_serializer=shared_dot_pb_dot_channel__pb2.ProfileList.SerializeToString,
+            ),
             'GetChannel': grpc.unary_unary_rpc_method_handler(
                     servicer.GetChannel,
                     request_deserializer=shared_dot_pb_dot_channel__pb2.GetChannelRequest.FromString,
@@ -85,10 +128,20 @@ def add_ChannelControlServicer_to_server(servicer, server):
                     request_deserializer=shared_dot_pb_dot_channel__pb2.SetChannelRequest.FromString,
                     response_serializer=shared_dot_pb_dot_channel__pb2.ChannelSettings.SerializeToString,
             ),
+            'ResetChannel': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResetChannel,
+                    request_deserializer=shared_dot_pb_dot_channel__pb2.ResetChannelRequest.FromString,
+                    response_serializer=shared_dot_pb_dot_channel__pb2.ChannelSettings.SerializeToString,
+            ),
             'GetStats': grpc.unary_unary_rpc_method_handler(
                     servicer.GetStats,
                     request_deserializer=shared_dot_pb_dot_channel__pb2.GetStatsRequest.FromString,
                     response_serializer=shared_dot_pb_dot_channel__pb2.ChannelStats.SerializeToString,
+            ),
+            'GetCSI': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCSI,
+                    request_deserializer=shared_dot_pb_dot_channel__pb2.CSIRequest.FromString,
+                    response_serializer=shared_dot_pb_dot_channel__pb2.CSIResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -100,6 +153,33 @@ def add_ChannelControlServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class ChannelControl:
     """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def ListProfiles(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meg.v1.ChannelControl/ListProfiles',
+            shared_dot_pb_dot_channel__pb2.ListProfilesRequest.SerializeToString,
+            shared_dot_pb_dot_channel__pb2.ProfileList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
 
     @staticmethod
     def GetChannel(request,
@@ -156,6 +236,33 @@ class ChannelControl:
             _registered_method=True)
 
     @staticmethod
+    def ResetChannel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meg.v1.ChannelControl/ResetChannel',
+            shared_dot_pb_dot_channel__pb2.ResetChannelRequest.SerializeToString,
+            shared_dot_pb_dot_channel__pb2.ChannelSettings.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def GetStats(request,
             target,
             options=(),
@@ -172,6 +279,33 @@ class ChannelControl:
             '/meg.v1.ChannelControl/GetStats',
             shared_dot_pb_dot_channel__pb2.GetStatsRequest.SerializeToString,
             shared_dot_pb_dot_channel__pb2.ChannelStats.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCSI(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meg.v1.ChannelControl/GetCSI',
+            shared_dot_pb_dot_channel__pb2.CSIRequest.SerializeToString,
+            shared_dot_pb_dot_channel__pb2.CSIResponse.FromString,
             options,
             channel_credentials,
             insecure,
