@@ -125,8 +125,11 @@ def profile_from_mapping(name: str, raw: Mapping[str, object]) -> ChannelProfile
     if unknown:
         raise ChannelConfigError(f"profile {name!r}: unknown keys {sorted(unknown)}; known: {sorted(known)}")
     values = dict(raw)
-    if "snr_db" in values:
-        values["snr_db"] = float(values["snr_db"])  # type: ignore[arg-type]
+    for key in ("snr_db", "k_factor", "csi_error"):
+        if key in values:
+            if not isinstance(values[key], (int, float)) or isinstance(values[key], bool):
+                raise ChannelConfigError(f"profile {name!r}: {key} must be a number, got {values[key]!r}")
+            values[key] = float(values[key])  # type: ignore[arg-type]
     return ChannelProfile(name=name, **values)  # type: ignore[arg-type]
 
 
