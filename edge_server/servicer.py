@@ -82,6 +82,18 @@ class EdgeServicer(edge_pb2_grpc.EdgeServiceServicer):
             device=str(self.parts.device),
         )
 
+    async def Probe(self, request: edge_pb2.ProbeRequest, context: grpc.aio.ServicerContext) -> edge_pb2.ProbeResponse:
+        """Check and echo the tensors (the applied-channel stamps are dropped so the downlink stamps anew)."""
+        for t in request.tensors:
+            try:
+                air.air_array(t)
+            except air.TensorError as exc:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        reply = edge_pb2.ProbeResponse(tensors=request.tensors)
+        for t in reply.tensors:
+            t.ClearField("applied")
+        return reply
+
     def _workspace(self, request: edge_pb2.SegmentRequest, segment: Segment) -> dict[str, object]:
         """Decode and check what the UE sent against what the segment receives."""
         expected = {k for k in segment.receives if k not in TEXT_KEYS}

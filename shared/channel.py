@@ -273,11 +273,24 @@ def transmit(
         h_hat = h if fading_estimate is None else np.asarray(fading_estimate, dtype=np.float64)[:tf]
     if profile.model == "ideal" and bool(np.all(p > 0)):
         return Transmission(xf.copy(), n, tf, energy, math.inf)
-    gain = _per_symbol(h, n, lc) * np.sqrt(_per_symbol(p, n, lp))
-    gain_hat = _per_symbol(h_hat, n, lc) * np.sqrt(_per_symbol(p, n, lp))
-    scale = float(np.sqrt(np.mean(np.square(flat, dtype=np.float64)))) if n else 1.0
+    scale = float(np.sqrt(np.dot(flat, flat) / n)) if n else 1.0
     scale = scale if scale > 0 else 1.0
     n0 = profile.noise_power
+    if tf == 1 and tp == 1:  # one block: scalar gains, a few passes over the data
+        g, g_hat = float(h[0] * math.sqrt(p[0])), float(h_hat[0] * math.sqrt(p[0]))
+        y = flat * np.float32(g / scale)
+        if n0 > 0:
+            noise = rng.standard_normal(n, dtype=np.float32)
+            noise *= np.float32(math.sqrt(n0))
+            y += noise
+        if g_hat > 0:
+            y *= np.float32(scale / g_hat)
+        else:
+            y[:] = 0.0
+        eff = math.inf if n0 == 0 else (10 * math.log10(g * g / n0) if g > 0 else -math.inf)
+        return Transmission(y.reshape(xf.shape), n, tf, energy, eff)
+    gain = _per_symbol(h, n, lc) * np.sqrt(_per_symbol(p, n, lp))
+    gain_hat = _per_symbol(h_hat, n, lc) * np.sqrt(_per_symbol(p, n, lp))
     y = gain * (flat / scale)
     if n0 > 0:
         y += rng.standard_normal(n, dtype=np.float32) * np.float32(math.sqrt(n0))

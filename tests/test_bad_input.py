@@ -89,6 +89,15 @@ def test_run_segment_rejects_bad_requests_and_keeps_serving(inproc_stack, via: s
         ok = stub.RunSegment(_ciag_request(parts), timeout=60)
         assert [t.name for t in ok.tensors] == ["seed"]
         assert stub.Describe(edge_pb2.DescribeRequest(), timeout=10).protocols
+        # Probe checks its tensors too
+        for how, msg in TENSOR_CASES.items():
+            if how in ("name", "shape", "nan", "inf"):
+                continue  # Probe echoes any well-formed tensor of any name/shape, non-finite values included
+            with pytest.raises(grpc.RpcError) as err:
+                stub.Probe(edge_pb2.ProbeRequest(tensors=[_bad_tensor(parts, how)]), timeout=10)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and msg in err.value.details()
+        echo = stub.Probe(edge_pb2.ProbeRequest(tensors=[air.to_air("x", torch.ones(3))]), timeout=10)
+        assert air.from_air(echo.tensors[0]).tolist() == [1.0, 1.0, 1.0]
 
 
 def test_prompt_checks_on_the_es(inproc_stack) -> None:  # type: ignore[no-untyped-def]

@@ -7,6 +7,18 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class ProbeRequest(_message.Message):
+    __slots__ = ("tensors",)
+    TENSORS_FIELD_NUMBER: _ClassVar[int]
+    tensors: _containers.RepeatedCompositeFieldContainer[_air_pb2.AirTensor]
+    def __init__(self, tensors: _Optional[_Iterable[_Union[_air_pb2.AirTensor, _Mapping]]] = ...) -> None: ...
+
+class ProbeResponse(_message.Message):
+    __slots__ = ("tensors",)
+    TENSORS_FIELD_NUMBER: _ClassVar[int]
+    tensors: _containers.RepeatedCompositeFieldContainer[_air_pb2.AirTensor]
+    def __init__(self, tensors: _Optional[_Iterable[_Union[_air_pb2.AirTensor, _Mapping]]] = ...) -> None: ...
+
 class GenerationParams(_message.Message):
     __slots__ = ("seed", "steps", "guidance", "fc", "strength")
     SEED_FIELD_NUMBER: _ClassVar[int]

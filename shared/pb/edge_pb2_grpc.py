@@ -44,6 +44,11 @@ class EdgeServiceStub:
                 request_serializer=shared_dot_pb_dot_edge__pb2.SegmentRequest.SerializeToString,
                 response_deserializer=shared_dot_pb_dot_edge__pb2.SegmentResponse.FromString,
                 _registered_method=True)
+        self.Probe = channel.unary_unary(
+                '/meg.v1.EdgeService/Probe',
+                request_serializer=shared_dot_pb_dot_edge__pb2.ProbeRequest.SerializeToString,
+                response_deserializer=shared_dot_pb_dot_edge__pb2.ProbeResponse.FromString,
+                _registered_method=True)
 
 
 class EdgeServiceServicer:
@@ -63,6 +68,14 @@ class EdgeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Probe(self, request, context):
+        """Echo over-the-air tensors back (after the uplink channel, so the downlink perturbs them again):
+        a link probe for measuring the channel and the proxy's overhead. No model work.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EdgeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -75,6 +88,11 @@ def add_EdgeServiceServicer_to_server(servicer, server):
                     servicer.RunSegment,
                     request_deserializer=shared_dot_pb_dot_edge__pb2.SegmentRequest.FromString,
                     response_serializer=shared_dot_pb_dot_edge__pb2.SegmentResponse.SerializeToString,
+            ),
+            'Probe': grpc.unary_unary_rpc_method_handler(
+                    servicer.Probe,
+                    request_deserializer=shared_dot_pb_dot_edge__pb2.ProbeRequest.FromString,
+                    response_serializer=shared_dot_pb_dot_edge__pb2.ProbeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -131,6 +149,33 @@ class EdgeService:
             '/meg.v1.EdgeService/RunSegment',
             shared_dot_pb_dot_edge__pb2.SegmentRequest.SerializeToString,
             shared_dot_pb_dot_edge__pb2.SegmentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Probe(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meg.v1.EdgeService/Probe',
+            shared_dot_pb_dot_edge__pb2.ProbeRequest.SerializeToString,
+            shared_dot_pb_dot_edge__pb2.ProbeResponse.FromString,
             options,
             channel_credentials,
             insecure,
