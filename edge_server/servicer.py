@@ -107,7 +107,7 @@ class EdgeServicer(edge_pb2_grpc.EdgeServiceServicer):
         workspace: dict[str, object] = {}
         for t in request.tensors:
             try:
-                workspace[t.name] = air.from_air(t, self.parts.geometry.shape_of(t.name))
+                workspace[t.name] = air.from_air(t, self.parts.geometry.shape_of(t.name, request.params.fc))
             except air.TensorError as exc:
                 raise RequestError(str(exc)) from None
         if "prompt" in segment.receives:
@@ -125,6 +125,8 @@ class EdgeServicer(edge_pb2_grpc.EdgeServiceServicer):
         try:
             segment = check_segment(request)
             params = check_params(request.params)
+            if not self.parts.has_codec(params.fc):
+                raise RequestError(f"this model ships no seed codec for fc={params.fc:g}; use fc=1")
             workspace = self._workspace(request, segment)
         except RequestError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))

@@ -1,21 +1,25 @@
-"""The model parts a protocol stage can call (paper 2, Fig. 3): T, U, D and the codec C / C⁻¹.
+"""The model parts a protocol stage can call (paper 2, Fig. 3): T, E, U, D, C / C⁻¹, S and K.
 
 :class:`ModelParts` holds one loaded pipeline (shared by all requests); :class:`ModelOps` binds it to one
-request's parameters and deadline and is what :func:`shared.protocols.run_segment` calls. Shapes, with
-``L`` = max tokens, ``D`` = text width, ``C`` = latent channels, ``h = H / 8``:
+request's parameters and deadline and is what :func:`shared.protocols.run_segment` calls. Shapes are those
+of :mod:`shared.geometry` (``L`` tokens, ``D`` text width, ``C`` latent channels, ``h = H / 8``):
 
-=====================  =====================  ===========================
-op                     inputs                 outputs
-=====================  =====================  ===========================
-``encode_prompt``      prompt ``str``         cond ``[1, L, D]``
-``denoise``            cond ``[1, L, D]``     latent ``[1, C, h, h]``
-``decode``             latent                 image ``[1, 3, H, H]`` in [0, 1]
-``compress``           cond or latent         seed (codec output shape)
-``decompress_cond``    seed                   cond
-``decompress_latent``  seed                   latent
-=====================  =====================  ===========================
+=================  ==================================  =====================================
+op                 inputs                              outputs
+=================  ==================================  =====================================
+``encode_prompt``  prompt ``str``                      cond ``[1, L, D]``
+``encode_image``   image_in ``[1, 3, H, H]`` in [0,1]  init_latent ``[1, C, h, h]``
+``denoise``        cond (, init_latent)                latent ``[1, C, h, h]`` (ES budget)
+``denoise_ue``     cond (, init_latent)                latent (the UE's weaker budget)
+``decode``         latent                              image ``[1, 3, H, H]`` in [0, 1]
+``compress``       latent                              seed ``[1, round(fc·C·h·h)]``
+``decompress``     seed                                latent
+``sketch``         image                               sketch ``[1, 3, H/4, H/4]``
+``complete``       cond, sketch                        image (UE img2img refinement)
+=================  ==================================  =====================================
 
-Until the learned codec lands, C / C⁻¹ are the identity (fc = 1): a seed is the tensor itself.
+With txt2img, ``denoise`` starts from seeded noise; with an ``init_latent`` it is text-guided img2img at
+``strength``. Until the learned codec lands, C / C⁻¹ exist only for fc = 1 (the identity).
 """
 
 from __future__ import annotations
@@ -25,9 +29,17 @@ import time
 from dataclasses import dataclass
 
 import torch
-from diffusers import DDIMScheduler, StableDiffusionPipeline
+import torch.nn.functional as F
+from diffusers import DDIMScheduler, StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
 
+from shared.geometry import SKETCH_FACTOR, Geometry
 from shared.model_loader import MegConfig, load_pipeline
+
+
+#: img2img strength when the request gives none.
+DEFAULT_STRENGTH = 0.6
+#: How much of the noise schedule the ESUC completer re-runs on the upsampled sketch.
+COMPLETE_STRENGTH = 0.5
 
 
 class DeadlineExceeded(TimeoutError):
@@ -43,35 +55,6 @@ class Params:
     guidance: float = 0.0
     fc: float = 0.0
     strength: float = 0.0
-
-
-@dataclass(frozen=True)
-class Geometry:
-    """Sizes a peer needs for validation and accounting."""
-
-    image_size: int
-    latent_channels: int
-    latent_size: int
-    max_tokens: int
-    embed_dim: int
-
-    def shape_of(self, key: str) -> tuple[int, ...]:
-        """Expected shape of a workspace tensor ``key`` (identity codec: seeds are what they encode)."""
-        cond = (1, self.max_tokens, self.embed_dim)
-        latent = (1, self.latent_channels, self.latent_size, self.latent_size)
-        image = (1, 3, self.image_size, self.image_size)
-        shapes = {
-            "cond": cond,
-            "task_seed": cond,
-            "latent": latent,
-            "init_latent": latent,
-            "seed": latent,
-            "image": image,
-            "image_in": image,
-        }
-        if key not in shapes:
-            raise KeyError(f"no shape is known for workspace key {key!r}")
-        return shapes[key]
 
 
 class ModelParts:
@@ -112,14 +95,19 @@ class ModelParts:
                 self._uncond = self.embed("")
             return self._uncond
 
-    def fresh_pipeline(self) -> StableDiffusionPipeline:
+    def fresh_pipeline(self, img2img: bool = False) -> StableDiffusionPipeline:
         """The same modules with a private scheduler, so concurrent requests don't share scheduler state."""
         comps = dict(self.pipe.components)
         comps["scheduler"] = DDIMScheduler.from_config(self.pipe.scheduler.config)
         comps.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-        pipe = StableDiffusionPipeline(**comps)
+        cls = StableDiffusionImg2ImgPipeline if img2img else StableDiffusionPipeline
+        pipe = cls(**comps)
         pipe.set_progress_bar_config(disable=True)
         return pipe
+
+    def has_codec(self, fc: float) -> bool:
+        """Whether seeds at compression rate ``fc`` can be made (only fc = 1 until the codec lands)."""
+        return fc in (0.0, 1.0)
 
 
 class ModelOps:
@@ -141,45 +129,65 @@ class ModelOps:
         if self.deadline is not None and time.monotonic() > self.deadline:
             raise DeadlineExceeded("the request's deadline passed during generation")
 
-    # --- T -----------------------------------------------------------------------------------------
+    # --- T, E ---------------------------------------------------------------------------------------
     def op_encode_prompt(self, prompt: str) -> tuple[torch.Tensor]:
         return (self.parts.embed(prompt),)
 
-    # --- C / C⁻¹ (identity until the learned codec lands) -------------------------------------------
-    def op_compress(self, x: torch.Tensor) -> tuple[torch.Tensor]:
-        return (x,)
+    @torch.no_grad()
+    def op_encode_image(self, image: torch.Tensor) -> tuple[torch.Tensor]:
+        """VAE encoder: ``[1, 3, H, H]`` in [0, 1] -> scaled posterior mean ``[1, C, h, h]``."""
+        vae = self.parts.pipe.vae
+        x = (image.to(self.parts.device, vae.dtype) * 2 - 1).clamp(-1, 1)
+        z = vae.encode(x).latent_dist.mean * vae.config.scaling_factor
+        return (z.float().cpu(),)
 
-    def op_decompress_cond(self, seed: torch.Tensor) -> tuple[torch.Tensor]:
-        return (seed,)
+    # --- C / C⁻¹ (identity at fc = 1 until the learned codec lands) -----------------------------------
+    def op_compress(self, latent: torch.Tensor) -> tuple[torch.Tensor]:
+        if not self.parts.has_codec(self.params.fc):
+            raise ValueError(f"no seed codec for fc={self.params.fc}")
+        return (latent,)
 
-    def op_decompress_latent(self, seed: torch.Tensor) -> tuple[torch.Tensor]:
+    def op_decompress(self, seed: torch.Tensor) -> tuple[torch.Tensor]:
+        if not self.parts.has_codec(self.params.fc):
+            raise ValueError(f"no seed codec for fc={self.params.fc}")
         return (seed,)
 
     # --- U -----------------------------------------------------------------------------------------
+    def op_denoise(self, cond: torch.Tensor, init_latent: torch.Tensor | None = None) -> tuple[torch.Tensor]:
+        """ES budget: ``params.steps`` or the model's ``es_steps``."""
+        return (self._denoise(cond, init_latent, self.params.steps or self.parts.meg.es_steps, self.params.strength),)
+
+    def op_denoise_ue(self, cond: torch.Tensor, init_latent: torch.Tensor | None = None) -> tuple[torch.Tensor]:
+        """The UE's weaker budget (paper 1's limited local computation): the model's ``ue_steps``."""
+        return (self._denoise(cond, init_latent, self.parts.meg.ue_steps, self.params.strength),)
+
     @torch.no_grad()
-    def op_denoise(self, cond: torch.Tensor) -> tuple[torch.Tensor]:
-        """DDIM from seeded noise, guided by ``cond [1, L, D]`` -> latent ``[1, C, h, h]`` (float32, CPU)."""
+    def _denoise(self, cond: torch.Tensor, init_latent: torch.Tensor | None, steps: int, strength: float) -> torch.Tensor:
+        """DDIM guided by ``cond [1, L, D]``: from seeded noise (txt2img), or from ``init_latent`` noised to
+        ``strength`` (img2img; 0 means the default 0.6) -> latent ``[1, C, h, h]`` (float32, CPU)."""
         parts, p = self.parts, self.params
         meg, geo = parts.meg, parts.geometry
-        pipe = parts.fresh_pipeline()
+        pipe = parts.fresh_pipeline(img2img=init_latent is not None)
         dtype = pipe.unet.dtype
 
         def on_step(_pipe: object, _i: int, _t: object, kwargs: dict[str, object]) -> dict[str, object]:
             self._check_deadline()
             return kwargs
 
-        out = pipe(
+        common = dict(
             prompt_embeds=cond.to(parts.device, dtype),
             negative_prompt_embeds=parts.uncond().to(parts.device, dtype),
             guidance_scale=p.guidance or meg.guidance,
-            num_inference_steps=p.steps or meg.es_steps,
-            height=geo.image_size,
-            width=geo.image_size,
+            num_inference_steps=steps,
             generator=torch.Generator("cpu").manual_seed(p.seed),
             output_type="latent",
             callback_on_step_end=on_step,
         )
-        return (out.images.float().cpu(),)
+        if init_latent is None:
+            out = pipe(height=geo.image_size, width=geo.image_size, **common)
+        else:
+            out = pipe(image=init_latent.to(parts.device, dtype), strength=strength or DEFAULT_STRENGTH, **common)
+        return out.images.float().cpu()
 
     # --- D -----------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -189,3 +197,17 @@ class ModelOps:
         z = latent.to(self.parts.device, vae.dtype) / vae.config.scaling_factor
         image = vae.decode(z).sample
         return (((image.float() + 1) / 2).clamp(0, 1).cpu(),)
+
+    # --- S, K (ESUC) -----------------------------------------------------------------------------------
+    def op_sketch(self, image: torch.Tensor) -> tuple[torch.Tensor]:
+        """Sketcher S: area-downsample ``[1, 3, H, H]`` by the sketch factor -> ``[1, 3, H/4, H/4]``."""
+        return (F.avg_pool2d(image, SKETCH_FACTOR),)
+
+    def op_complete(self, cond: torch.Tensor, sketch: torch.Tensor) -> tuple[torch.Tensor]:
+        """Completer K on the UE: upsample the sketch (bicubic), encode it, refine it by img2img with the
+        UE's budget at ``COMPLETE_STRENGTH`` guided by the UE's own prompt embedding, decode."""
+        size = self.parts.geometry.image_size
+        up = F.interpolate(sketch, size=(size, size), mode="bicubic", align_corners=False).clamp(0, 1)
+        (init,) = self.op_encode_image(up)
+        latent = self._denoise(cond, init, max(self.parts.meg.ue_steps, 2), COMPLETE_STRENGTH)
+        return self.op_decode(latent)

@@ -76,58 +76,130 @@ class ProtocolError(ValueError):
     """Unknown protocol or task, or a request that does not fit the protocol's plan."""
 
 
+# Stage lists follow the protocol table of DESIGN.md §3 (paper 1 §II-C): T = encode_prompt, E = encode_image,
+# U = denoise (denoise_ue: the UE's weaker budget), D = decode, C / C⁻¹ = compress / decompress, S = sketch,
+# K = complete. In txt2img the UE's task inference is the prompt embedding ``cond``; in img2img it is the
+# input image's latent ``init_latent`` (sent as the compressed ``init_seed``, with the prompt as text).
 PROTOCOLS: dict[str, ProtocolSpec] = {
     spec.name: spec
     for spec in (
         ProtocolSpec(
+            "FULL-UE",
+            "local: the UE runs everything with its weaker budget; nothing crosses the air",
+            {
+                "txt2img": (
+                    ue("encode_prompt", "prompt", "cond"),
+                    ue("denoise_ue", "cond", "latent"),
+                    ue("decode", "latent", "image"),
+                ),
+                "img2img": (
+                    ue("encode_prompt", "prompt", "cond"),
+                    ue("encode_image", "image_in", "init_latent"),
+                    ue("denoise_ue", "cond init_latent", "latent"),
+                    ue("decode", "latent", "image"),
+                ),
+            },
+        ),
+        ProtocolSpec(
             "FULL-ES",
-            "centralized: the prompt goes up, the ES generates, the image pixels come down",
+            "centralized: prompt (and input pixels) up, the ES generates, image pixels down",
             {
                 "txt2img": (
                     es("encode_prompt", "prompt", "cond"),
                     es("denoise", "cond", "latent"),
+                    es("decode", "latent", "image"),
+                ),
+                "img2img": (
+                    es("encode_prompt", "prompt", "cond"),
+                    es("encode_image", "image_in", "init_latent"),
+                    es("denoise", "cond init_latent", "latent"),
                     es("decode", "latent", "image"),
                 ),
             },
         ),
         ProtocolSpec(
             "UIEG",
-            "UE infers the task seed, ES generates the image and sends the pixels down",
+            "UE infers the task (seed up), the ES generates, image pixels down",
             {
                 "txt2img": (
                     ue("encode_prompt", "prompt", "cond"),
-                    ue("compress", "cond", "task_seed"),
-                    es("decompress_cond", "task_seed", "cond"),
                     es("denoise", "cond", "latent"),
+                    es("decode", "latent", "image"),
+                ),
+                "img2img": (
+                    ue("encode_image", "image_in", "init_latent"),
+                    ue("compress", "init_latent", "init_seed"),
+                    es("decompress", "init_seed", "init_latent"),
+                    es("encode_prompt", "prompt", "cond"),
+                    es("denoise", "cond init_latent", "latent"),
                     es("decode", "latent", "image"),
                 ),
             },
         ),
         ProtocolSpec(
             "EIUG",
-            "ES infers the latent from the prompt and sends its seed, UE decodes the image",
+            "ES infers the latent (prompt up), its seed comes down, the UE decodes",
             {
                 "txt2img": (
                     es("encode_prompt", "prompt", "cond"),
                     es("denoise", "cond", "latent"),
                     es("compress", "latent", "seed"),
-                    ue("decompress_latent", "seed", "latent"),
+                    ue("decompress", "seed", "latent"),
+                    ue("decode", "latent", "image"),
+                ),
+                "img2img": (
+                    es("encode_prompt", "prompt", "cond"),
+                    es("encode_image", "image_in", "init_latent"),
+                    es("denoise", "cond init_latent", "latent"),
+                    es("compress", "latent", "seed"),
+                    ue("decompress", "seed", "latent"),
                     ue("decode", "latent", "image"),
                 ),
             },
         ),
         ProtocolSpec(
             "CIAG",
-            "UE encodes the task seed, ES denoises, UE decodes the seed (co-inference)",
+            "co-inference: UE's task seed up, the ES denoises, latent seed down, the UE decodes",
             {
                 "txt2img": (
                     ue("encode_prompt", "prompt", "cond"),
-                    ue("compress", "cond", "task_seed"),
-                    es("decompress_cond", "task_seed", "cond"),
                     es("denoise", "cond", "latent"),
                     es("compress", "latent", "seed"),
-                    ue("decompress_latent", "seed", "latent"),
+                    ue("decompress", "seed", "latent"),
                     ue("decode", "latent", "image"),
+                ),
+                "img2img": (
+                    ue("encode_image", "image_in", "init_latent"),
+                    ue("compress", "init_latent", "init_seed"),
+                    es("decompress", "init_seed", "init_latent"),
+                    es("encode_prompt", "prompt", "cond"),
+                    es("denoise", "cond init_latent", "latent"),
+                    es("compress", "latent", "seed"),
+                    ue("decompress", "seed", "latent"),
+                    ue("decode", "latent", "image"),
+                ),
+            },
+        ),
+        ProtocolSpec(
+            "ESUC",
+            "ES generates and sends a low-resolution sketch, the UE completes it with its own model",
+            {
+                "txt2img": (
+                    es("encode_prompt", "prompt", "cond"),
+                    es("denoise", "cond", "latent"),
+                    es("decode", "latent", "es_image"),
+                    es("sketch", "es_image", "sketch"),
+                    ue("encode_prompt", "prompt", "cond"),
+                    ue("complete", "cond sketch", "image"),
+                ),
+                "img2img": (
+                    es("encode_prompt", "prompt", "cond"),
+                    es("encode_image", "image_in", "init_latent"),
+                    es("denoise", "cond init_latent", "latent"),
+                    es("decode", "latent", "es_image"),
+                    es("sketch", "es_image", "sketch"),
+                    ue("encode_prompt", "prompt", "cond"),
+                    ue("complete", "cond sketch", "image"),
                 ),
             },
         ),

@@ -17,9 +17,9 @@ from ue_client.session import EdgeClient, generate
 
 def _ciag_request(parts: ModelParts, **changes: object) -> edge_pb2.SegmentRequest:
     g = parts.geometry
-    cond = torch.randn(*g.shape_of("task_seed"))
+    cond = torch.randn(*g.shape_of("cond"))
     req = edge_pb2.SegmentRequest(
-        protocol="CIAG", segment=1, task="txt2img", tensors=[air.to_air("task_seed", cond)],
+        protocol="CIAG", segment=1, task="txt2img", tensors=[air.to_air("cond", cond)],
         params=edge_pb2.GenerationParams(seed=1, steps=2),
     )
     for k, v in changes.items():
@@ -33,8 +33,8 @@ def _ciag_request(parts: ModelParts, **changes: object) -> edge_pb2.SegmentReque
 
 
 def _bad_tensor(parts: ModelParts, how: str) -> object:
-    shape = parts.geometry.shape_of("task_seed")
-    t = air.to_air("task_seed", torch.zeros(*shape))
+    shape = parts.geometry.shape_of("cond")
+    t = air.to_air("cond", torch.zeros(*shape))
     n = int(np.prod(shape))
     if how == "shape":
         t.ClearField("shape")
@@ -48,7 +48,7 @@ def _bad_tensor(parts: ModelParts, how: str) -> object:
     elif how == "inf":
         t.data = np.full(n, -np.inf, "<f4").tobytes()
     elif how == "name":
-        t.name = "seed"
+        t.name = "latent"
     return t
 
 
@@ -111,7 +111,7 @@ def test_prompt_checks_on_the_es(inproc_stack) -> None:  # type: ignore[no-untyp
 
 def test_oversize_message_is_refused_and_server_lives(inproc_stack) -> None:  # type: ignore[no-untyped-def]
     parts = inproc_stack.parts
-    huge = air.to_air("task_seed", np.zeros(5 * 1024 * 1024 // 4, np.float32))  # 5 MiB > the ES's 4 MiB limit
+    huge = air.to_air("cond", np.zeros(5 * 1024 * 1024 // 4, np.float32))  # 5 MiB > the ES's 4 MiB limit
     with grpc.insecure_channel(inproc_stack.es_addr, options=[("grpc.max_send_message_length", 64 << 20)]) as ch:
         stub = edge_pb2_grpc.EdgeServiceStub(ch)
         with pytest.raises(grpc.RpcError) as err:

@@ -73,14 +73,14 @@ def test_csi_reported_equals_fading_applied(inproc_stack) -> None:  # type: igno
     ctl.SetChannel(channel_pb2.SetChannelRequest(link=link, direction="uplink", custom=channel_pb2.Profile(
         model="rayleigh", snr_db=200, coherence_symbols=16)), timeout=5)
     g = inproc_stack.parts.geometry
-    n = int(np.prod(g.shape_of("task_seed")))
+    n = int(np.prod(g.shape_of("cond")))
     blocks = -(-n // 16)
     csi = np.array(ctl.GetCSI(channel_pb2.CSIRequest(link=link, direction="uplink", blocks=blocks), timeout=5).gains)
     assert csi.shape == (blocks,) and np.all(csi > 0) and len(set(csi.round(6))) > 1
     # an all-ones tensor, power-normalised, is received as h_t·1/ĥ_t = 1 with perfect CSI; so instead send the
     # tensor with power 1 and look at the effective SNR the proxy reports: 200 dB + 10·log10(mean h²)
-    x = torch.ones(*g.shape_of("task_seed"))
-    req = edge_pb2.SegmentRequest(protocol="CIAG", segment=1, tensors=[air.to_air("task_seed", x)],
+    x = torch.ones(*g.shape_of("cond"))
+    req = edge_pb2.SegmentRequest(protocol="CIAG", segment=1, tensors=[air.to_air("cond", x)],
                                   params=edge_pb2.GenerationParams(steps=1))
     resp = edge_pb2_grpc.EdgeServiceStub(ch).RunSegment(req, timeout=60, metadata=(("meg-ue", "csi-ue"),))
     seen = resp.uplink_seen[0]

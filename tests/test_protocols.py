@@ -7,15 +7,15 @@ def test_ciag_plan_is_derived_from_the_stages() -> None:
     _, stages = get_protocol("ciag", "txt2img")
     segments = plan(stages, "txt2img")
     assert [s.actor for s in segments] == ["UE", "ES", "UE"]
-    assert segments[0].receives == () and segments[0].returns == ("task_seed",)
-    assert segments[1].receives == ("task_seed",) and segments[1].returns == ("seed",)
+    assert segments[0].receives == () and segments[0].returns == ("cond",)
+    assert segments[1].receives == ("cond",) and segments[1].returns == ("seed",)
     assert segments[2].receives == ("seed",)
 
 
 @pytest.mark.parametrize(
     "name, up, down",
-    [("FULL-ES", ("prompt",), ("image",)), ("UIEG", ("task_seed",), ("image",)),
-     ("EIUG", ("prompt",), ("seed",)), ("CIAG", ("task_seed",), ("seed",))],
+    [("FULL-ES", ("prompt",), ("image",)), ("UIEG", ("cond",), ("image",)),
+     ("EIUG", ("prompt",), ("seed",)), ("CIAG", ("cond",), ("seed",)), ("ESUC", ("prompt",), ("sketch",))],
 )
 def test_what_crosses_each_protocol(name: str, up: tuple[str, ...], down: tuple[str, ...]) -> None:
     _, stages = get_protocol(name, "txt2img")
@@ -27,8 +27,8 @@ def test_what_crosses_each_protocol(name: str, up: tuple[str, ...], down: tuple[
 def test_unknown_protocol_and_task() -> None:
     with pytest.raises(ProtocolError, match="unknown protocol 'XYZ'"):
         get_protocol("XYZ", "txt2img")
-    with pytest.raises(ProtocolError, match="no 'img2img' variant"):
-        get_protocol("CIAG", "img2img")
+    with pytest.raises(ProtocolError, match="no 'video' variant"):
+        get_protocol("CIAG", "video")
     assert "CIAG" in PROTOCOLS
 
 
@@ -38,3 +38,14 @@ def test_prompt_checks() -> None:
         check_prompt("   ")
     with pytest.raises(ProtocolError, match="limit is 1000"):
         check_prompt("x" * 1001)
+
+
+@pytest.mark.parametrize("task", ["txt2img", "img2img"])
+@pytest.mark.parametrize("name", list(PROTOCOLS))
+def test_every_protocol_plans_to_an_image_on_the_ue(name: str, task: str) -> None:
+    _, stages = get_protocol(name, task)
+    segments = plan(stages, task)  # type: ignore[arg-type]
+    assert segments[-1].actor == "UE" or "image" in segments[-1].returns
+    assert len([s for s in segments if s.actor == "ES"]) <= 1  # single-ES protocols: one round trip
+    if name == "FULL-UE":
+        assert [s.actor for s in segments] == ["UE"]

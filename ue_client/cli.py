@@ -1,39 +1,140 @@
-"""``meg-ue``: send prompts from the UE to an edge server (usually through the channel proxy)."""
+"""``meg-ue``: send prompts from the UE to an edge server (usually through the channel proxy), count what
+each protocol sends, and compare protocols side by side."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import grpc
 
 from shared.protocols import PROTOCOLS, TASKS, check_prompt
 
 
-def _generate(args: argparse.Namespace) -> int:
-    from shared.images import load_png, save_png
-    from shared.model_ops import ModelParts, Params
-    from ue_client.session import EdgeClient, check_geometry, generate
+def _params(args: argparse.Namespace) -> object:
+    from shared.model_ops import Params
 
-    prompt = check_prompt(args.prompt)
+    return Params(seed=args.seed, steps=args.steps, guidance=args.guidance, fc=args.fc, strength=args.strength)
+
+
+def _load(args: argparse.Namespace) -> tuple[object, object]:
+    from shared.images import load_png
+    from shared.model_ops import ModelParts
+
     parts = ModelParts.load(args.model, args.device)
     image_in = load_png(args.image, parts.geometry.image_size) if args.image else None
-    with EdgeClient(args.via, timeout_s=args.timeout, ue_id=args.ue_id, es_name=args.es) as client:
-        check_geometry(parts, client.describe())
-        params = Params(seed=args.seed, steps=args.steps, guidance=args.guidance, strength=args.strength)
-        result = generate(parts, client, prompt, args.protocol, args.task, params, image_in)
+    return parts, image_in
+
+
+def _client(args: argparse.Namespace, parts: object) -> object:
+    from ue_client.session import EdgeClient, check_geometry
+
+    client = EdgeClient(args.via, timeout_s=args.timeout, ue_id=args.ue_id, es_name=args.es)
+    check_geometry(parts, client.describe())  # type: ignore[arg-type]
+    return client
+
+
+def _describe_link(acc: object) -> str:
+    channel, snr = getattr(acc, "channel"), getattr(acc, "snr_db")
+    if channel is None:
+        return "direct link" if getattr(acc, "transmissions") else "nothing sent"
+    return channel + (f" {snr:g} dB" if snr is not None else "")
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from shared.images import save_png
+    from ue_client.session import generate
+
+    prompt = check_prompt(args.prompt)
+    parts, image_in = _load(args)
+    local = not any(s.actor == "ES" for s in PROTOCOLS[args.protocol].stages.get(args.task, ()))
+    if not local and not args.via:
+        raise ValueError(f"{args.protocol} needs an edge server: give --via HOST:PORT")
+    client = None if local else _client(args, parts)
+    try:
+        result = generate(parts, client, prompt, args.protocol, args.task, _params(args), image_in)  # type: ignore[arg-type]
+    finally:
+        if client is not None:
+            client.close()  # type: ignore[attr-defined]
     save_png(result.image, args.out)
-    summary = {**result.summary(), "out": str(args.out), "prompt": prompt, "seed": args.seed}
+    if args.save_sketch and result.sketch is not None:
+        save_png(result.sketch, args.save_sketch)
+    summary = {**result.summary(), "out": str(args.out), "prompt": prompt, "seed": args.seed, "fc": args.fc or 1.0}
     if args.json:
         print(json.dumps(summary))
     else:
-        up, down = result.uplink, result.downlink
         print(f"{result.protocol} {result.task}: wrote {args.out} in {result.seconds:.2f}s (ES {result.es_seconds:.2f}s)")
-        for name, acc in (("uplink", up), ("downlink", down)):
-            snr = "direct link" if acc.channel is None else f"{acc.channel}" + (f" {acc.snr_db:g} dB" if acc.snr_db is not None else "")
-            print(f"  {name:8s} {acc.symbols:>9d} symbols {acc.payload_bytes:>10d} B tensors {acc.text_bytes:>5d} B text  ({snr})")
+        for name, acc in (("uplink", result.uplink), ("downlink", result.downlink)):
+            print(f"  {name:8s} {acc.symbols:>9,d} symbols {acc.payload_bytes:>10,d} B tensors "
+                  f"{acc.text_bytes:>5d} B text  ({_describe_link(acc)})")
     return 0
+
+
+def _overhead(args: argparse.Namespace) -> int:
+    from shared.geometry import GEOMETRIES, Geometry
+    from shared.model_loader import default_model_path
+    from ue_client.overhead import TABLE_II_FCS, format_table, overhead_table, reduction_factor, table_ii
+
+    if args.geometry:
+        geometry, source = GEOMETRIES[args.geometry], args.geometry
+    else:
+        folder = args.model or default_model_path()
+        geometry, source = Geometry.from_folder(folder), str(folder)
+    fcs = tuple(args.fc) if args.fc else (1.0, *TABLE_II_FCS)
+    rows = overhead_table(geometry, fcs)
+    reductions = {
+        f"{task} fc={fc:g}": round(reduction_factor(geometry, task, fc), 2) for task in TASKS for fc in fcs
+    }
+    if args.json:
+        print(json.dumps({"geometry": source, "shape": geometry.__dict__, "table_ii": table_ii(geometry),
+                          "rows": [r.as_dict() for r in rows], "full_es_over_ciag": reductions}))
+        return 0
+    g = geometry
+    print(f"geometry: {source} — image {g.image_size}²×3, latent {g.latent_channels}×{g.latent_size}², "
+          f"prompt embedding {g.max_tokens}×{g.embed_dim} (real-valued symbols; the prompt text is lossless bytes)\n")
+    print(format_table(rows))
+    print("\nPaper 2, Table II (transmitted data, symbols):")
+    for k, v in table_ii(geometry).items():
+        print(f"  {k:16s} {v:>10,d}")
+    print(f"  (the papers' 1,048,576 for the image is {g.image_size}×{g.image_size}×4; we count RGB pixels, "
+          f"{g.image_size}×{g.image_size}×3 = {g.symbols('image'):,d})")
+    print("\nFull-ES / CIAG total symbols:")
+    for k, v in reductions.items():
+        print(f"  {k:16s} {v:>8.2f}×")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from ue_client.compare import run_compare
+
+    prompt = check_prompt(args.prompt)
+    parts, image_in = _load(args)
+    client = _client(args, parts)
+    try:
+        report = run_compare(parts, client, prompt, args.task, _params(args), image_in, Path(args.out),  # type: ignore[arg-type]
+                             args.snr_db, args.via)
+    finally:
+        client.close()  # type: ignore[attr-defined]
+    print(json.dumps(report) if args.json else report["table"])
+    return 0
+
+
+def _model_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="the UE's copy of the model folder (default: embedded meg-tiny)")
+    p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--task", default=None, choices=list(TASKS), help="default: img2img with --image, else txt2img")
+    p.add_argument("--image", help="input image for text-guided img2img")
+    p.add_argument("--strength", type=float, default=0.0, help="img2img strength (0 = default 0.6)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=0, help="ES DDIM steps (0 = the model's default)")
+    p.add_argument("--guidance", type=float, default=0.0, help="guidance scale (0 = the model's default)")
+    p.add_argument("--fc", type=float, default=0.0, help="seed compression rate (0 = 1: raw latent)")
+    p.add_argument("--timeout", type=float, default=120.0, help="deadline of the whole generation, seconds")
+    p.add_argument("--ue-id", default="ue", help="this UE's name on the channel proxy (its link is UE->ES)")
+    p.add_argument("--es", help="which edge server behind the proxy (by name; default its first)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,25 +143,27 @@ def main(argv: list[str] | None = None) -> int:
     gen = sub.add_parser("generate", help="generate one image with a protocol")
     gen.add_argument("prompt")
     gen.add_argument("--protocol", default="CIAG", type=str.upper, choices=list(PROTOCOLS))
-    gen.add_argument("--task", default=None, choices=list(TASKS), help="default: img2img with --image, else txt2img")
-    gen.add_argument("--via", required=True, help="HOST:PORT of the channel proxy (or of the ES directly)")
+    gen.add_argument("--via", help="HOST:PORT of the channel proxy (or of the ES directly); not for FULL-UE")
     gen.add_argument("--out", default="meg.png", help="PNG to write (default meg.png)")
-    gen.add_argument("--model", help="the UE's copy of the model folder (default: embedded meg-tiny)")
-    gen.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
-    gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--steps", type=int, default=0, help="DDIM steps (0 = the model's default)")
-    gen.add_argument("--guidance", type=float, default=0.0, help="guidance scale (0 = the model's default)")
-    gen.add_argument("--image", help="input image for text-guided img2img")
-    gen.add_argument("--strength", type=float, default=0.0)
-    gen.add_argument("--timeout", type=float, default=120.0, help="deadline of the whole generation, seconds")
-    gen.add_argument("--ue-id", default="ue", help="this UE's name on the channel proxy (its link is UE->ES)")
-    gen.add_argument("--es", help="which edge server behind the proxy (by name; default its first)")
-    gen.add_argument("--json", action="store_true", help="print one JSON object")
+    gen.add_argument("--save-sketch", help="ESUC: also write the received sketch here")
+    _model_flags(gen)
+    ovh = sub.add_parser("overhead", help="symbols each protocol sends, without generating anything")
+    src = ovh.add_mutually_exclusive_group()
+    src.add_argument("--model", help="a StableDiffusionPipeline folder (default: embedded meg-tiny)")
+    src.add_argument("--geometry", choices=["sd-v1-5"], help="a known model's geometry")
+    ovh.add_argument("--fc", type=float, action="append", help="compression rate (repeat; default 1 and Table II's)")
+    ovh.add_argument("--json", action="store_true")
+    cmp_ = sub.add_parser("compare", help="run every single-ES protocol on one prompt; write a panel and a table")
+    cmp_.add_argument("prompt")
+    cmp_.add_argument("--via", required=True, help="HOST:PORT of the channel proxy")
+    cmp_.add_argument("--snr-db", type=float, help="set this UE's link to AWGN at this SNR both ways first")
+    cmp_.add_argument("--out", required=True, help="folder for panel.png, the images and overhead.json")
+    _model_flags(cmp_)
     args = parser.parse_args(argv)
     if getattr(args, "task", "x") is None:
         args.task = "img2img" if args.image else "txt2img"
     try:
-        return _generate(args)
+        return {"generate": _generate, "overhead": _overhead, "compare": _compare}[args.command](args)
     except grpc.RpcError as exc:
         code, details = exc.code(), exc.details()  # type: ignore[attr-defined]
         if code == grpc.StatusCode.UNAVAILABLE:
@@ -68,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"meg-ue: error: {code.name}: {details}", file=sys.stderr)
         return 1
-    except (ValueError, RuntimeError, OSError) as exc:
+    except (ValueError, RuntimeError, OSError, KeyError) as exc:
         print(f"meg-ue: error: {exc}", file=sys.stderr)
         return 1
 

@@ -52,6 +52,7 @@ class GenerationResult:
     es_seconds: float
     uplink: LinkAccount
     downlink: LinkAccount
+    sketch: torch.Tensor | None = field(default=None, repr=False)  # ESUC: the sketch as received
 
     def summary(self) -> dict[str, object]:
         return {
@@ -99,10 +100,11 @@ def check_geometry(parts: ModelParts, remote: edge_pb2.DescribeResponse) -> None
 
 
 def generate(
-    parts: ModelParts, client: EdgeClient, prompt: str, protocol: str = "CIAG", task: str = "txt2img",
+    parts: ModelParts, client: EdgeClient | None, prompt: str, protocol: str = "CIAG", task: str = "txt2img",
     params: Params = Params(), image_in: torch.Tensor | None = None,
 ) -> GenerationResult:
-    """Run one generation with ``protocol``; the UE-side stages run on ``parts``.
+    """Run one generation with ``protocol``; the UE-side stages run on ``parts``, the ES's through ``client``
+    (``None`` is fine for Full-UE, which never transmits).
 
     ``image_in``: ``[1, 3, H, W]`` in [0, 1] for img2img. Raises ``grpc.RpcError`` from the ES/proxy.
     """
@@ -111,11 +113,13 @@ def generate(
     request_id = uuid.uuid4().hex[:12]
     up, down = LinkAccount(), LinkAccount()
     started = time.perf_counter()
-    deadline = time.monotonic() + client.timeout_s
+    deadline = time.monotonic() + (client.timeout_s if client else 600.0)
     es_seconds = 0.0
 
     def remote(segment: Segment, sent: dict[str, object]) -> dict[str, object]:
         nonlocal es_seconds
+        if client is None:
+            raise RuntimeError(f"{spec.name} needs an edge server: give --via HOST:PORT")
         prompt_text = str(sent["prompt"]) if "prompt" in sent else ""
         tensors = [air.to_air(k, v) for k, v in sent.items() if k not in TEXT_KEYS]  # type: ignore[arg-type]
         for t in tensors:
@@ -138,7 +142,7 @@ def generate(
             down.add_tensor(t)
             if t.HasField("applied"):
                 down.saw(t.applied)
-            received[t.name] = air.from_air(t, parts.geometry.shape_of(t.name))
+            received[t.name] = air.from_air(t, parts.geometry.shape_of(t.name, params.fc))
         if set(received) != set(segment.returns):
             raise RuntimeError(f"the ES returned {sorted(received)}, expected {list(segment.returns)}")
         return received
@@ -150,4 +154,6 @@ def generate(
     run_protocol(segments, workspace, ops, remote)
     image = workspace["image"]
     assert isinstance(image, torch.Tensor)
-    return GenerationResult(spec.name, task, image, time.perf_counter() - started, es_seconds, up, down)
+    sketch = workspace.get("sketch")
+    return GenerationResult(spec.name, task, image, time.perf_counter() - started, es_seconds, up, down,
+                            sketch if isinstance(sketch, torch.Tensor) else None)

@@ -1,0 +1,81 @@
+"""Every single-ES protocol, both tasks, through the real proxy: the image, and the accounting three ways
+(the UE's report, the proxy's own counters, the prediction of `meg-ue overhead`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import pytest
+import torch
+
+from shared.model_ops import Params
+from shared.pb import channel_pb2, channel_pb2_grpc
+from shared.protocols import PROTOCOLS, TASKS
+from ue_client.compare import run_compare
+from ue_client.overhead import protocol_overhead
+from ue_client.session import EdgeClient, generate
+
+# one row per protocol: adding a protocol means adding its registry entry and a row here
+EXPECTED_CROSSINGS = {
+    # protocol: {task: (uplink tensor keys, prompt text goes up, downlink keys)}
+    "FULL-UE": {"txt2img": ((), False, ()), "img2img": ((), False, ())},
+    "FULL-ES": {"txt2img": ((), True, ("image",)), "img2img": (("image_in",), True, ("image",))},
+    "UIEG": {"txt2img": (("cond",), False, ("image",)), "img2img": (("init_seed",), True, ("image",))},
+    "EIUG": {"txt2img": ((), True, ("seed",)), "img2img": (("image_in",), True, ("seed",))},
+    "CIAG": {"txt2img": (("cond",), False, ("seed",)), "img2img": (("init_seed",), True, ("seed",))},
+    "ESUC": {"txt2img": ((), True, ("sketch",)), "img2img": (("image_in",), True, ("sketch",))},
+}
+
+
+def test_registry_and_rows_agree() -> None:
+    assert set(EXPECTED_CROSSINGS) == set(PROTOCOLS)
+
+
+def _stats(addr: str, link: str) -> dict[str, channel_pb2.DirectionStats]:
+    with grpc.insecure_channel(addr) as ch:
+        stats = channel_pb2_grpc.ChannelControlStub(ch).GetStats(channel_pb2.GetStatsRequest(), timeout=5)
+    return {e.direction: e for e in stats.entries if e.link == link}
+
+
+@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("name", list(EXPECTED_CROSSINGS))
+def test_protocol_through_proxy(inproc_stack, name: str, task: str) -> None:  # type: ignore[no-untyped-def]
+    parts = inproc_stack.parts
+    size = parts.geometry.image_size
+    image_in = torch.linspace(0, 1, 3 * size * size).reshape(1, 3, size, size) if task == "img2img" else None
+    ue_id = f"{name.lower()}-{task}"
+    with EdgeClient(inproc_stack.proxy_addr, timeout_s=60, ue_id=ue_id) as client:
+        r = generate(parts, client, "a small blue square", name, task, Params(seed=5, steps=2, strength=0.7), image_in)
+    assert r.image.shape == (1, 3, size, size) and torch.isfinite(r.image).all()
+    assert 0 <= float(r.image.min()) and float(r.image.max()) <= 1
+    up_keys, prompt_up, down_keys = EXPECTED_CROSSINGS[name][task]
+    predicted = protocol_overhead(name, task, parts.geometry)
+    assert predicted.uplink_keys == up_keys and predicted.downlink_keys == down_keys and predicted.prompt_uplink == prompt_up
+    assert r.uplink.symbols == predicted.uplink_symbols and r.downlink.symbols == predicted.downlink_symbols
+    assert r.uplink.text_bytes == (len("a small blue square") if prompt_up else 0)
+    stats = _stats(inproc_stack.proxy_addr, f"{ue_id}->es0")
+    if name == "FULL-UE":
+        assert stats == {} and r.uplink.transmissions == 0  # nothing crossed the air, not even an RPC
+        return
+    assert stats["uplink"].payload_bytes == r.uplink.payload_bytes == 4 * r.uplink.symbols
+    assert stats["downlink"].payload_bytes == r.downlink.payload_bytes == 4 * r.downlink.symbols
+    assert stats["uplink"].symbols == r.uplink.symbols and stats["downlink"].symbols == r.downlink.symbols
+    assert stats["uplink"].transmissions == len(up_keys) and stats["downlink"].transmissions == len(down_keys)
+    if name == "ESUC":
+        assert r.sketch is not None and r.sketch.shape == (1, 3, size // 4, size // 4)
+
+
+def test_compare_writes_panel_and_table(inproc_stack, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    with EdgeClient(inproc_stack.proxy_addr, timeout_s=60, ue_id="comparer") as client:
+        report = run_compare(inproc_stack.parts, client, "a red circle", "txt2img", Params(seed=1, steps=2), None,
+                             tmp_path, 20.0, inproc_stack.proxy_addr)
+    assert (tmp_path / "panel.png").exists() and (tmp_path / "overhead.json").exists()
+    assert (tmp_path / "esuc-sketch.png").exists()
+    rows = {r["protocol"]: r for r in report["rows"]}  # type: ignore[index]
+    assert list(rows) == ["FULL-UE", "FULL-ES", "UIEG", "EIUG", "CIAG", "ESUC"]
+    for r in rows.values():
+        assert r["uplink"]["symbols"] + r["downlink"]["symbols"] == r["predicted_total_symbols"]
+    assert rows["CIAG"]["downlink"]["snr_db"] == 20.0
+    assert "psnr_vs_full_es_db" not in rows["FULL-ES"] and 0 < rows["CIAG"]["psnr_vs_full_es_db"] < 100
+    assert "CIAG" in report["table"]
