@@ -50,7 +50,7 @@ async def _serve(args: argparse.Namespace) -> None:
 
     book = load_profiles(args.profiles)
     table = LinkTable(book, _direction_profile(args, "uplink", book), _direction_profile(args, "downlink", book), args.seed)
-    server, port, health = await create_proxy(args.listen, _upstreams(args.upstream), table)
+    server, port, health = await create_proxy(args.listen, _upstreams(args.upstream), table, advertise_as=args.advertise)
     print(f"meg-channel listening on port {port}", flush=True)
     await serve_until_signal(server, health, args.grace_s)
 
@@ -137,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--upstream", action="append", required=True, metavar="[NAME=]HOST:PORT",
                        help="an edge server (repeat for several; unnamed ones are es0, es1, ...)")
     serve.add_argument("--profiles", help="TOML file of named profiles and per-link settings")
+    serve.add_argument("--advertise", help="HOST:PORT edge servers reach this proxy's control service at, for CSI "
+                                           "(default: the listen address)")
     serve.add_argument("--uplink-profile", help="named profile of every uplink")
     serve.add_argument("--downlink-profile", help="named profile of every downlink")
     serve.add_argument("--snr-db", type=float, help="SNR of both directions with --model (default: ideal link)")

@@ -35,6 +35,7 @@ class DirectionCounters:
     snr_sum: float = 0.0
     snr_count: int = 0
     energy: float = 0.0
+    allocated: int = 0
 
 
 def profile_to_proto(p: ChannelProfile) -> channel_pb2.Profile:
@@ -142,7 +143,7 @@ class LinkTable:
                 entries.append(channel_pb2.DirectionStats(
                     link=name, direction=d, rpcs=c.rpcs, transmissions=c.transmissions, symbols=c.symbols,
                     payload_bytes=c.payload_bytes, message_bytes=c.message_bytes, energy=c.energy,
-                    mean_snr_db=c.snr_sum / c.snr_count if c.snr_count else math.nan,
+                    mean_snr_db=c.snr_sum / c.snr_count if c.snr_count else math.nan, allocated=c.allocated,
                 ))
         return channel_pb2.ChannelStats(entries=entries)
 
@@ -191,6 +192,7 @@ class LinkTable:
             c.symbols += result.symbols
             c.payload_bytes += len(t.data)
             c.energy += result.energy
+            c.allocated += 1 if len(t.block_power) else 0
             if math.isfinite(result.effective_snr_db):
                 c.snr_sum += result.effective_snr_db
                 c.snr_count += 1

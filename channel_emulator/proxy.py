@@ -29,6 +29,8 @@ CONTROL_SERVICE_NAME = channel_pb2.DESCRIPTOR.services_by_name["ChannelControl"]
 DEFAULT_DEADLINE_S = 300.0
 MAX_LINKS = 10_000
 UE_HEADER, ES_HEADER = "meg-ue", "meg-es"
+#: Added to every forwarded request: where the ES reaches this proxy's control service (for CSI).
+CONTROL_HEADER = "meg-channel-control"
 _NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 _HOP_HEADERS = {"user-agent", "content-type", "te", "grpc-timeout", "grpc-accept-encoding", "grpc-encoding"}
 
@@ -62,7 +64,7 @@ def _route(context: grpc.aio.ServicerContext, upstreams: Upstreams, table: LinkT
     return link, es
 
 
-def _forwarder(method: object, table: LinkTable, upstreams: Upstreams) -> Callable[..., object]:
+def _forwarder(method: object, table: LinkTable, upstreams: Upstreams, advertise: list[str]) -> Callable[..., object]:
     """A raw-bytes unary handler for one method: parse only messages that can carry tensors."""
     in_desc, out_desc = method.input_type, method.output_type  # type: ignore[attr-defined]
     in_cls: type[Message] = message_factory.GetMessageClass(in_desc)
@@ -87,8 +89,9 @@ def _forwarder(method: object, table: LinkTable, upstreams: Upstreams) -> Callab
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"channel proxy: {exc}")
         remaining = context.time_remaining()
         metadata = tuple(
-            (k, v) for k, v in context.invocation_metadata() or () if k not in _HOP_HEADERS and not k.startswith(":")
-        )
+            (k, v) for k, v in context.invocation_metadata() or ()
+            if k not in _HOP_HEADERS and not k.startswith(":") and k != CONTROL_HEADER
+        ) + ((CONTROL_HEADER, advertise[0]),)
         try:
             response = await calls[es](
                 up, timeout=DEFAULT_DEADLINE_S if remaining is None else remaining, metadata=metadata
@@ -146,25 +149,32 @@ class ChannelControlServicer(channel_pb2_grpc.ChannelControlServicer):
     async def GetCSI(self, request: channel_pb2.CSIRequest, context: grpc.aio.ServicerContext) -> channel_pb2.CSIResponse:
         if request.direction not in DIRECTIONS:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"direction must be uplink or downlink, got {request.direction!r}")
-        if not 1 <= request.blocks <= 1_000_000:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"blocks must be in [1, 1000000], got {request.blocks}")
         if request.link not in self.table.links and not _NAME.match(request.link.replace(">", "")):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"link name {request.link!r} is not UE->ES")
         d = self.table.link(request.link)[request.direction]
-        gains = d.csi(int(request.blocks))
         p = d.profile
         lc = p.coherence_symbols if p.model in ("rayleigh", "rician") else 0
+        blocks = int(request.blocks) or ((1 if lc == 0 else -(-int(request.symbols) // lc)) if request.symbols else 0)
+        if not 1 <= blocks <= 1_000_000:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"ask for 1 to 1000000 blocks (or give symbols > 0), got blocks={request.blocks} symbols={request.symbols}")
+        gains = d.csi(blocks)
         return channel_pb2.CSIResponse(gains=np.asarray(gains).tolist(), coherence_symbols=lc, snr_db=p.snr_db, model=p.model)
 
 
 async def create_proxy(
-    listen: str, upstreams: Mapping[str, str], table: LinkTable, max_message_bytes: int | None = None
+    listen: str, upstreams: Mapping[str, str], table: LinkTable, max_message_bytes: int | None = None,
+    advertise_as: str | None = None,
 ) -> tuple[grpc.aio.Server, int, object]:
-    """Build and start the proxy; returns ``(server, port, health)``. Bind ``HOST:0`` for a free port."""
+    """Build and start the proxy; returns ``(server, port, health)``. Bind ``HOST:0`` for a free port.
+
+    ``advertise_as``: the control address edge servers should use for CSI (default: the bound address).
+    """
     options = message_options(max_message_bytes) if max_message_bytes else message_options()
     ups = Upstreams(upstreams, options)
+    advertise: list[str] = [""]  # filled in once the port is bound
     handlers = {
-        m.name: grpc.unary_unary_rpc_method_handler(_forwarder(m, table, ups))
+        m.name: grpc.unary_unary_rpc_method_handler(_forwarder(m, table, ups, advertise))
         for m in EDGE_SERVICE.methods
         if not (m.client_streaming or m.server_streaming)
     }
@@ -175,6 +185,8 @@ async def create_proxy(
     port = server.add_insecure_port(listen)
     if port == 0:
         raise OSError(f"could not listen on {listen}")
+    host = listen.rpartition(":")[0]
+    advertise[0] = advertise_as or f"{'127.0.0.1' if host in ('0.0.0.0', '[::]', '') else host}:{port}"
     await server.start()
     await set_serving(health, [CONTROL_SERVICE_NAME])
     log.info("meg-channel on port %d -> %s (default uplink %s, downlink %s)", port, dict(upstreams),

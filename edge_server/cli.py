@@ -37,6 +37,13 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--device", choices=["auto", "cpu", "cuda"], help="auto = CUDA fp16 when present")
     serve.add_argument("--max-concurrency", type=int, help="generations at once (default 2)")
     serve.add_argument("--grace-s", type=float, help="drain time on SIGTERM/SIGINT (default 10)")
+    serve.add_argument("--name", help="this ES's name on the channel proxy (default es0)")
+    serve.add_argument("--power-policy", choices=["none", "uniform", "oracle", "ppo"],
+                       help="power allocation of seed downlinks (default none: unit power, no CSI)")
+    serve.add_argument("--power-budget", type=float, help="average transmit power per seed symbol (default 1)")
+    serve.add_argument("--power-model", help="PPO policy file (default: the shipped one)")
+    serve.add_argument("--csi-via", help="HOST:PORT of the channel proxy's control service for CSI (default: the address the proxy advertises "
+                            "in each request)")
     serve.add_argument("--config", help="TOML file with an [edge] table; flags override it")
 
     rnd = sub.add_parser("make-random-model", help="write a tiny random pipeline folder (tests, demos without weights)")
@@ -46,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
 
     sub.add_parser("train-model", help="train meg-tiny (see --help of the subcommand)", add_help=False)
     sub.add_parser("eval-model", help="evaluate a model (see --help of the subcommand)", add_help=False)
+    sub.add_parser("train-power", help="train the PPO power policy (see --help of the subcommand)", add_help=False)
+    sub.add_parser("eval-power", help="evaluate power policies (see --help of the subcommand)", add_help=False)
 
     args, rest = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -57,6 +66,14 @@ def main(argv: list[str] | None = None) -> int:
         from edge_server.eval_model import main as eval_main
 
         return eval_main(rest)
+    if args.command == "train-power":
+        from edge_server.train_power import main as train_power_main
+
+        return train_power_main(rest)
+    if args.command == "eval-power":
+        from edge_server.eval_power import main as eval_power_main
+
+        return eval_power_main(rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "make-random-model":

@@ -7,6 +7,7 @@ import logging
 
 import grpc
 
+from edge_server.power_control import PowerControl
 from edge_server.servicer import EdgeServicer
 from edge_server.settings import EdgeSettings
 from shared.grpc_util import add_health_and_reflection, message_options, serve_until_signal, set_serving
@@ -25,8 +26,9 @@ async def create_server(settings: EdgeSettings, parts: ModelParts | None = None)
     """
     if parts is None:
         parts = await asyncio.to_thread(ModelParts.load, settings.model, settings.device)
+    power = PowerControl(settings.power_policy, settings.csi_via, settings.name, settings.power_budget, settings.power_model)
     server = grpc.aio.server(options=message_options(settings.max_message_bytes))
-    edge_pb2_grpc.add_EdgeServiceServicer_to_server(EdgeServicer(parts, settings), server)
+    edge_pb2_grpc.add_EdgeServiceServicer_to_server(EdgeServicer(parts, settings, power), server)
     health = add_health_and_reflection(server, [SERVICE_NAME])
     port = server.add_insecure_port(settings.listen)
     if port == 0:
@@ -35,8 +37,9 @@ async def create_server(settings: EdgeSettings, parts: ModelParts | None = None)
     await set_serving(health, [SERVICE_NAME])
     g = parts.geometry
     log.info(
-        "meg-edge serving %s on port %d (device %s, image %d², latent %d×%d², cond %d×%d)",
-        parts.name, port, parts.device, g.image_size, g.latent_channels, g.latent_size, g.max_tokens, g.embed_dim,
+        "meg-edge %s serving %s on port %d (device %s, image %d², latent %d×%d², cond %d×%d, power %s)",
+        settings.name, parts.name, port, parts.device, g.image_size, g.latent_channels, g.latent_size, g.max_tokens,
+        g.embed_dim, settings.power_policy,
     )
     return server, port, health
 

@@ -10,8 +10,10 @@ import time
 import grpc
 import torch
 
+from edge_server.power_control import PowerControl
 from edge_server.settings import EdgeSettings
 from shared import air
+from shared.geometry import SEED_KEYS
 from shared.model_ops import DeadlineExceeded, ModelOps, ModelParts, Params
 from shared.pb import edge_pb2, edge_pb2_grpc
 from shared.protocols import (
@@ -62,9 +64,10 @@ def check_segment(request: edge_pb2.SegmentRequest) -> Segment:
 class EdgeServicer(edge_pb2_grpc.EdgeServiceServicer):
     """Thin: every protocol goes through :meth:`RunSegment` and :func:`shared.protocols.run_segment`."""
 
-    def __init__(self, parts: ModelParts, settings: EdgeSettings) -> None:
+    def __init__(self, parts: ModelParts, settings: EdgeSettings, power: PowerControl | None = None) -> None:
         self.parts = parts
         self.settings = settings
+        self.power = power
         self._slots = asyncio.Semaphore(settings.max_concurrency)
 
     async def Describe(
@@ -150,8 +153,14 @@ class EdgeServicer(edge_pb2_grpc.EdgeServiceServicer):
             "%s %s seg %d req %s: %.2fs", request.protocol.upper(), request.task or "txt2img",
             segment.index, request.request_id or "-", seconds,
         )
+        tensors = [air.to_air(k, v) for k, v in out.items() if isinstance(v, torch.Tensor)]
+        if self.power is not None:
+            md = dict(context.invocation_metadata() or ())
+            for t in tensors:
+                if t.name in SEED_KEYS:
+                    await self.power.allocate(t, str(md.get("meg-ue", "ue")), md.get("meg-channel-control"))
         return edge_pb2.SegmentResponse(
-            tensors=[air.to_air(k, v) for k, v in out.items() if isinstance(v, torch.Tensor)],
+            tensors=tensors,
             uplink_seen=[t.applied for t in request.tensors if t.HasField("applied")],
             es_seconds=seconds,
         )

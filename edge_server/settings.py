@@ -17,3 +17,8 @@ class EdgeSettings:
     max_prompt_chars: int = 1000
     default_deadline_s: float = 300.0  # applied when a client sends no deadline
     grace_s: float = 10.0  # drain time on SIGTERM/SIGINT
+    name: str = "es0"  # this ES's name on the channel proxy (its upstream name)
+    power_policy: str = "none"  # none | uniform | oracle | ppo (seed downlinks)
+    power_budget: float = 1.0  # average transmit power per symbol of a seed
+    power_model: str | None = None  # PPO policy file (default: the shipped one)
+    csi_via: str | None = None  # channel proxy's control service for CSI (default: as the proxy advertises)

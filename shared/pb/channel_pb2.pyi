@@ -79,7 +79,7 @@ class GetStatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class DirectionStats(_message.Message):
-    __slots__ = ("link", "direction", "rpcs", "transmissions", "symbols", "payload_bytes", "message_bytes", "mean_snr_db", "energy")
+    __slots__ = ("link", "direction", "rpcs", "transmissions", "symbols", "payload_bytes", "message_bytes", "mean_snr_db", "energy", "allocated")
     LINK_FIELD_NUMBER: _ClassVar[int]
     DIRECTION_FIELD_NUMBER: _ClassVar[int]
     RPCS_FIELD_NUMBER: _ClassVar[int]
@@ -89,6 +89,7 @@ class DirectionStats(_message.Message):
     MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     MEAN_SNR_DB_FIELD_NUMBER: _ClassVar[int]
     ENERGY_FIELD_NUMBER: _ClassVar[int]
+    ALLOCATED_FIELD_NUMBER: _ClassVar[int]
     link: str
     direction: str
     rpcs: int
@@ -98,7 +99,8 @@ class DirectionStats(_message.Message):
     message_bytes: int
     mean_snr_db: float
     energy: float
-    def __init__(self, link: _Optional[str] = ..., direction: _Optional[str] = ..., rpcs: _Optional[int] = ..., transmissions: _Optional[int] = ..., symbols: _Optional[int] = ..., payload_bytes: _Optional[int] = ..., message_bytes: _Optional[int] = ..., mean_snr_db: _Optional[float] = ..., energy: _Optional[float] = ...) -> None: ...
+    allocated: int
+    def __init__(self, link: _Optional[str] = ..., direction: _Optional[str] = ..., rpcs: _Optional[int] = ..., transmissions: _Optional[int] = ..., symbols: _Optional[int] = ..., payload_bytes: _Optional[int] = ..., message_bytes: _Optional[int] = ..., mean_snr_db: _Optional[float] = ..., energy: _Optional[float] = ..., allocated: _Optional[int] = ...) -> None: ...
 
 class ChannelStats(_message.Message):
     __slots__ = ("entries",)
@@ -107,14 +109,16 @@ class ChannelStats(_message.Message):
     def __init__(self, entries: _Optional[_Iterable[_Union[DirectionStats, _Mapping]]] = ...) -> None: ...
 
 class CSIRequest(_message.Message):
-    __slots__ = ("link", "direction", "blocks")
+    __slots__ = ("link", "direction", "blocks", "symbols")
     LINK_FIELD_NUMBER: _ClassVar[int]
     DIRECTION_FIELD_NUMBER: _ClassVar[int]
     BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    SYMBOLS_FIELD_NUMBER: _ClassVar[int]
     link: str
     direction: str
     blocks: int
-    def __init__(self, link: _Optional[str] = ..., direction: _Optional[str] = ..., blocks: _Optional[int] = ...) -> None: ...
+    symbols: int
+    def __init__(self, link: _Optional[str] = ..., direction: _Optional[str] = ..., blocks: _Optional[int] = ..., symbols: _Optional[int] = ...) -> None: ...
 
 class CSIResponse(_message.Message):
     __slots__ = ("gains", "coherence_symbols", "snr_db", "model")
