@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
 
     sub.add_parser("train-model", help="train meg-tiny (see --help of the subcommand)", add_help=False)
     sub.add_parser("eval-model", help="evaluate a model (see --help of the subcommand)", add_help=False)
+    sub.add_parser("train-codec", help="train the seed codecs (see --help of the subcommand)", add_help=False)
     sub.add_parser("train-power", help="train the PPO power policy (see --help of the subcommand)", add_help=False)
     sub.add_parser("eval-power", help="evaluate power policies (see --help of the subcommand)", add_help=False)
 
@@ -66,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
         from edge_server.eval_model import main as eval_main
 
         return eval_main(rest)
+    if args.command == "train-codec":
+        from edge_server.train_codec import main as train_codec_main
+
+        return train_codec_main(rest)
     if args.command == "train-power":
         from edge_server.train_power import main as train_power_main
 

@@ -19,7 +19,8 @@ op                 inputs                              outputs
 =================  ==================================  =====================================
 
 With txt2img, ``denoise`` starts from seeded noise; with an ``init_latent`` it is text-guided img2img at
-``strength``. Until the learned codec lands, C / C⁻¹ exist only for fc = 1 (the identity).
+``strength``. C / C⁻¹ are the learned seed codecs shipped in the model's ``codec/`` folder
+(:mod:`shared.codec`); at fc = 1 the seed is the raw latent.
 """
 
 from __future__ import annotations
@@ -27,13 +28,15 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
 
 from shared.geometry import SKETCH_FACTOR, Geometry
-from shared.model_loader import MegConfig, load_pipeline
+from shared.codec import SeedCodec, load_codecs
+from shared.model_loader import MegConfig, default_model_path, load_pipeline
 
 
 #: img2img strength when the request gives none.
@@ -60,10 +63,12 @@ class Params:
 class ModelParts:
     """A loaded pipeline plus what every request reuses (the unconditional embedding)."""
 
-    def __init__(self, pipe: StableDiffusionPipeline, meg: MegConfig, name: str = "model") -> None:
+    def __init__(self, pipe: StableDiffusionPipeline, meg: MegConfig, name: str = "model",
+                 codecs: dict[float, SeedCodec] | None = None) -> None:
         self.pipe = pipe
         self.meg = meg
         self.name = name
+        self.codecs = codecs or {}
         self.device = pipe.device
         vae_factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
         size = meg.image_size or pipe.unet.config.sample_size * vae_factor
@@ -78,9 +83,12 @@ class ModelParts:
         self._uncond: torch.Tensor | None = None
 
     @classmethod
-    def load(cls, path: str | None, device: str = "cpu") -> "ModelParts":
+    def load(cls, path: str | None, device: str = "cpu", codec_design: str = "residual") -> "ModelParts":
+        """Load a pipeline folder and the seed codecs in its ``codec/`` folder (if any)."""
         pipe, meg = load_pipeline(path, device)
-        return cls(pipe, meg, name=str(path) if path else "meg-tiny")
+        folder = Path(path) if path else default_model_path()
+        codecs = load_codecs(folder / "codec", codec_design, pipe.device)
+        return cls(pipe, meg, name=str(path) if path else "meg-tiny", codecs=codecs)
 
     @torch.no_grad()
     def embed(self, prompt: str) -> torch.Tensor:
@@ -106,8 +114,11 @@ class ModelParts:
         return pipe
 
     def has_codec(self, fc: float) -> bool:
-        """Whether seeds at compression rate ``fc`` can be made (only fc = 1 until the codec lands)."""
-        return fc in (0.0, 1.0)
+        """Whether seeds at compression rate ``fc`` can be made (fc = 1 or 0: the raw latent)."""
+        return fc in (0.0, 1.0) or fc in self.codecs
+
+    def codec_rates(self) -> list[float]:
+        return sorted(self.codecs)
 
 
 class ModelOps:
@@ -141,16 +152,30 @@ class ModelOps:
         z = vae.encode(x).latent_dist.mean * vae.config.scaling_factor
         return (z.float().cpu(),)
 
-    # --- C / C⁻¹ (identity at fc = 1 until the learned codec lands) -----------------------------------
-    def op_compress(self, latent: torch.Tensor) -> tuple[torch.Tensor]:
-        if not self.parts.has_codec(self.params.fc):
-            raise ValueError(f"no seed codec for fc={self.params.fc}")
-        return (latent,)
+    # --- C / C⁻¹ ------------------------------------------------------------------------------------
+    def _codec(self) -> SeedCodec | None:
+        fc = self.params.fc
+        if fc in (0.0, 1.0):
+            return None
+        if fc not in self.parts.codecs:
+            raise ValueError(f"no seed codec for fc={fc:g}; this model has {self.parts.codec_rates() or 'none'}")
+        return self.parts.codecs[fc]
 
+    @torch.no_grad()
+    def op_compress(self, latent: torch.Tensor) -> tuple[torch.Tensor]:
+        """C: latent ``[1, C, h, h]`` -> seed ``[1, k]`` (the latent itself at fc = 1)."""
+        codec = self._codec()
+        return (latent if codec is None else codec.encode(latent.to(codec.mean.device)).float().cpu(),)
+
+    @torch.no_grad()
     def op_decompress(self, seed: torch.Tensor) -> tuple[torch.Tensor]:
-        if not self.parts.has_codec(self.params.fc):
-            raise ValueError(f"no seed codec for fc={self.params.fc}")
-        return (seed,)
+        """C⁻¹: seed ``[1, k]`` -> latent ``[1, C, h, h]``."""
+        codec = self._codec()
+        if codec is None:
+            return (seed,)
+        g = self.parts.geometry
+        latent = codec.decode(seed.to(codec.mean.device)).float().cpu()
+        return (latent.reshape(1, g.latent_channels, g.latent_size, g.latent_size),)
 
     # --- U -----------------------------------------------------------------------------------------
     def op_denoise(self, cond: torch.Tensor, init_latent: torch.Tensor | None = None) -> tuple[torch.Tensor]:

@@ -73,10 +73,17 @@ def build_random_pipeline(seed: int = 0, image_size: int = 32, hidden: int = 32)
     return pipe, meg
 
 
-def save_random_pipeline(folder: str | Path, seed: int = 0, image_size: int = 32) -> Path:
-    """Write a toy pipeline folder loadable by :func:`shared.model_loader.load_pipeline`."""
+def save_random_pipeline(folder: str | Path, seed: int = 0, image_size: int = 32,
+                         codec_fcs: tuple[float, ...] = (0.5,)) -> Path:
+    """Write a toy pipeline folder loadable by :func:`shared.model_loader.load_pipeline`, with random
+    (untrained) residual seed codecs at ``codec_fcs`` in its ``codec/`` folder."""
+    from shared.codec import CodecConfig, SeedCodec, save_codec
+
     folder = Path(folder)
     pipe, meg = build_random_pipeline(seed=seed, image_size=image_size)
     pipe.save_pretrained(folder, safe_serialization=True)
     meg.write(folder)
+    n = 4 * (image_size // 8) ** 2
+    for fc in codec_fcs:
+        save_codec(SeedCodec(CodecConfig.make(n, fc, "residual", hidden=32)), folder / "codec")
     return folder

@@ -79,3 +79,19 @@ def test_compare_writes_panel_and_table(inproc_stack, tmp_path: Path) -> None:  
     assert rows["CIAG"]["downlink"]["snr_db"] == 20.0
     assert "psnr_vs_full_es_db" not in rows["FULL-ES"] and 0 < rows["CIAG"]["psnr_vs_full_es_db"] < 100
     assert "CIAG" in report["table"]
+
+
+def test_seed_codec_in_the_running_system(inproc_stack) -> None:  # type: ignore[no-untyped-def]
+    parts = inproc_stack.parts
+    assert parts.codec_rates() == [0.5]
+    n = parts.geometry.latent_values
+    with EdgeClient(inproc_stack.proxy_addr, timeout_s=60, ue_id="codec-ue") as client:
+        r = generate(parts, client, "a red circle", "CIAG", params=Params(seed=1, steps=2, fc=0.5))
+        assert r.downlink.symbols == round(0.5 * n) == protocol_overhead("CIAG", "txt2img", parts.geometry, 0.5).downlink_symbols
+        size = parts.geometry.image_size
+        r2 = generate(parts, client, "a red circle", "UIEG", "img2img", Params(seed=1, steps=2, fc=0.5),
+                      torch.rand(1, 3, size, size))
+        assert r2.uplink.symbols == round(0.5 * n) and r2.image.shape == (1, 3, size, size)
+        with pytest.raises(grpc.RpcError) as err:
+            generate(parts, client, "a red circle", "EIUG", params=Params(seed=1, steps=2, fc=0.3))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "no seed codec for fc=0.3" in err.value.details()
