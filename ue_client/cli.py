@@ -159,7 +159,14 @@ def main(argv: list[str] | None = None) -> int:
     cmp_.add_argument("--snr-db", type=float, help="set this UE's link to AWGN at this SNR both ways first")
     cmp_.add_argument("--out", required=True, help="folder for panel.png, the images and overhead.json")
     _model_flags(cmp_)
-    args = parser.parse_args(argv)
+    sub.add_parser("eval", help="PSNR/FID vs SNR per scheme (paper 2, Figs. 6-9); see eval --help", add_help=False)
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "eval":
+        from ue_client.evaluate import main as eval_main
+
+        return eval_main(rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if getattr(args, "task", "x") is None:
         args.task = "img2img" if args.image else "txt2img"
     try:

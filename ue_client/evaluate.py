@@ -1,0 +1,214 @@
+"""``meg-ue eval``: paper 2's evaluation (§V, Figs. 6–9, Table II) — PSNR and FID against the perfectly
+received image, over SNR × scheme × channel.
+
+Schemes, all sending one generated result over the same channel function the proxy uses
+(:func:`shared.channel.transmit`, per-tensor power normalisation, zero-forcing receiver):
+
+- ``centralized``: the ES sends the image pixels (Full-ES), ``H·W·3`` symbols;
+- ``raw-latent``: the ES sends the denoised latent (EIUG at fc = 1), the UE decodes it;
+- ``meg-paper`` / ``meg-residual`` at each fc: the ES sends the codec's seed (EIUG with C / C⁻¹).
+
+The reference ("perfectly received") image of each prompt is the same generation over an ideal link.
+Writes ``results.csv``, ``psnr_vs_snr.png``, ``fid_vs_snr.png``, ``psnr_fc_snr.png``, ``fid_fc_snr.png`` and
+``table_ii.md`` (symbols per scheme and model sizes) into ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from shared.channel import ChannelProfile, transmit
+from shared.codec import FCS, SeedCodec, load_codecs
+from shared.model_loader import default_model_path
+from shared.model_ops import ModelParts
+
+COLUMNS = ("channel", "snr_db", "scheme", "design", "fc", "symbols", "psnr_db", "fid", "n")
+COHERENCE = 64  # Rayleigh block length in symbols
+
+
+@dataclass(frozen=True)
+class Sweep:
+    n: int
+    snrs: tuple[float, ...]
+    fcs: tuple[float, ...]
+    channels: tuple[str, ...] = ("awgn", "rayleigh")
+    fid: bool = True
+
+
+FULL = Sweep(n=48, snrs=tuple(float(s) for s in range(-30, 31, 5)), fcs=FCS)
+QUICK = Sweep(n=8, snrs=(-20.0, -10.0, 0.0, 10.0, 30.0), fcs=(0.5,))
+
+
+@torch.no_grad()
+def reference_set(parts: ModelParts, n: int, seed: int) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+    """Held-out captions, their perfectly received latents ``[n, C, h, h]`` and images ``[n, 3, H, H]`` in [0, 1]."""
+    from shared import shapes
+
+    prompts = [shapes.scene(seed, i, "eval").caption for i in range(n)]
+    meg, size = parts.meg, parts.geometry.image_size
+    latents = []
+    for i in range(0, n, 32):
+        out = parts.pipe(prompt=prompts[i:i + 32], num_inference_steps=meg.es_steps, guidance_scale=meg.guidance,
+                         height=size, width=size, output_type="latent",
+                         generator=torch.Generator("cpu").manual_seed(seed + i))
+        latents.append(out.images.float().cpu())
+    lat = torch.cat(latents)
+    return prompts, lat, decode(parts, lat)
+
+
+@torch.no_grad()
+def decode(parts: ModelParts, latents: torch.Tensor) -> torch.Tensor:
+    vae = parts.pipe.vae
+    out = [vae.decode(latents[i:i + 32].to(parts.device, vae.dtype) / vae.config.scaling_factor).sample
+           for i in range(0, latents.shape[0], 32)]
+    return ((torch.cat(out).float().cpu() + 1) / 2).clamp(0, 1)
+
+
+def send_each(x: torch.Tensor, profile: ChannelProfile, rng: np.random.Generator) -> torch.Tensor:
+    """Send every item of the batch ``[B, ...]`` as its own transmission; returns what was received."""
+    return torch.stack([torch.from_numpy(transmit(item.numpy(), profile, rng).received) for item in x])
+
+
+def psnr_each(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Mean over the batch of per-image PSNR (dB) for images in [0, 1] (capped at 100 dB)."""
+    mse = ((a - b) ** 2).flatten(1).mean(1).clamp_min(1e-10)
+    return float((10 * torch.log10(1.0 / mse)).clamp(max=100).mean())
+
+
+def run(model: Path, out: Path, sweep: Sweep, seed: int = 0) -> list[dict[str, object]]:
+    t0 = time.perf_counter()
+    parts = ModelParts.load(str(model))
+    codecs: dict[str, dict[float, SeedCodec]] = {d: load_codecs(model / "codec", d) for d in ("paper", "residual")}
+    prompts, latents, images = reference_set(parts, sweep.n, seed)
+    fid = None
+    if sweep.fid:
+        from shared.metrics import FID
+
+        fid = FID(images * 2 - 1)
+    schemes: list[tuple[str, str, float]] = [("centralized", "", 1.0), ("raw-latent", "", 1.0)]
+    for design, table in codecs.items():
+        schemes += [(f"meg-{design}", design, fc) for fc in sweep.fcs if fc in table]
+    seeds = {(d, fc): codecs[d][fc].encode(latents) for _, d, fc in schemes if d}
+    rows: list[dict[str, object]] = []
+    for channel in sweep.channels:
+        for snr in sweep.snrs:
+            profile = ChannelProfile(model=channel, snr_db=snr, coherence_symbols=COHERENCE if channel == "rayleigh" else 0)
+            for scheme, design, fc in schemes:
+                rng = np.random.default_rng([seed, int(snr * 10) + 1000, len(rows)])
+                if scheme == "centralized":
+                    received, symbols = send_each(images, profile, rng).clamp(0, 1), images[0].numel()
+                elif scheme == "raw-latent":
+                    received, symbols = decode(parts, send_each(latents, profile, rng)), latents[0].numel()
+                else:
+                    s = seeds[design, fc]
+                    with torch.no_grad():
+                        z = codecs[design][fc].decode(send_each(s, profile, rng)).reshape(latents.shape)
+                    received, symbols = decode(parts, z), s[0].numel()
+                rows.append({
+                    "channel": channel, "snr_db": snr, "scheme": scheme, "design": design or "-", "fc": fc,
+                    "symbols": int(symbols), "psnr_db": round(psnr_each(received, images), 3),
+                    "fid": round(fid(received * 2 - 1), 3) if fid else float("nan"), "n": sweep.n,
+                })
+        print(f"{channel}: done in {time.perf_counter() - t0:.0f}s", flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "results.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
+    plot(rows, out)
+    write_table_ii(parts, codecs, model, out)
+    (out / "run.json").write_text(json.dumps({"seconds": round(time.perf_counter() - t0, 1), "n": sweep.n,
+                                              "snrs": sweep.snrs, "fcs": sweep.fcs, "prompts": prompts[:8]}, indent=2))
+    return rows
+
+
+def plot(rows: list[dict[str, object]], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    channels = sorted({str(r["channel"]) for r in rows})
+    labels = sorted({(str(r["scheme"]), float(r["fc"])) for r in rows}, key=lambda s: (s[0] != "centralized", s[0], s[1]))
+    for metric, fname, ylabel in (("psnr_db", "psnr_vs_snr.png", "PSNR vs perfect image (dB)"),
+                                  ("fid", "fid_vs_snr.png", "FID vs perfect images")):
+        fig, axes = plt.subplots(1, len(channels), figsize=(6 * len(channels), 4.2), squeeze=False)
+        for ax, ch in zip(axes[0], channels):
+            for scheme, fc in labels:
+                pts = sorted((float(r["snr_db"]), float(r[metric])) for r in rows
+                             if r["channel"] == ch and r["scheme"] == scheme and float(r["fc"]) == fc)
+                if not pts or all(np.isnan(v) for _, v in pts):
+                    continue
+                name = scheme if scheme in ("centralized", "raw-latent") else f"{scheme} fc={fc:g}"
+                style = "-" if "residual" in scheme or scheme in ("centralized", "raw-latent") else "--"
+                ax.plot(*zip(*pts), style, marker="o", ms=3, label=name)
+            ax.set_title(f"{ch.upper()}" + (f" (block fading, L={COHERENCE})" if ch == "rayleigh" else ""))
+            ax.set_xlabel("SNR (dB)")
+            ax.set_ylabel(ylabel)
+            ax.grid(alpha=0.3)
+        axes[0][0].legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / fname, dpi=90)
+        plt.close(fig)
+    # Figs. 8-9: metric over (fc, SNR) for the MEG codecs on AWGN
+    for metric, fname in (("psnr_db", "psnr_fc_snr.png"), ("fid", "fid_fc_snr.png")):
+        designs = sorted({str(r["design"]) for r in rows if str(r["scheme"]).startswith("meg-")})
+        if not designs:
+            continue
+        fig, axes = plt.subplots(1, len(designs), figsize=(5.5 * len(designs), 4), squeeze=False)
+        for ax, design in zip(axes[0], designs):
+            sel = [r for r in rows if r["design"] == design and r["channel"] == "awgn"]
+            fcs = sorted({float(r["fc"]) for r in sel})
+            snrs = sorted({float(r["snr_db"]) for r in sel})
+            grid = np.full((len(snrs), len(fcs)), np.nan)
+            for r in sel:
+                grid[snrs.index(float(r["snr_db"])), fcs.index(float(r["fc"]))] = float(r[metric])
+            im = ax.imshow(grid, origin="lower", aspect="auto", cmap="viridis" if metric == "psnr_db" else "magma_r",
+                           extent=(min(fcs) - 0.1, max(fcs) + 0.1, min(snrs) - 2.5, max(snrs) + 2.5))
+            ax.set_xlabel("compression rate fc")
+            ax.set_ylabel("SNR (dB)")
+            ax.set_title(f"meg-{design}, AWGN: {'PSNR (dB)' if metric == 'psnr_db' else 'FID'}")
+            fig.colorbar(im, ax=ax)
+        fig.tight_layout()
+        fig.savefig(out / fname, dpi=90)
+        plt.close(fig)
+
+
+def write_table_ii(parts: ModelParts, codecs: dict[str, dict[float, SeedCodec]], model: Path, out: Path) -> None:
+    g = parts.geometry
+    base = sum(p.numel() for m in (parts.pipe.unet, parts.pipe.vae, parts.pipe.text_encoder) for p in m.parameters())
+    lines = ["| scheme | transmitted symbols | model parameters |", "|---|---:|---:|",
+             f"| centralized (pixels {g.image_size}×{g.image_size}×3) | {g.symbols('image'):,} | {base:,} |",
+             f"| raw latent | {g.latent_values:,} | {base:,} |"]
+    for design, table in codecs.items():
+        for fc, codec in sorted(table.items()):
+            lines.append(f"| MEG {design} fc={fc:g} | {codec.cfg.k:,} | {base + codec.parameters_count():,} |")
+    (out / "table_ii.md").write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="meg-ue eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, help="folder for results.csv, plots and table_ii.md")
+    parser.add_argument("--model", help="StableDiffusionPipeline folder with codec/ (default: embedded meg-tiny)")
+    parser.add_argument("--quick", action="store_true", help="8 prompts, 5 SNRs, fc 0.5 (about a minute)")
+    parser.add_argument("--n", type=int, help="prompts per cell (default 48)")
+    parser.add_argument("--no-fid", action="store_true", help="PSNR only")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    sweep = QUICK if args.quick else FULL
+    if args.n:
+        sweep = Sweep(args.n, sweep.snrs, sweep.fcs, sweep.channels, sweep.fid)
+    if args.no_fid:
+        sweep = Sweep(sweep.n, sweep.snrs, sweep.fcs, sweep.channels, False)
+    model = Path(args.model) if args.model else default_model_path()
+    run(model, Path(args.out), sweep, args.seed)
+    print(f"wrote {args.out}/results.csv and plots")
+    return 0
