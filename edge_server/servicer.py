@@ -83,6 +83,7 @@ class EdgeServicer(edge_pb2_grpc.EdgeServiceServicer):
             embed_dim=g.embed_dim,
             protocols=list(PROTOCOLS),
             device=str(self.parts.device),
+            codec_fc=self.parts.codec_rates(),
         )
 
     async def Probe(self, request: edge_pb2.ProbeRequest, context: grpc.aio.ServicerContext) -> edge_pb2.ProbeResponse:

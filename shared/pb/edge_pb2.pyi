@@ -66,7 +66,7 @@ class DescribeRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class DescribeResponse(_message.Message):
-    __slots__ = ("model", "image_size", "latent_channels", "latent_size", "max_tokens", "embed_dim", "protocols", "device")
+    __slots__ = ("model", "image_size", "latent_channels", "latent_size", "max_tokens", "embed_dim", "protocols", "device", "codec_fc")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     IMAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     LATENT_CHANNELS_FIELD_NUMBER: _ClassVar[int]
@@ -75,6 +75,7 @@ class DescribeResponse(_message.Message):
     EMBED_DIM_FIELD_NUMBER: _ClassVar[int]
     PROTOCOLS_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
+    CODEC_FC_FIELD_NUMBER: _ClassVar[int]
     model: str
     image_size: int
     latent_channels: int
@@ -83,4 +84,5 @@ class DescribeResponse(_message.Message):
     embed_dim: int
     protocols: _containers.RepeatedScalarFieldContainer[str]
     device: str
-    def __init__(self, model: _Optional[str] = ..., image_size: _Optional[int] = ..., latent_channels: _Optional[int] = ..., latent_size: _Optional[int] = ..., max_tokens: _Optional[int] = ..., embed_dim: _Optional[int] = ..., protocols: _Optional[_Iterable[str]] = ..., device: _Optional[str] = ...) -> None: ...
+    codec_fc: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, model: _Optional[str] = ..., image_size: _Optional[int] = ..., latent_channels: _Optional[int] = ..., latent_size: _Optional[int] = ..., max_tokens: _Optional[int] = ..., embed_dim: _Optional[int] = ..., protocols: _Optional[_Iterable[str]] = ..., device: _Optional[str] = ..., codec_fc: _Optional[_Iterable[float]] = ...) -> None: ...
