@@ -14,7 +14,7 @@ from tests.conftest import BackgroundLoop
 from ue_client.session import EdgeClient, generate
 
 
-@pytest.mark.parametrize("policy, budget", [("uniform", 0.5), ("oracle", 0.5), ("none", 1.0)])
+@pytest.mark.parametrize("policy, budget", [("uniform", 0.5), ("oracle", 0.5), ("ppo", 0.5), ("none", 1.0)])
 def test_server_allocation_shows_in_proxy_stats(random_model_dir: Path, policy: str, budget: float) -> None:
     from channel_emulator.link import LinkTable
     from channel_emulator.proxy import create_proxy
@@ -44,6 +44,9 @@ def test_server_allocation_shows_in_proxy_stats(random_model_dir: Path, policy: 
     assert down.transmissions == 1 and down.symbols == n
     if policy == "none":
         assert down.allocated == 0 and down.energy == pytest.approx(n)  # unit power, no CSI asked
+    elif policy == "ppo":  # the shipped policy: within the budget (its last block takes what is left, capped)
+        assert down.allocated == 1 and 0 < down.energy <= budget * n * (1 + 1e-5)
+        assert r.downlink.energy == pytest.approx(down.energy, rel=1e-5)
     else:
         assert down.allocated == 1
         assert down.energy == pytest.approx(budget * n, rel=1e-5)  # the ES spent exactly its budget
