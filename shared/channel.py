@@ -289,16 +289,29 @@ def transmit(
             y[:] = 0.0
         eff = math.inf if n0 == 0 else (10 * math.log10(g * g / n0) if g > 0 else -math.inf)
         return Transmission(y.reshape(xf.shape), n, tf, energy, eff)
-    gain = _per_symbol(h, n, lc) * np.sqrt(_per_symbol(p, n, lp))
-    gain_hat = _per_symbol(h_hat, n, lc) * np.sqrt(_per_symbol(p, n, lp))
-    y = gain * (flat / scale)
+    if tp == 1 or tf == 1 or lp == lc:  # power and fading share one block grid: block-level arithmetic
+        length = lc if tf > 1 else lp
+        g_b = h * np.sqrt(p if tp > 1 else np.full(tf, p[0])) if tf > 1 else np.sqrt(p) * h[0]
+        gh_b = h_hat * np.sqrt(p if tp > 1 else np.full(tf, p[0])) if tf > 1 else np.sqrt(p) * h_hat[0]
+        counts = np.full(len(g_b), float(length))
+        counts[-1] = n - length * (len(g_b) - 1)
+        y = flat * _per_symbol((g_b / scale).astype(np.float32), n, length)
+        inverse = np.where(gh_b > 0, scale / np.where(gh_b > 0, gh_b, 1.0), 0.0).astype(np.float32)
+        mean_gain = float((g_b**2 * counts).sum() / n)
+    else:  # misaligned grids: per-symbol gains
+        gain = _per_symbol(h, n, lc) * np.sqrt(_per_symbol(p, n, lp))
+        gain_hat = _per_symbol(h_hat, n, lc) * np.sqrt(_per_symbol(p, n, lp))
+        y = gain * (flat / np.float32(scale))
+        inverse = np.where(gain_hat > 0, np.float32(scale) / np.where(gain_hat > 0, gain_hat, np.float32(1.0)), np.float32(0.0))
+        mean_gain = float(np.mean(np.square(gain, dtype=np.float64)))
+        length = 0
     if n0 > 0:
-        y += rng.standard_normal(n, dtype=np.float32) * np.float32(math.sqrt(n0))
-    safe = np.where(gain_hat > 0, gain_hat, np.float32(1.0))
-    s_hat = np.where(gain_hat > 0, y / safe, np.float32(0.0))
-    mean_gain = float(np.mean(np.square(gain, dtype=np.float64)))
+        noise = rng.standard_normal(n, dtype=np.float32)
+        noise *= np.float32(math.sqrt(n0))
+        y += noise
+    y *= inverse if length == 0 else _per_symbol(inverse, n, length)
     eff = math.inf if n0 == 0 else (10 * math.log10(mean_gain / n0) if mean_gain > 0 else -math.inf)
-    return Transmission((s_hat * np.float32(scale)).reshape(xf.shape), n, tf, energy, eff)
+    return Transmission(y.reshape(xf.shape), n, tf, energy, eff)
 
 
 def with_snr(profile: ChannelProfile, snr_db: float) -> ChannelProfile:
