@@ -2,8 +2,9 @@
 
 Held-out captions come from the ``eval`` stream of :mod:`shared.shapes` (never used in training).
 
-* **Prompt adherence**: a small attribute CNN (shape: 3 classes, colour: 6 classes), trained here on the fly
-  on ground-truth renders of the ``classifier`` stream (deterministic, ~1 min on one core), recognises the
+* **Prompt adherence**: a small attribute CNN (shape: 3 classes, colour: 6 classes), trained on
+  ground-truth renders of the ``classifier`` stream (deterministic, ~2 min on one core; a copy ships beside
+  meg-tiny as ``attribute_cnn.safetensors``, 0.6 MB, else it is trained on the fly), recognises the
   requested shape and colour in generated images. Adherence is measured on *single-shape* captions
   ("a small red circle on a white background"), so there is no ambiguity which shape is judged; a sample
   counts as adherent when both shape and colour are right. Reported at the ES's DDIM steps (``es_steps``)
@@ -35,6 +36,10 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 from shared import shapes  # noqa: E402
+
+
+#: The attribute classifier shipped beside meg-tiny (0.6 MB; ``train_classifier(0, 600)``).
+SHIPPED_CLASSIFIER = Path(__file__).resolve().parent.parent / "shared" / "weights" / "meg-tiny" / "attribute_cnn.safetensors"
 
 
 def _log(msg: str) -> None:
@@ -87,10 +92,37 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return x.clamp(-1, 1)
 
 
+def classifier_accuracy(net: AttributeCNN, seed: int = 0, n: int = 500) -> float:
+    """Accuracy (shape and colour both right) on ``n`` held-out single-shape renders."""
+    test_scenes, xt = shapes.batch(seed, 1_000_000, n, stream="classifier", n_shapes=1)
+    ps, pc = net.predict(xt)
+    return float(((ps == torch.tensor([s.label[0] for s in test_scenes]))
+                  & (pc == torch.tensor([s.label[1] for s in test_scenes]))).float().mean())
+
+
+def load_or_train_classifier(path: Path | None, seed: int = 0, steps: int = 600) -> tuple[AttributeCNN, float]:
+    """The attribute CNN from ``path`` (safetensors) when it exists, else trained now (and saved to ``path``
+    when one is given). ``path`` None: the copy shipped beside meg-tiny (made by this very function with
+    seed 0, 600 steps) if present, else trained on the fly. Returns it with its accuracy on held-out renders."""
+    from safetensors.torch import load_file, save_file
+
+    if path is None and SHIPPED_CLASSIFIER.exists():
+        path = SHIPPED_CLASSIFIER
+    if path is not None and path.exists():
+        net = AttributeCNN()
+        net.load_state_dict(load_file(str(path)))
+        return net, classifier_accuracy(net, seed)
+    net, acc = train_classifier(seed, steps)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path))
+    return net, acc
+
+
 def train_classifier(seed: int = 0, steps: int = 600, batch_size: int = 64, pool: int = 6000
                      ) -> tuple[AttributeCNN, float]:
-    """Train the attribute CNN on single-shape renders; return it and its accuracy (shape and colour both
-    right) on 500 held-out renders of another stream."""
+    """Train the attribute CNN on single-shape renders (~2 min on one core); return it and its accuracy
+    (shape and colour both right) on 500 held-out renders of another seed range."""
     torch.manual_seed(seed)
     scenes, x = shapes.batch(seed, 0, pool, stream="classifier", n_shapes=1)
     ys = torch.tensor([s.label[0] for s in scenes])
@@ -108,11 +140,7 @@ def train_classifier(seed: int = 0, steps: int = 600, batch_size: int = 64, pool
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    test_scenes, xt = shapes.batch(seed, 1_000_000, 500, stream="classifier", n_shapes=1)
-    ps, pc = net.predict(xt)
-    acc = float(((ps == torch.tensor([s.label[0] for s in test_scenes]))
-                 & (pc == torch.tensor([s.label[1] for s in test_scenes]))).float().mean())
-    return net, acc
+    return net, classifier_accuracy(net, seed)
 
 
 # ----------------------------------------------------------------------------------------------- FID
@@ -145,16 +173,22 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
     return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
-def fid(real: torch.Tensor, fake: torch.Tensor, feature: TFInception) -> float:
-    """FID between two image sets ``[N, 3, 64, 64]`` in ``[-1, 1]``."""
-    from torchmetrics.image.fid import FrechetInceptionDistance
+class FID:
+    """FID against one fixed reference set (its Inception features computed once), for several fake sets."""
 
-    metric = FrechetInceptionDistance(feature=feature, normalize=False)
-    for i in range(0, real.shape[0], 50):
-        metric.update(to_uint8(real[i:i + 50]), real=True)
-    for i in range(0, fake.shape[0], 50):
-        metric.update(to_uint8(fake[i:i + 50]), real=False)
-    return float(metric.compute())
+    def __init__(self, real: torch.Tensor, feature: TFInception) -> None:
+        from torchmetrics.image.fid import FrechetInceptionDistance
+
+        self.metric = FrechetInceptionDistance(feature=feature, normalize=False, reset_real_features=False)
+        for i in range(0, real.shape[0], 50):
+            self.metric.update(to_uint8(real[i:i + 50]), real=True)
+
+    def __call__(self, fake: torch.Tensor) -> float:
+        """FID between the reference set and ``fake`` ``[N, 3, 64, 64]`` in ``[-1, 1]``."""
+        self.metric.reset()
+        for i in range(0, fake.shape[0], 50):
+            self.metric.update(to_uint8(fake[i:i + 50]), real=False)
+        return float(self.metric.compute())
 
 
 # ----------------------------------------------------------------------------------------------- generation
@@ -214,8 +248,8 @@ def save_grid(path: Path, images: torch.Tensor, prompts: list[str], cols: int = 
 # ----------------------------------------------------------------------------------------------- main
 
 
-def evaluate(model: Path | None, n: int, seed: int, out_grid: Path | None, random_baseline: bool = True
-             ) -> dict:
+def evaluate(model: Path | None, n: int, seed: int, out_grid: Path | None, random_baseline: bool = True,
+             classifier_steps: int = 600, classifier: Path | None = None) -> dict:
     from edge_server.train_model import psnr
     from shared.model_loader import load_pipeline
 
@@ -225,7 +259,7 @@ def evaluate(model: Path | None, n: int, seed: int, out_grid: Path | None, rando
     res: dict = {"model": str(model) if model else "meg-tiny (shipped)", "n": n, "seed": seed,
                  "es_steps": meg.es_steps, "ue_steps": meg.ue_steps, "guidance": meg.guidance}
 
-    clf, clf_acc = train_classifier(seed)
+    clf, clf_acc = load_or_train_classifier(classifier, seed, classifier_steps)
     res["classifier_accuracy_renders"] = round(clf_acc, 4)
     _log(f"attribute classifier: {clf_acc:.3f} on held-out renders ({time.time() - t0:.0f} s)")
 
@@ -240,23 +274,27 @@ def evaluate(model: Path | None, n: int, seed: int, out_grid: Path | None, rando
         res[f"shape_acc_{name}"] = round(float((ps == ys).float().mean()), 4)
         res[f"colour_acc_{name}"] = round(float((pc == yc).float().mean()), 4)
         _log(f"adherence at {steps} steps: {res[f'adherence_{name}']:.3f} ({time.time() - t0:.0f} s)")
-        if name == "es" and out_grid is not None:
-            save_grid(out_grid, img[:16], prompts1[:16])
-            res["grid"] = str(out_grid)
+        if name == "es":
+            grid_imgs, grid_prompts = img[:8], prompts1[:8]
 
     # FID: full caption distribution (1-3 shapes)
     full, gt = shapes.batch(seed, 0, n, stream="eval")
     _, ref = shapes.batch(seed, 0, n, stream="fid_ref")
     gen = generate(pipe, [s.caption for s in full], meg.es_steps, meg.guidance, seed + 7, size)
-    feat = TFInception()
-    res["fid_generated_vs_renders"] = round(fid(ref, gen, feat), 2)
-    res["fid_renders_vs_renders"] = round(fid(ref, gt, feat), 2)
-    _log(f"FID generated {res['fid_generated_vs_renders']:.1f}, renders {res['fid_renders_vs_renders']:.1f} "
-         f"({time.time() - t0:.0f} s)")
+    if out_grid is not None:  # 8 single-shape + 8 full-distribution prompts at es_steps
+        save_grid(out_grid, torch.cat([grid_imgs, gen[:8]]), grid_prompts + [s.caption for s in full[:8]])
+        res["grid"] = str(out_grid)
+    fid = FID(ref, TFInception())
+    res["fid_generated_vs_renders"] = round(fid(gen), 2)
+    res["fid_renders_vs_renders"] = round(fid(gt), 2)
+    gen_ue = generate(pipe, [s.caption for s in full], meg.ue_steps, meg.guidance, seed + 7, size)
+    res["fid_ue_vs_renders"] = round(fid(gen_ue), 2)
+    _log(f"FID generated {res['fid_generated_vs_renders']:.1f} (UE steps {res['fid_ue_vs_renders']:.1f}), "
+         f"renders {res['fid_renders_vs_renders']:.1f} ({time.time() - t0:.0f} s)")
     if random_baseline:
         rnd = random_init_pipeline(pipe, seed)
         rgen = generate(rnd, [s.caption for s in full], meg.es_steps, meg.guidance, seed + 7, size)
-        res["fid_random_init_vs_renders"] = round(fid(ref, rgen, feat), 2)
+        res["fid_random_init_vs_renders"] = round(fid(rgen), 2)
         _log(f"FID random-init {res['fid_random_init_vs_renders']:.1f} ({time.time() - t0:.0f} s)")
 
     with torch.no_grad():
@@ -276,7 +314,8 @@ def format_table(res: dict) -> str:
          f"{res['adherence_es']:.1%} (shape {res['shape_acc_es']:.1%}, colour {res['colour_acc_es']:.1%})"),
         (f"adherence, single-shape captions, UE {res['ue_steps']} DDIM steps",
          f"{res['adherence_ue']:.1%} (shape {res['shape_acc_ue']:.1%}, colour {res['colour_acc_ue']:.1%})"),
-        ("FID generated vs renders", f"{res['fid_generated_vs_renders']:.1f}"),
+        (f"FID generated vs renders, ES {res['es_steps']} steps", f"{res['fid_generated_vs_renders']:.1f}"),
+        (f"FID generated vs renders, UE {res['ue_steps']} steps", f"{res['fid_ue_vs_renders']:.1f}"),
     ]
     if "fid_random_init_vs_renders" in res:
         rows.append(("FID random-init model vs renders", f"{res['fid_random_init_vs_renders']:.1f}"))
@@ -299,6 +338,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-grid", type=Path, default=None, help="write a 4x4 prompt -> image grid PNG here")
     p.add_argument("--no-random-baseline", action="store_true", help="skip the random-init FID row")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own)")
+    p.add_argument("--classifier-steps", type=int, default=600, help="training steps of the attribute CNN")
+    p.add_argument("--classifier", type=Path, default=None,
+                   help="attribute CNN weights (safetensors): loaded if the file exists, else trained and saved "
+                        "there (default: the copy shipped beside meg-tiny, else trained on the fly)")
     return p
 
 
@@ -308,7 +351,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     if args.n < 16:
         raise SystemExit("--n must be at least 16")
-    res = evaluate(args.model, args.n, args.seed, args.out_grid, random_baseline=not args.no_random_baseline)
+    res = evaluate(args.model, args.n, args.seed, args.out_grid, random_baseline=not args.no_random_baseline,
+                   classifier_steps=args.classifier_steps, classifier=args.classifier)
     print(json.dumps(res) if args.json else format_table(res))
     return 0
 

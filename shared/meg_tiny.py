@@ -24,8 +24,8 @@ MAX_TOKENS = 16
 CROSS_ATTENTION_DIM = 384
 
 #: Default widths (picked by pilot runs for a <= 2 h single-thread CPU training budget).
-VAE_CHANNELS: tuple[int, ...] = (32, 64, 64, 64)
-UNET_CHANNELS: tuple[int, ...] = (128, 192)
+VAE_CHANNELS: tuple[int, ...] = (16, 32, 64, 64)
+UNET_CHANNELS: tuple[int, ...] = (64, 128, 128)
 
 _BETAS = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
 
@@ -48,7 +48,7 @@ def build_vae(channels: tuple[int, ...] = VAE_CHANNELS, scaling_factor: float = 
     )
 
 
-def build_unet(channels: tuple[int, ...] = UNET_CHANNELS, layers_per_block: int = 2) -> UNet2DConditionModel:
+def build_unet(channels: tuple[int, ...] = UNET_CHANNELS, layers_per_block: int = 1) -> UNet2DConditionModel:
     """UNet2DConditionModel: noisy latent ``[B, 4, 8, 8]``, timestep ``[B]``, text ``[B, 16, 384]``
     -> predicted noise ``[B, 4, 8, 8]``. Cross-attention in every block (8x8 and 4x4)."""
     n = len(channels)

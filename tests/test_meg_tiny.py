@@ -100,3 +100,14 @@ def test_shipped_model_loads_offline_and_generates() -> None:
                output_type="pt").images
     assert img.shape == (1, 3, 64, 64)
     assert torch.isfinite(img).all()
+
+
+@shipped
+def test_shipped_classifier_reads_captions_from_renders() -> None:
+    """The attribute CNN shipped beside meg-tiny recovers shape and colour of held-out single-shape renders."""
+    from edge_server.eval_model import SHIPPED_CLASSIFIER, classifier_accuracy, load_or_train_classifier
+
+    if not SHIPPED_CLASSIFIER.exists():
+        pytest.skip("no shipped attribute classifier")
+    net, _ = load_or_train_classifier(None)
+    assert classifier_accuracy(net, seed=5, n=60) >= 0.95
