@@ -40,7 +40,8 @@ def check_params(p: edge_pb2.GenerationParams) -> Params:
     for ok, message in checks:
         if not ok:
             raise RequestError(message)
-    return Params(seed=p.seed, steps=p.steps, guidance=p.guidance, fc=p.fc, strength=p.strength)
+    # fc crosses as float32: round it back to the rate that was meant (0.9, not 0.8999999761581421)
+    return Params(seed=p.seed, steps=p.steps, guidance=p.guidance, fc=round(float(p.fc), 4), strength=p.strength)
 
 
 def check_segment(request: edge_pb2.SegmentRequest) -> Segment:
@@ -98,7 +99,7 @@ class EdgeServicer(edge_pb2_grpc.EdgeServiceServicer):
             t.ClearField("applied")
         return reply
 
-    def _workspace(self, request: edge_pb2.SegmentRequest, segment: Segment) -> dict[str, object]:
+    def _workspace(self, request: edge_pb2.SegmentRequest, segment: Segment, fc: float) -> dict[str, object]:
         """Decode and check what the UE sent against what the segment receives."""
         expected = {k for k in segment.receives if k not in TEXT_KEYS}
         names = [t.name for t in request.tensors]
@@ -111,7 +112,7 @@ class EdgeServicer(edge_pb2_grpc.EdgeServiceServicer):
         workspace: dict[str, object] = {}
         for t in request.tensors:
             try:
-                workspace[t.name] = air.from_air(t, self.parts.geometry.shape_of(t.name, request.params.fc))
+                workspace[t.name] = air.from_air(t, self.parts.geometry.shape_of(t.name, fc))
             except air.TensorError as exc:
                 raise RequestError(str(exc)) from None
         if "prompt" in segment.receives:
@@ -131,7 +132,7 @@ class EdgeServicer(edge_pb2_grpc.EdgeServiceServicer):
             params = check_params(request.params)
             if not self.parts.has_codec(params.fc):
                 raise RequestError(f"this model ships no seed codec for fc={params.fc:g}; use fc=1")
-            workspace = self._workspace(request, segment)
+            workspace = self._workspace(request, segment, params.fc)
         except RequestError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         remaining = context.time_remaining()
