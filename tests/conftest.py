@@ -6,9 +6,11 @@ import asyncio
 import os
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
@@ -47,25 +49,39 @@ class Stack:
 
     es_addr: str
     proxy_addr: str
-    link: object
-    parts: object
+    link: Any  # channel_emulator.link.LinkTable
+    parts: Any  # shared.model_ops.ModelParts
+
+
+@contextmanager
+def running_stack(parts: Any, settings: Any = None, uplink: Any = None, downlink: Any = None,
+                  seed: int = 0) -> Iterator[Stack]:
+    """Start ``create_server`` (with ``settings``, default: any free port) and ``create_proxy`` in front
+    of it (uplink/downlink profiles, default ideal) on a background loop; stop both on exit."""
+    from channel_emulator.link import LinkTable
+    from channel_emulator.proxy import create_proxy
+    from edge_server.server import create_server
+    from edge_server.settings import EdgeSettings
+    from shared.channel import IDEAL, load_profiles
+
+    bg = BackgroundLoop()
+    es, es_port, _ = bg.run(create_server(settings or EdgeSettings(listen="127.0.0.1:0"), parts))  # type: ignore[misc]
+    table = LinkTable(load_profiles(None), uplink or IDEAL, downlink or IDEAL, seed=seed)
+    proxy, proxy_port, _ = bg.run(create_proxy("127.0.0.1:0", {"es0": f"127.0.0.1:{es_port}"}, table))  # type: ignore[misc]
+    try:
+        yield Stack(f"127.0.0.1:{es_port}", f"127.0.0.1:{proxy_port}", table, parts)
+    finally:
+        bg.run(proxy.stop(0))
+        bg.run(es.stop(0))
+        bg.close()
 
 
 @pytest.fixture(scope="module")
 def inproc_stack(random_model_dir: Path) -> Iterator[Stack]:
-    from channel_emulator.link import LinkTable
-    from shared.channel import IDEAL, load_profiles
-    from channel_emulator.proxy import create_proxy
-    from edge_server.server import create_server
+    """The tiny random model behind an ES (4 MiB message limit) and a proxy, for the module's tests."""
     from edge_server.settings import EdgeSettings
     from shared.model_ops import ModelParts
 
     parts = ModelParts.load(str(random_model_dir), "cpu")
-    bg = BackgroundLoop()
-    es, es_port, _ = bg.run(create_server(EdgeSettings(listen="127.0.0.1:0", max_message_bytes=4 * 1024 * 1024), parts))  # type: ignore[misc]
-    link = LinkTable(load_profiles(None), IDEAL, IDEAL)
-    proxy, proxy_port, _ = bg.run(create_proxy("127.0.0.1:0", {"es0": f"127.0.0.1:{es_port}"}, link))  # type: ignore[misc]
-    yield Stack(f"127.0.0.1:{es_port}", f"127.0.0.1:{proxy_port}", link, parts)
-    bg.run(proxy.stop(1))
-    bg.run(es.stop(1))
-    bg.close()
+    with running_stack(parts, EdgeSettings(listen="127.0.0.1:0", max_message_bytes=4 * 1024 * 1024)) as stack:
+        yield stack

@@ -11,7 +11,7 @@ from shared.images import psnr
 from shared.model_loader import MEG_TINY_DIR
 from shared.model_ops import Params
 from shared.pb import channel_pb2, channel_pb2_grpc
-from tests.conftest import BackgroundLoop, Stack
+from tests.conftest import Stack, running_stack
 from ue_client.session import EdgeClient, generate
 
 pytestmark = pytest.mark.skipif(not (MEG_TINY_DIR / "model_index.json").exists(), reason="meg-tiny weights not built")
@@ -20,22 +20,10 @@ PROMPT = "a large red circle above a small blue square on a white background"
 
 @pytest.fixture(scope="module")
 def tiny_stack() -> Iterator[Stack]:
-    from channel_emulator.link import LinkTable
-    from channel_emulator.proxy import create_proxy
-    from edge_server.server import create_server
-    from edge_server.settings import EdgeSettings
-    from shared.channel import IDEAL, load_profiles
     from shared.model_ops import ModelParts
 
-    parts = ModelParts.load(None, "cpu")  # the embedded default
-    bg = BackgroundLoop()
-    es, es_port, _ = bg.run(create_server(EdgeSettings(listen="127.0.0.1:0"), parts))  # type: ignore[misc]
-    table = LinkTable(load_profiles(None), IDEAL, IDEAL)
-    proxy, port, _ = bg.run(create_proxy("127.0.0.1:0", {"es0": f"127.0.0.1:{es_port}"}, table))  # type: ignore[misc]
-    yield Stack(f"127.0.0.1:{es_port}", f"127.0.0.1:{port}", table, parts)
-    bg.run(proxy.stop(1))
-    bg.run(es.stop(1))
-    bg.close()
+    with running_stack(ModelParts.load(None, "cpu")) as stack:  # the embedded default
+        yield stack
 
 
 def _set(addr: str, snr_db: float | None) -> None:

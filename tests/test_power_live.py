@@ -10,35 +10,25 @@ import pytest
 
 from shared.model_ops import Params
 from shared.pb import channel_pb2, channel_pb2_grpc
-from tests.conftest import BackgroundLoop
+from tests.conftest import running_stack
 from ue_client.session import EdgeClient, generate
 
 
 @pytest.mark.parametrize("policy, budget", [("uniform", 0.5), ("oracle", 0.5), ("ppo", 0.5), ("none", 1.0)])
 def test_server_allocation_shows_in_proxy_stats(random_model_dir: Path, policy: str, budget: float) -> None:
-    from channel_emulator.link import LinkTable
-    from channel_emulator.proxy import create_proxy
-    from edge_server.server import create_server
     from edge_server.settings import EdgeSettings
-    from shared.channel import IDEAL, ChannelProfile, load_profiles
+    from shared.channel import ChannelProfile
     from shared.model_ops import ModelParts
 
     parts = ModelParts.load(str(random_model_dir), "cpu")
-    bg = BackgroundLoop()
     settings = EdgeSettings(listen="127.0.0.1:0", power_policy=policy, power_budget=budget)
-    es, es_port, _ = bg.run(create_server(settings, parts))  # type: ignore[misc]
     fading = ChannelProfile(model="rayleigh", snr_db=10.0, coherence_symbols=16)
-    table = LinkTable(load_profiles(None), IDEAL, fading, seed=3)
-    proxy, port, _ = bg.run(create_proxy("127.0.0.1:0", {"es0": f"127.0.0.1:{es_port}"}, table))  # type: ignore[misc]
-    try:
-        with EdgeClient(f"127.0.0.1:{port}", timeout_s=60, ue_id="phone") as client:
+    with running_stack(parts, settings, downlink=fading, seed=3) as stack:
+        with EdgeClient(stack.proxy_addr, timeout_s=60, ue_id="phone") as client:
             r = generate(parts, client, "a red circle", "CIAG", params=Params(seed=1, steps=2))
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+        with grpc.insecure_channel(stack.proxy_addr) as ch:
             stats = channel_pb2_grpc.ChannelControlStub(ch).GetStats(channel_pb2.GetStatsRequest(), timeout=5)
-    finally:
-        bg.run(proxy.stop(0))
-        bg.run(es.stop(0))
-        bg.close()
+        table = stack.link
     down = next(e for e in stats.entries if e.link == "phone->es0" and e.direction == "downlink")
     n = r.downlink.symbols
     assert down.transmissions == 1 and down.symbols == n
