@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="meg-edge train-codec", description=__doc__)
     parser.add_argument("--model", help="StableDiffusionPipeline folder (default: the embedded meg-tiny)")
     parser.add_argument("--out", help="codec folder (default: <model>/codec)")
-    parser.add_argument("--generated", type=int, default=2048, help="generated latents in the set")
+    parser.add_argument("--generated", type=int, default=1024, help="generated latents in the set")
     parser.add_argument("--encoded", type=int, default=2048, help="VAE-encoded render latents in the set")
     parser.add_argument("--steps", type=int, default=3000, help="optimiser steps per codec")
     parser.add_argument("--hidden", type=int, default=512)
