@@ -130,6 +130,19 @@ def run(model: Path, out: Path, sweep: Sweep, seed: int = 0) -> list[dict[str, o
     return rows
 
 
+def _style(scheme: str, fc: float) -> dict[str, object]:
+    """Black pixels, red raw latent, blues (dashed) for the paper codec, greens for the residual one;
+    darker = higher fc."""
+    import matplotlib
+
+    if scheme == "centralized":
+        return {"color": "black", "linestyle": "-"}
+    if scheme == "raw-latent":
+        return {"color": "tab:red", "linestyle": "-", "linewidth": 2}
+    cmap = matplotlib.colormaps["Blues" if scheme == "meg-paper" else "Greens"]
+    return {"color": cmap(0.35 + 0.6 * fc), "linestyle": "--" if scheme == "meg-paper" else "-"}
+
+
 def plot(rows: list[dict[str, object]], out: Path) -> None:
     import matplotlib
 
@@ -148,13 +161,12 @@ def plot(rows: list[dict[str, object]], out: Path) -> None:
                 if not pts or all(np.isnan(v) for _, v in pts):
                     continue
                 name = scheme if scheme in ("centralized", "raw-latent") else f"{scheme} fc={fc:g}"
-                style = "-" if "residual" in scheme or scheme in ("centralized", "raw-latent") else "--"
-                ax.plot(*zip(*pts), style, marker="o", ms=3, label=name)
+                ax.plot(*zip(*pts), **_style(scheme, fc), marker="o", ms=3, label=name)
             ax.set_title(f"{ch.upper()}" + (f" (block fading, L={COHERENCE})" if ch == "rayleigh" else ""))
             ax.set_xlabel("SNR (dB)")
             ax.set_ylabel(ylabel)
             ax.grid(alpha=0.3)
-        axes[0][0].legend(fontsize=7)
+        axes[0][0].legend(fontsize=7, ncol=2)
         fig.tight_layout()
         fig.savefig(out / fname, dpi=90)
         plt.close(fig)
