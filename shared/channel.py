@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -312,8 +312,3 @@ def transmit(
     y *= inverse if length == 0 else _per_symbol(inverse, n, length)
     eff = math.inf if n0 == 0 else (10 * math.log10(mean_gain / n0) if mean_gain > 0 else -math.inf)
     return Transmission(y.reshape(xf.shape), n, tf, energy, eff)
-
-
-def with_snr(profile: ChannelProfile, snr_db: float) -> ChannelProfile:
-    """The same profile at another SNR (checked)."""
-    return replace(profile, snr_db=snr_db, name="")
