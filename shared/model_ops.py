@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,6 +59,30 @@ class Params:
     guidance: float = 0.0
     fc: float = 0.0
     strength: float = 0.0
+
+
+@dataclass
+class DenoiseJob:
+    """One DDIM denoising, the unit the ES's batching engine schedules (and what runs alone elsewhere).
+
+    ``cond``: ``[1, L, D]`` prompt embedding. ``init_latent``: ``[1, C, h, w]`` for img2img (noised to
+    ``strength``), ``None`` for txt2img. ``noise``: the starting noise ``[1, C, h, w]``; ``None`` draws it
+    from ``seed`` with the model's full latent shape (a cooperative ES passes its window of the shared
+    noise, so ``h, w`` may be smaller than the model's latent). ``deadline`` is a ``time.monotonic()`` value.
+    """
+
+    cond: torch.Tensor
+    steps: int
+    guidance: float
+    seed: int = 0
+    init_latent: torch.Tensor | None = None
+    strength: float = 0.0
+    noise: torch.Tensor | None = None
+    deadline: float | None = None
+
+
+#: Runs a :class:`DenoiseJob` and returns its latent ``[1, C, h, w]`` (float32, CPU).
+Denoiser = Callable[[DenoiseJob], torch.Tensor]
 
 
 class ModelParts:
@@ -124,10 +149,13 @@ class ModelParts:
 class ModelOps:
     """:class:`ModelParts` bound to one request: ``call(op, *inputs)`` for :mod:`shared.protocols`."""
 
-    def __init__(self, parts: ModelParts, params: Params, deadline: float | None = None) -> None:
+    def __init__(self, parts: ModelParts, params: Params, deadline: float | None = None,
+                 denoiser: Denoiser | None = None) -> None:
+        """``denoiser`` runs the DDIM loops (the ES passes its batching engine); default: alone, here."""
         self.parts = parts
         self.params = params
         self.deadline = deadline  # time.monotonic() value
+        self.denoiser = denoiser or self._denoise_alone
 
     def call(self, op: str, *inputs: object) -> tuple[object, ...]:
         fn = getattr(self, f"op_{op}", None)
@@ -186,13 +214,23 @@ class ModelOps:
         """The UE's weaker budget (paper 1's limited local computation): the model's ``ue_steps``."""
         return (self._denoise(cond, init_latent, self.parts.meg.ue_steps, self.params.strength),)
 
-    @torch.no_grad()
-    def _denoise(self, cond: torch.Tensor, init_latent: torch.Tensor | None, steps: int, strength: float) -> torch.Tensor:
+    def _denoise(self, cond: torch.Tensor, init_latent: torch.Tensor | None, steps: int, strength: float,
+                 noise: torch.Tensor | None = None) -> torch.Tensor:
         """DDIM guided by ``cond [1, L, D]``: from seeded noise (txt2img), or from ``init_latent`` noised to
-        ``strength`` (img2img; 0 means the default 0.6) -> latent ``[1, C, h, h]`` (float32, CPU)."""
-        parts, p = self.parts, self.params
-        meg, geo = parts.meg, parts.geometry
-        pipe = parts.fresh_pipeline(img2img=init_latent is not None)
+        ``strength`` (img2img; 0 means the default 0.6) -> latent ``[1, C, h, w]`` (float32, CPU).
+        ``noise`` (``[1, C, h, w]``) replaces the seeded starting noise (see :class:`DenoiseJob`)."""
+        p, meg = self.params, self.parts.meg
+        job = DenoiseJob(cond=cond, steps=steps, guidance=p.guidance or meg.guidance, seed=p.seed,
+                         init_latent=init_latent, strength=strength or DEFAULT_STRENGTH, noise=noise,
+                         deadline=self.deadline)
+        return self.denoiser(job)
+
+    @torch.no_grad()
+    def _denoise_alone(self, job: DenoiseJob) -> torch.Tensor:
+        """One :class:`DenoiseJob` through a private diffusers pipeline (batch 1)."""
+        parts = self.parts
+        geo = parts.geometry
+        pipe = parts.fresh_pipeline(img2img=job.init_latent is not None)
         dtype = pipe.unet.dtype
 
         def on_step(_pipe: object, _i: int, _t: object, kwargs: dict[str, object]) -> dict[str, object]:
@@ -200,18 +238,25 @@ class ModelOps:
             return kwargs
 
         common = dict(
-            prompt_embeds=cond.to(parts.device, dtype),
+            prompt_embeds=job.cond.to(parts.device, dtype),
             negative_prompt_embeds=parts.uncond().to(parts.device, dtype),
-            guidance_scale=p.guidance or meg.guidance,
-            num_inference_steps=steps,
-            generator=torch.Generator("cpu").manual_seed(p.seed),
+            guidance_scale=job.guidance,
+            num_inference_steps=job.steps,
+            generator=torch.Generator("cpu").manual_seed(job.seed),
             output_type="latent",
             callback_on_step_end=on_step,
         )
-        if init_latent is None:
-            out = pipe(height=geo.image_size, width=geo.image_size, **common)
+        if job.init_latent is None:
+            if job.noise is not None:
+                h, w = job.noise.shape[-2:]
+                f = geo.image_size // geo.latent_size
+                out = pipe(height=h * f, width=w * f, latents=job.noise.to(parts.device, dtype), **common)
+            else:
+                out = pipe(height=geo.image_size, width=geo.image_size, **common)
         else:
-            out = pipe(image=init_latent.to(parts.device, dtype), strength=strength or DEFAULT_STRENGTH, **common)
+            if job.noise is not None:
+                raise NotImplementedError("explicit noise for img2img is not supported by the pipeline path")
+            out = pipe(image=job.init_latent.to(parts.device, dtype), strength=job.strength, **common)
         return out.images.float().cpu()
 
     # --- D -----------------------------------------------------------------------------------------
