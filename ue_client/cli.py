@@ -29,7 +29,7 @@ def _load(args: argparse.Namespace) -> tuple[object, object]:
 
 
 def _client(args: argparse.Namespace, parts: object) -> object:
-    from ue_client.session import EdgeClient, check_geometry
+    from ue_client.edge_client import EdgeClient, check_geometry
 
     client = EdgeClient(args.via, timeout_s=args.timeout, ue_id=args.ue_id, es_name=args.es)
     check_geometry(parts, client.describe())  # type: ignore[arg-type]
