@@ -225,39 +225,12 @@ class ModelOps:
                          deadline=self.deadline)
         return self.denoiser(job)
 
-    @torch.no_grad()
     def _denoise_alone(self, job: DenoiseJob) -> torch.Tensor:
-        """One :class:`DenoiseJob` through a private diffusers pipeline (batch 1)."""
-        parts = self.parts
-        geo = parts.geometry
-        pipe = parts.fresh_pipeline(img2img=job.init_latent is not None)
-        dtype = pipe.unet.dtype
+        """One :class:`DenoiseJob` here, by itself (:func:`shared.denoise.denoise_alone`: the same DDIM code
+        the ES's batching engine runs, checking the deadline after every step)."""
+        from shared.denoise import DenoiseModel, denoise_alone
 
-        def on_step(_pipe: object, _i: int, _t: object, kwargs: dict[str, object]) -> dict[str, object]:
-            self._check_deadline()
-            return kwargs
-
-        common = dict(
-            prompt_embeds=job.cond.to(parts.device, dtype),
-            negative_prompt_embeds=parts.uncond().to(parts.device, dtype),
-            guidance_scale=job.guidance,
-            num_inference_steps=job.steps,
-            generator=torch.Generator("cpu").manual_seed(job.seed),
-            output_type="latent",
-            callback_on_step_end=on_step,
-        )
-        if job.init_latent is None:
-            if job.noise is not None:
-                h, w = job.noise.shape[-2:]
-                f = geo.image_size // geo.latent_size
-                out = pipe(height=h * f, width=w * f, latents=job.noise.to(parts.device, dtype), **common)
-            else:
-                out = pipe(height=geo.image_size, width=geo.image_size, **common)
-        else:
-            if job.noise is not None:
-                raise NotImplementedError("explicit noise for img2img is not supported by the pipeline path")
-            out = pipe(image=job.init_latent.to(parts.device, dtype), strength=job.strength, **common)
-        return out.images.float().cpu()
+        return denoise_alone(DenoiseModel.from_parts(self.parts), job, lambda _state: self._check_deadline())
 
     # --- D -----------------------------------------------------------------------------------------
     @torch.no_grad()
