@@ -35,7 +35,12 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--listen", help="HOST:PORT to bind (port 0 = any free port; default 127.0.0.1:50051)")
     serve.add_argument("--model", help="StableDiffusionPipeline folder (default: the embedded meg-tiny)")
     serve.add_argument("--device", choices=["auto", "cpu", "cuda"], help="auto = CUDA fp16 when present")
-    serve.add_argument("--max-concurrency", type=int, help="generations at once (default 2)")
+    serve.add_argument("--max-batch", type=int, help="requests the batching engine denoises together (default 16)")
+    serve.add_argument("--max-queue", type=int, help="requests waiting beyond those; more get RESOURCE_EXHAUSTED at "
+                                                     "once (default 64)")
+    serve.add_argument("--max-concurrency", type=int, help=argparse.SUPPRESS)  # old name of --max-batch
+    serve.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on http://HOST:PORT/metrics "
+                                                        "(HOST from --listen; 0 = any free port)")
     serve.add_argument("--grace-s", type=float, help="drain time on SIGTERM/SIGINT (default 10)")
     serve.add_argument("--name", help="this ES's name on the channel proxy (default es0)")
     serve.add_argument("--power-policy", choices=["none", "uniform", "oracle", "ppo"],

@@ -7,6 +7,7 @@ import logging
 
 import grpc
 
+from edge_server.metrics import EdgeMetrics, serve_metrics
 from edge_server.power_control import PowerControl
 from edge_server.servicer import EdgeServicer
 from edge_server.settings import EdgeSettings
@@ -27,14 +28,22 @@ async def create_server(settings: EdgeSettings, parts: ModelParts | None = None)
     if parts is None:
         parts = await asyncio.to_thread(ModelParts.load, settings.model, settings.device)
     power = PowerControl(settings.power_policy, settings.csi_via, settings.name, settings.power_budget, settings.power_model)
+    metrics = EdgeMetrics()
+    servicer = EdgeServicer(parts, settings, power, metrics)  # owns the batching engine
     server = grpc.aio.server(options=message_options(settings.max_message_bytes))
-    edge_pb2_grpc.add_EdgeServiceServicer_to_server(EdgeServicer(parts, settings, power), server)
+    edge_pb2_grpc.add_EdgeServiceServicer_to_server(servicer, server)
     health = add_health_and_reflection(server, [SERVICE_NAME])
     port = server.add_insecure_port(settings.listen)
     if port == 0:
         raise OSError(f"could not listen on {settings.listen}")
     await server.start()
     await set_serving(health, [SERVICE_NAME])
+    server.meg_servicer = servicer  # type: ignore[attr-defined]  (serve() stops its engine; tests reach it)
+    if settings.metrics_port is not None:
+        servicer.metrics_http, servicer.metrics_port = serve_metrics(metrics.registry, settings.listen,
+                                                                     settings.metrics_port)
+        log.info("meg-edge metrics on http://%s:%d/metrics", settings.listen.rpartition(":")[0],
+                 servicer.metrics_port)
     g = parts.geometry
     log.info(
         "meg-edge %s serving %s on port %d (device %s, image %d², latent %d×%d², cond %d×%d, power %s)",
@@ -48,4 +57,5 @@ async def serve(settings: EdgeSettings) -> None:
     server, port, health = await create_server(settings)
     print(f"meg-edge listening on port {port}", flush=True)
     await serve_until_signal(server, health, settings.grace_s)
+    server.meg_servicer.close()  # type: ignore[attr-defined]
     log.info("meg-edge stopped")

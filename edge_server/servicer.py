@@ -5,16 +5,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import grpc
 import torch
 
+from edge_server.engine import Cancelled, Engine, EngineClosed, QueueFull
+from edge_server.metrics import EdgeMetrics
 from edge_server.power_control import PowerControl
 from edge_server.settings import EdgeSettings
 from shared import air
+from shared.denoise import DenoiseModel
 from shared.geometry import SEED_KEYS
-from shared.model_ops import DeadlineExceeded, ModelOps, ModelParts, Params
+from shared.model_ops import DeadlineExceeded, DenoiseJob, ModelOps, ModelParts, Params
 from shared.pb import edge_pb2, edge_pb2_grpc
 from shared.protocols import (
     PROTOCOLS, TASKS, TEXT_KEYS, ProtocolError, Segment, check_prompt, get_protocol, plan, run_segment,
@@ -65,11 +70,44 @@ def check_segment(request: edge_pb2.SegmentRequest) -> Segment:
 class EdgeServicer(edge_pb2_grpc.EdgeServiceServicer):
     """Thin: every protocol goes through :meth:`RunSegment` and :func:`shared.protocols.run_segment`."""
 
-    def __init__(self, parts: ModelParts, settings: EdgeSettings, power: PowerControl | None = None) -> None:
+    def __init__(self, parts: ModelParts, settings: EdgeSettings, power: PowerControl | None = None,
+                 metrics: EdgeMetrics | None = None) -> None:
+        """Every DDIM loop of every request goes through one :class:`~edge_server.engine.Engine`
+        (``settings.max_batch`` at once, ``max_queue`` waiting); segments run in worker threads."""
         self.parts = parts
         self.settings = settings
         self.power = power
-        self._slots = asyncio.Semaphore(settings.max_concurrency)
+        self.metrics = metrics or EdgeMetrics()
+        max_batch = settings.max_concurrency or settings.max_batch  # max_concurrency: the old name
+        self.engine = Engine(DenoiseModel.from_parts(parts), max_batch, settings.max_queue, self.metrics)
+        #: admitted RunSegment calls (a thread each) until their work ends; beyond it RESOURCE_EXHAUSTED
+        self.capacity = max_batch + settings.max_queue
+        self._pool = ThreadPoolExecutor(self.capacity, thread_name_prefix="meg-segment")
+        self._lock = threading.Lock()
+        self._in_flight = 0
+        self.metrics_http: object | None = None  # the Prometheus HTTP server (set by create_server)
+        self.metrics_port: int | None = None
+
+    def close(self) -> None:
+        """Stop the engine (what still waits fails), the worker threads and the metrics endpoint."""
+        self.engine.close()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        if self.metrics_http is not None:
+            self.metrics_http.shutdown()  # type: ignore[attr-defined]
+
+    def _admit(self) -> bool:
+        with self._lock:
+            if self._in_flight >= self.capacity:
+                return False
+            self._in_flight += 1
+            self.metrics.in_flight.set(self._in_flight)
+            return True
+
+    def _release(self, _work: object = None) -> None:
+        """Runs when a segment's thread is done (not when its RPC goes away): the place frees then."""
+        with self._lock:
+            self._in_flight -= 1
+            self.metrics.in_flight.set(self._in_flight)
 
     async def Describe(
         self, request: edge_pb2.DescribeRequest, context: grpc.aio.ServicerContext
@@ -134,23 +172,51 @@ class EdgeServicer(edge_pb2_grpc.EdgeServiceServicer):
                 raise RequestError(f"this model ships no seed codec for fc={params.fc:g}; use fc=1")
             workspace = self._workspace(request, segment, params.fc)
         except RequestError as exc:
+            self.metrics.finished(request.protocol.upper() or "-", "INVALID_ARGUMENT")
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        protocol = request.protocol.upper()
         remaining = context.time_remaining()
         budget = self.settings.default_deadline_s if remaining is None else remaining
-        deadline = time.monotonic() + budget
-        ops = ModelOps(self.parts, params, deadline)
-        try:
-            await asyncio.wait_for(self._slots.acquire(), timeout=max(budget, 0.001))
-        except TimeoutError:
-            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "no generation slot freed before the deadline")
+        if not self._admit():
+            self.metrics.finished(protocol, "RESOURCE_EXHAUSTED")
+            queued, running = self.engine.depth()
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"the edge server is at capacity: {self.capacity} requests admitted ({running} denoising, {queued} "
+                f"queued; --max-batch {self.engine.max_batch}, --max-queue {self.engine.max_queue}); retry later",
+            )
+        cancel = threading.Event()  # set when the RPC goes away: the engine drops the job at its next step
+        denoised = [0]
+
+        def denoise(job: DenoiseJob) -> torch.Tensor:
+            latent = self.engine.submit(job, cancel)
+            denoised[0] += 1
+            return latent
+
+        ops = ModelOps(self.parts, params, time.monotonic() + budget, denoiser=denoise)
         started = time.perf_counter()
+        work: Future[dict[str, object]] = self._pool.submit(run_segment, segment, workspace, ops)
+        work.add_done_callback(self._release)
+        status, message = grpc.StatusCode.OK, ""
         try:
-            out = await asyncio.to_thread(run_segment, segment, workspace, ops)
+            out = await asyncio.wrap_future(work)
+        except asyncio.CancelledError:
+            cancel.set()
+            self.metrics.finished(protocol, "CANCELLED")
+            raise
         except DeadlineExceeded as exc:
-            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
-        finally:
-            self._slots.release()
+            status, message = grpc.StatusCode.DEADLINE_EXCEEDED, str(exc)
+        except QueueFull as exc:
+            status, message = grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
+        except (EngineClosed, Cancelled) as exc:
+            status, message = grpc.StatusCode.UNAVAILABLE, str(exc)
+        except ValueError as exc:  # a job that cannot run (e.g. img2img with no step at its strength)
+            status, message = grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+        if status != grpc.StatusCode.OK:
+            self.metrics.finished(protocol, status.name)
+            await context.abort(status, message)
         seconds = time.perf_counter() - started
+        self.metrics.finished(protocol, "OK", seconds, denoised[0])
         log.info(
             "%s %s seg %d req %s: %.2fs", request.protocol.upper(), request.task or "txt2img",
             segment.index, request.request_id or "-", seconds,

@@ -12,7 +12,10 @@ class EdgeSettings:
     listen: str = "127.0.0.1:50051"
     model: str | None = None  # StableDiffusionPipeline folder; None = embedded meg-tiny
     device: str = "auto"  # auto | cpu | cuda
-    max_concurrency: int = 2  # generations run at once; the rest wait (bounded by their deadline)
+    max_batch: int = 16  # requests denoised together by the batching engine (edge_server/engine.py)
+    max_queue: int = 64  # requests waiting beyond those; more get RESOURCE_EXHAUSTED at once
+    max_concurrency: int = 0  # deprecated alias of max_batch (0 = unset; replaced by the engine)
+    metrics_port: int | None = None  # serve Prometheus metrics on this port (0 = any free port)
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     max_prompt_chars: int = 1000
     default_deadline_s: float = 300.0  # applied when a client sends no deadline

@@ -1,0 +1,259 @@
+"""The batching engine: DDIM alone equals diffusers' pipelines; a request's latent from a mixed, continuously
+batched run equals it alone; cancelled / late requests stop within one step; a full queue refuses at once."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import grpc
+import pytest
+import torch
+
+from edge_server.engine import Cancelled, Engine, QueueFull
+from shared.denoise import DenoiseModel, DenoiseState, denoise_alone
+from shared.model_ops import DeadlineExceeded, DenoiseJob, ModelOps, ModelParts, Params
+
+
+@pytest.fixture(scope="module")
+def parts(random_model_dir: Path) -> ModelParts:
+    return ModelParts.load(str(random_model_dir), "cpu")
+
+
+@pytest.fixture(scope="module")
+def model(parts: ModelParts) -> DenoiseModel:
+    return DenoiseModel.from_parts(parts)
+
+
+def _pipeline_latent(parts: ModelParts, job: DenoiseJob) -> torch.Tensor:
+    """The reference: diffusers' own pipeline, ``output_type="latent"``."""
+    pipe = parts.fresh_pipeline(img2img=job.init_latent is not None)
+    common = dict(prompt_embeds=job.cond, negative_prompt_embeds=parts.uncond(), guidance_scale=job.guidance,
+                  num_inference_steps=job.steps, generator=torch.Generator("cpu").manual_seed(job.seed),
+                  output_type="latent")
+    if job.init_latent is None:
+        size = parts.geometry.image_size
+        return pipe(height=size, width=size, **common).images
+    return pipe(image=job.init_latent, strength=job.strength, **common).images
+
+
+@pytest.mark.parametrize("guidance", [1.0, 6.0])
+@pytest.mark.parametrize("task", ["txt2img", "img2img"])
+def test_alone_equals_the_diffusers_pipeline(parts: ModelParts, task: str, guidance: float) -> None:
+    init = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(1)) if task == "img2img" else None
+    job = DenoiseJob(cond=parts.embed("a blue square"), steps=8, guidance=guidance, seed=11, init_latent=init,
+                     strength=0.7)
+    ours = ModelOps(parts, Params())._denoise_alone(job)
+    ref = _pipeline_latent(parts, job)
+    assert ours.shape == ref.shape == (1, 4, 4, 4)
+    torch.testing.assert_close(ours, ref.float(), rtol=1e-5, atol=1e-6)
+
+
+def _jobs(parts: ModelParts) -> list[DenoiseJob]:
+    """Different steps, tasks, strengths, guidance (1 or 2 UNet rows) and seeds."""
+    g = torch.Generator().manual_seed(5)
+    init = [torch.randn(1, 4, 4, 4, generator=g) for _ in range(2)]
+    prompts = ["a red circle", "two green stripes", "a yellow star", "noise", "a cat"]
+    conds = [parts.embed(p) for p in prompts]
+    return [
+        DenoiseJob(cond=conds[0], steps=12, guidance=7.5, seed=1),
+        DenoiseJob(cond=conds[1], steps=5, guidance=1.0, seed=2),
+        DenoiseJob(cond=conds[2], steps=20, guidance=3.0, seed=3, init_latent=init[0], strength=0.55),
+        DenoiseJob(cond=conds[3], steps=9, guidance=7.5, seed=4, init_latent=init[1], strength=0.9),
+        DenoiseJob(cond=conds[4], steps=15, guidance=7.5, seed=5),  # joins mid-flight
+    ]
+
+
+class StepLog:
+    """Step observer: per-job steps done and the batches seen."""
+
+    def __init__(self) -> None:
+        self.steps: Counter[int] = Counter()
+        self.batches: list[list[int]] = []
+        self.event = threading.Event()
+
+    def __call__(self, states: Sequence[DenoiseState]) -> None:
+        self.batches.append([id(s.job) for s in states])
+        for s in states:
+            self.steps[id(s.job)] += 1
+        self.event.set()
+
+
+def _submit(engine: Engine, job: DenoiseJob, out: dict[int, object], cancel: threading.Event | None = None) -> threading.Thread:
+    def run() -> None:
+        try:
+            out[id(job)] = engine.submit(job, cancel)
+        except Exception as exc:  # noqa: BLE001
+            out[id(job)] = exc
+
+    t = threading.Thread(target=run)
+    t.start()
+    return t
+
+
+def test_mixed_continuous_batch_equals_each_request_alone(parts: ModelParts, model: DenoiseModel) -> None:
+    jobs = _jobs(parts)
+    alone = {id(j): denoise_alone(model, j) for j in jobs}
+    engine = Engine(model, max_batch=8, max_queue=8)
+    log = StepLog()
+    engine.step_observers.append(log)
+    out: dict[int, object] = {}
+    try:
+        threads = [_submit(engine, j, out) for j in jobs[:4]]
+        deadline = time.monotonic() + 60
+        while log.steps[id(jobs[0])] < 3:  # the late one joins a batch that is already 3 steps in
+            assert time.monotonic() < deadline
+            log.event.wait(1)
+            log.event.clear()
+        threads.append(_submit(engine, jobs[4], out))
+        for t in threads:
+            t.join(60)
+    finally:
+        engine.close()
+    for j in jobs:
+        got = out[id(j)]
+        assert isinstance(got, torch.Tensor), got
+        torch.testing.assert_close(got, alone[id(j)], rtol=1e-4, atol=1e-5)
+        # img2img runs int(steps * strength) steps of its own schedule; txt2img all of them
+        expected = j.steps if j.init_latent is None else min(int(j.steps * j.strength), j.steps)
+        assert log.steps[id(j)] == expected
+    assert max(len(b) for b in log.batches) >= 4, "the requests never shared a UNet call"
+    late = id(jobs[4])
+    assert any(late in b and id(jobs[0]) in b for b in log.batches), "the late request never joined the running batch"
+    assert engine.unet_calls < sum(log.steps.values())
+
+
+def test_cancelled_request_stops_within_one_step(parts: ModelParts, model: DenoiseModel) -> None:
+    engine = Engine(model, max_batch=4, max_queue=4)
+    log = StepLog()
+    engine.step_observers.append(log)
+    job = DenoiseJob(cond=parts.embed("long"), steps=400, guidance=7.5, seed=0)
+    other = DenoiseJob(cond=parts.embed("short"), steps=30, guidance=7.5, seed=1)
+    cancel = threading.Event()
+    out: dict[int, object] = {}
+    try:
+        threads = [_submit(engine, job, out, cancel), _submit(engine, other, out)]
+        while log.steps[id(job)] < 3:
+            log.event.wait(5)
+            log.event.clear()
+        cancel.set()
+        at_cancel = log.steps[id(job)]
+        for t in threads:
+            t.join(60)
+        assert isinstance(out[id(job)], Cancelled)
+        assert log.steps[id(job)] - at_cancel <= 1, (at_cancel, log.steps[id(job)])
+        assert isinstance(out[id(other)], torch.Tensor)  # the rest of the batch carries on
+        assert log.steps[id(other)] == 30
+        assert engine.depth() == (0, 0)
+    finally:
+        engine.close()
+
+
+def test_deadline_leaves_the_batch(parts: ModelParts, model: DenoiseModel) -> None:
+    engine = Engine(model, max_batch=2, max_queue=2)
+    log = StepLog()
+    engine.step_observers.append(log)
+    job = DenoiseJob(cond=parts.embed("late"), steps=400, guidance=7.5, seed=0, deadline=time.monotonic() + 0.3)
+    try:
+        with pytest.raises(DeadlineExceeded):
+            engine.submit(job)
+        done = log.steps[id(job)]
+        assert 0 < done < 400
+        time.sleep(0.2)
+        assert log.steps[id(job)] == done and engine.depth() == (0, 0)
+    finally:
+        engine.close()
+
+
+def test_full_queue_refuses_at_once_and_bad_jobs_fail_alone(parts: ModelParts, model: DenoiseModel) -> None:
+    engine = Engine(model, max_batch=1, max_queue=1)
+    log = StepLog()
+    engine.step_observers.append(log)
+    cond = parts.embed("x")
+    cancel = threading.Event()
+    out: dict[int, object] = {}
+    running = DenoiseJob(cond=cond, steps=400, guidance=7.5, seed=0)
+    queued = DenoiseJob(cond=cond, steps=400, guidance=7.5, seed=1)
+    try:
+        threads = [_submit(engine, running, out, cancel)]
+        log.event.wait(30)
+        threads.append(_submit(engine, queued, out, cancel))
+        while engine.depth() != (1, 1):
+            time.sleep(0.01)
+        refused: dict[int, object] = {}
+        third = DenoiseJob(cond=cond, steps=5, guidance=1.0, seed=2)
+        t = _submit(engine, third, refused)
+        t.join(5)  # QueueFull comes at once, not when a place frees (the others run 400 steps)
+        assert not t.is_alive()
+        assert isinstance(refused[id(third)], QueueFull)
+        assert "max queue 1" in str(refused[id(third)])
+        cancel.set()
+        for t in threads:
+            t.join(60)
+        assert all(isinstance(out[id(j)], Cancelled) for j in (running, queued))
+        bad = DenoiseJob(cond=cond, steps=1, guidance=1.0, init_latent=torch.zeros(1, 4, 4, 4), strength=0.5)
+        with pytest.raises(ValueError, match="no denoising step"):
+            engine.submit(bad)
+        assert isinstance(engine.submit(third), torch.Tensor)  # still serving
+    finally:
+        engine.close()
+
+
+# --- through gRPC: admission and cancellation at the servicer ------------------------------------------
+@pytest.fixture()
+def small_es(parts: ModelParts) -> Iterator[tuple[str, object]]:
+    """An ES with max batch 1 and max queue 1 on a free port (its servicer, to watch the engine)."""
+    from edge_server.server import create_server
+    from edge_server.settings import EdgeSettings
+    from tests.conftest import BackgroundLoop
+
+    bg = BackgroundLoop()
+    server, port, _ = bg.run(create_server(EdgeSettings(listen="127.0.0.1:0", max_batch=1, max_queue=1), parts))  # type: ignore[misc]
+    try:
+        yield f"127.0.0.1:{port}", server.meg_servicer  # type: ignore[attr-defined]
+    finally:
+        bg.run(server.stop(0))
+        server.meg_servicer.close()  # type: ignore[attr-defined]
+        bg.close()
+
+
+def _full_es_request(steps: int, seed: int) -> object:
+    from shared.pb import edge_pb2
+
+    return edge_pb2.SegmentRequest(protocol="FULL-ES", segment=0, task="txt2img", prompt="a circle",
+                                   params=edge_pb2.GenerationParams(seed=seed, steps=steps))
+
+
+def test_rpc_admission_and_cancellation(small_es: tuple[str, object]) -> None:
+    from shared.pb import edge_pb2_grpc
+
+    addr, servicer = small_es
+    engine: Engine = servicer.engine  # type: ignore[attr-defined]
+    log = StepLog()
+    engine.step_observers.append(log)
+    with grpc.insecure_channel(addr) as ch:
+        stub = edge_pb2_grpc.EdgeServiceStub(ch)
+        first = stub.RunSegment.future(_full_es_request(450, 0), timeout=120)
+        second = stub.RunSegment.future(_full_es_request(450, 1), timeout=120)
+        while engine.depth() != (1, 1):
+            time.sleep(0.01)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.RunSegment(_full_es_request(5, 2), timeout=5)
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "at capacity" in err.value.details() and "--max-queue 1" in err.value.details()
+        first.cancel()
+        second.cancel()
+        deadline = time.monotonic() + 30
+        while engine.depth() != (0, 0) or servicer._in_flight:  # type: ignore[attr-defined]
+            assert time.monotonic() < deadline, "a cancelled generation kept its place"
+            time.sleep(0.02)
+        assert sum(log.steps.values()) < 450  # their compute stopped
+        reply = stub.RunSegment(_full_es_request(3, 3), timeout=60)  # the places are free again
+        assert [t.name for t in reply.tensors] == ["image"]
+    metrics = servicer.metrics  # type: ignore[attr-defined]
+    assert metrics.requests.labels("FULL-ES", "CANCELLED")._value.get() == 2
+    assert metrics.requests.labels("FULL-ES", "RESOURCE_EXHAUSTED")._value.get() == 1
+    assert metrics.images.labels("FULL-ES")._value.get() == 1
