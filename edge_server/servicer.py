@@ -21,6 +21,7 @@ from shared.denoise import DenoiseModel
 from shared.geometry import SEED_KEYS
 from shared.model_ops import DeadlineExceeded, DenoiseJob, ModelOps, ModelParts, Params
 from shared.pb import edge_pb2, edge_pb2_grpc
+from shared.tiles import Share, ShareError
 from shared.protocols import (
     PROTOCOLS, TASKS, TEXT_KEYS, ProtocolError, Segment, check_prompt, get_protocol, plan, run_segment,
 )
@@ -64,7 +65,14 @@ def check_segment(request: edge_pb2.SegmentRequest) -> Segment:
         raise RequestError(
             f"segment {request.segment} of {request.protocol.upper()} is not an ES segment; ES segments: {es_segments}"
         )
-    return segments[request.segment]
+    segment = segments[request.segment]
+    fanned = request.HasField("share") and request.share.count > 0
+    if segment.fan != "one" and not fanned:
+        raise RequestError(f"segment {segment.index} of {request.protocol.upper()} is a multi-ES fan-out ({segment.fan}): "
+                           "say which ES of how many this is (share.index / share.count)")
+    if segment.fan == "one" and fanned:
+        raise RequestError(f"{request.protocol.upper()} is a single-ES protocol; send no share")
+    return segment
 
 
 class EdgeServicer(edge_pb2_grpc.EdgeServiceServicer):
@@ -148,9 +156,17 @@ class EdgeServicer(edge_pb2_grpc.EdgeServiceServicer):
                 f"{request.protocol.upper()} segment {segment.index} expects tensors {sorted(expected)}, got {sorted(names)}"
             )
         workspace: dict[str, object] = {}
+        share = None
+        if segment.fan != "one":  # which ES of the session (and, cooperative, its window): request metadata
+            try:
+                share = Share(request.share.index, request.share.count, request.share.halo).check(
+                    self.parts.geometry.latent_size)
+            except ShareError as exc:
+                raise RequestError(str(exc)) from None
+            workspace["share"] = share
         for t in request.tensors:
             try:
-                workspace[t.name] = air.from_air(t, self.parts.geometry.shape_of(t.name, fc))
+                workspace[t.name] = air.from_air(t, self.parts.geometry.shape_of(t.name, fc, share))
             except air.TensorError as exc:
                 raise RequestError(str(exc)) from None
         if "prompt" in segment.receives:

@@ -11,6 +11,9 @@ key                                shape
 ``image_in``, ``image``,           ``[1, 3, H, H]`` pixels in [0, 1]
 ``es_image``
 ``sketch``                         ``[1, 3, H/s, H/s]`` low-resolution image (``s`` = sketch factor)
+``*_part`` (cooperative)           the base key's shape with its width cut to the ES's window
+                                   (``latent_part [1, C, h, x1-x0]``, ``sketch_part``, ...; see
+                                   :mod:`shared.tiles`)
 =================================  ==========================================================
 """
 
@@ -19,10 +22,17 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from shared.tiles import Share
 
 #: Side of a sketch relative to the image (ESUC): a 64² image has a 16² sketch.
 SKETCH_FACTOR = 4
 SEED_KEYS = frozenset({"seed", "init_seed"})
+#: Cooperative window keys and the full-image key each is a window of.
+PART_OF = {"latent_part": "latent", "init_part": "init_latent", "image_part": "image",
+           "image_in_part": "image_in", "sketch_part": "sketch"}
 
 
 @dataclass(frozen=True)
@@ -43,8 +53,15 @@ class Geometry:
         """Real symbols of a seed at compression rate ``fc`` (paper 2, Table II: round(fc·N))."""
         return self.latent_values if fc in (0.0, 1.0) else max(1, round(fc * self.latent_values))
 
-    def shape_of(self, key: str, fc: float = 1.0) -> tuple[int, ...]:
-        """Expected shape of workspace tensor ``key`` at compression rate ``fc`` (KeyError if unknown)."""
+    def shape_of(self, key: str, fc: float = 1.0, share: "Share | None" = None) -> tuple[int, ...]:
+        """Expected shape of workspace tensor ``key`` at compression rate ``fc`` (KeyError if unknown);
+        a ``*_part`` key needs the ``share`` whose window it is."""
+        if key in PART_OF:
+            if share is None:
+                raise KeyError(f"{key!r} is a cooperative window: its shape needs the ES's share")
+            *lead, width = self.shape_of(PART_OF[key], fc)
+            x0, x1 = share.window(self.latent_size)
+            return (*lead, (x1 - x0) * (width // self.latent_size))
         latent = (1, self.latent_channels, self.latent_size, self.latent_size)
         image = (1, 3, self.image_size, self.image_size)
         s = self.image_size // SKETCH_FACTOR
@@ -63,9 +80,9 @@ class Geometry:
             raise KeyError(f"no shape is known for workspace key {key!r}")
         return shapes[key]
 
-    def symbols(self, key: str, fc: float = 1.0) -> int:
+    def symbols(self, key: str, fc: float = 1.0, share: "Share | None" = None) -> int:
         n = 1
-        for d in self.shape_of(key, fc):
+        for d in self.shape_of(key, fc, share):
             n *= d
         return n
 

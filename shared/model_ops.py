@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +39,9 @@ from diffusers import DDIMScheduler, StableDiffusionImg2ImgPipeline, StableDiffu
 from shared.geometry import SKETCH_FACTOR, Geometry
 from shared.codec import SeedCodec, load_codecs
 from shared.model_loader import MegConfig, default_model_path, load_pipeline
+
+if TYPE_CHECKING:
+    from shared.tiles import Share
 
 
 #: img2img strength when the request gives none.
@@ -254,3 +258,35 @@ class ModelOps:
         (init,) = self.op_encode_image(up)
         latent = self._denoise(cond, init, max(self.parts.meg.ue_steps, 2), COMPLETE_STRENGTH)
         return self.op_decode(latent)
+
+    # --- cooperative windows (UIDCG, DCSUC; the split is shared.tiles) ---------------------------------
+    def op_window(self, x: torch.Tensor, share: "Share") -> tuple[torch.Tensor]:
+        """Share's column window of a tensor aligned with the latent: ``[1, c, s·h, s·w] -> [1, c, s·h,
+        s·(x1-x0)]`` (the latent itself at s = 1, the input pixels at s = 8)."""
+        from shared.tiles import crop
+
+        return (crop(x, share, self.parts.geometry.latent_size),)
+
+    def op_denoise_window(self, cond: torch.Tensor, share: "Share",
+                          init_part: torch.Tensor | None = None) -> tuple[torch.Tensor]:
+        """ES budget on share's window: ``-> latent_part [1, C, h, x1-x0]``. txt2img starts from the window's
+        crop of the seeded full-latent noise ``[1, C, h, h]`` (the single-ES image's starting noise, so
+        neighbours agree where they overlap); img2img denoises ``init_part`` (the pipeline draws the window's
+        noise from the seed)."""
+        from diffusers.utils.torch_utils import randn_tensor
+
+        from shared.tiles import crop
+
+        g, p = self.parts.geometry, self.params
+        steps = p.steps or self.parts.meg.es_steps
+        if init_part is not None:
+            return (self._denoise(cond, init_part, steps, p.strength),)
+        shape = (1, g.latent_channels, g.latent_size, g.latent_size)
+        full = randn_tensor(shape, generator=torch.Generator("cpu").manual_seed(p.seed), dtype=self.parts.pipe.unet.dtype)
+        return (self._denoise(cond, None, steps, p.strength, noise=crop(full, share, g.latent_size)),)
+
+    def op_merge(self, parts: list[torch.Tensor], shares: list["Share"]) -> tuple[torch.Tensor]:
+        """UE gather: cross-fade the windows ``[1, c, s·h, s·(x1_i-x0_i)]`` into ``[1, c, s·h, s·h]``."""
+        from shared.tiles import merge
+
+        return (merge(parts, shares, self.parts.geometry.latent_size),)

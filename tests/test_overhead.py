@@ -34,4 +34,5 @@ def test_overhead_cli_json() -> None:
     assert r.returncode == 0, r.stderr
     data = json.loads(r.stdout)
     assert data["table_ii"]["seed fc=0.5"] == 8192
-    assert {row["protocol"] for row in data["rows"]} == {"FULL-UE", "FULL-ES", "UIEG", "EIUG", "CIAG", "ESUC"}
+    assert {row["protocol"] for row in data["rows"]} == {"FULL-UE", "FULL-ES", "UIEG", "EIUG", "CIAG", "ESUC",
+                                                        "UIDG", "DIUG", "DSUC", "UIDCG", "DCSUC"}

@@ -3,6 +3,10 @@
 Nothing is generated: for every ES segment of a protocol's plan, the uplink is what the segment receives
 and the downlink what it returns (:func:`shared.protocols.plan`); each tensor key's symbol count comes from
 :class:`shared.geometry.Geometry`. The prompt crosses losslessly and is counted in bytes, apart.
+
+Multi-ES protocols (paper 1 §III) are counted for ``n_es`` edge servers, summed over their links: a
+parallel fan-out sends and returns its keys once per ES (the uplink once in all with ``broadcast``); a
+cooperative share sends and returns each ES's window (:mod:`shared.tiles`, overlap ``halo``).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from dataclasses import asdict, dataclass
 
 from shared.geometry import SEED_KEYS, Geometry
 from shared.protocols import PROTOCOLS, TASKS, TEXT_KEYS, plan
+from shared.tiles import Share, default_halo
 
 #: Paper 2's Table II compression rates.
 TABLE_II_FCS = (0.1, 0.3, 0.5, 0.7, 0.9)
@@ -26,6 +31,7 @@ class OverheadRow:
     uplink_keys: tuple[str, ...]
     downlink_keys: tuple[str, ...]
     prompt_uplink: bool  # the prompt text also goes up (lossless, counted in bytes)
+    n_es: int = 1  # edge servers the row is counted for (multi-ES protocols)
 
     @property
     def total_symbols(self) -> int:
@@ -35,32 +41,49 @@ class OverheadRow:
         return {**asdict(self), "total_symbols": self.total_symbols}
 
 
-def protocol_overhead(name: str, task: str, geometry: Geometry, fc: float = 1.0) -> OverheadRow:
+def protocol_overhead(name: str, task: str, geometry: Geometry, fc: float = 1.0, n_es: int = 2,
+                      halo: int | None = None, broadcast: bool = False) -> OverheadRow:
+    """Symbols each way for one generation (multi-ES protocols: over ``n_es`` links, see the module doc)."""
     spec = PROTOCOLS[name]
     segments = plan(spec.stages[task], task)  # type: ignore[index,arg-type]
-    up_keys = [k for s in segments if s.actor == "ES" for k in s.receives]
-    down_keys = [k for s in segments if s.actor == "ES" for k in s.returns]
-    up = sum(geometry.symbols(k, fc) for k in up_keys if k not in TEXT_KEYS)
-    down = sum(geometry.symbols(k, fc) for k in down_keys)
-    return OverheadRow(name, task, fc, up, down, tuple(k for k in up_keys if k not in TEXT_KEYS), tuple(down_keys),
-                       any(k in TEXT_KEYS for k in up_keys))
+    n = n_es if spec.multi_es else 1
+    h = default_halo(geometry.latent_size) if halo is None else halo
+    up = down = 0
+    up_keys: list[str] = []
+    down_keys: list[str] = []
+    for seg in segments:
+        if seg.actor != "ES":
+            continue
+        shares = [Share(i, n, h if seg.fan == "share" else 0) for i in range(n)] if seg.fan != "one" else [None]
+        tensors_up = [k for k in seg.receives if k not in TEXT_KEYS]
+        for i, sh in enumerate(shares):
+            part = sh if seg.fan == "share" else None
+            if not (broadcast and seg.fan == "each" and i > 0):
+                up += sum(geometry.symbols(k, fc, part) for k in tensors_up)
+            down += sum(geometry.symbols(k, fc, part) for k in seg.returns)
+        mark = "" if seg.fan == "one" else f" ×{n}"
+        up_keys += [k + mark for k in seg.receives]
+        down_keys += [k + mark for k in seg.returns]
+    return OverheadRow(name, task, fc, up, down, tuple(k for k in up_keys if k.split(" ")[0] not in TEXT_KEYS),
+                       tuple(down_keys), any(k.split(" ")[0] in TEXT_KEYS for k in up_keys), n)
 
 
 def uses_seeds(name: str, task: str) -> bool:
     """Whether any transmission of the protocol carries a seed (so fc matters)."""
     row = protocol_overhead(name, task, Geometry(8, 1, 1, 1, 1))
-    return bool(SEED_KEYS & set(row.uplink_keys + row.downlink_keys))
+    return bool(SEED_KEYS & {k.split(" ")[0] for k in row.uplink_keys + row.downlink_keys})
 
 
-def overhead_table(geometry: Geometry, fcs: tuple[float, ...] = (1.0,), tasks: tuple[str, ...] = TASKS) -> list[OverheadRow]:
-    """Every protocol × task; protocols that send seeds get one row per fc."""
+def overhead_table(geometry: Geometry, fcs: tuple[float, ...] = (1.0,), tasks: tuple[str, ...] = TASKS,
+                   n_es: int = 2, broadcast: bool = False) -> list[OverheadRow]:
+    """Every protocol × task (multi-ES ones for ``n_es`` ES); protocols that send seeds get one row per fc."""
     rows = []
     for task in tasks:
         for name, spec in PROTOCOLS.items():
             if task not in spec.stages:
                 continue
             for fc in fcs if uses_seeds(name, task) else (1.0,):
-                rows.append(protocol_overhead(name, task, geometry, fc))
+                rows.append(protocol_overhead(name, task, geometry, fc, n_es, broadcast=broadcast))
     return rows
 
 
@@ -77,10 +100,10 @@ def reduction_factor(geometry: Geometry, task: str, fc: float = 1.0, over: str =
 
 
 def format_table(rows: list[OverheadRow]) -> str:
-    lines = [f"{'task':8s} {'protocol':8s} {'fc':>4s} {'uplink':>10s} {'downlink':>10s} {'total':>10s}  crosses"]
+    lines = [f"{'task':8s} {'protocol':8s} {'ES':>2s} {'fc':>4s} {'uplink':>10s} {'downlink':>10s} {'total':>10s}  crosses"]
     for r in rows:
         up = " + ".join([*(["prompt text"] if r.prompt_uplink else []), *r.uplink_keys]) or "-"
         down = " + ".join(r.downlink_keys) or "-"
-        lines.append(f"{r.task:8s} {r.protocol:8s} {r.fc:4g} {r.uplink_symbols:10,d} {r.downlink_symbols:10,d} "
+        lines.append(f"{r.task:8s} {r.protocol:8s} {r.n_es:2d} {r.fc:4g} {r.uplink_symbols:10,d} {r.downlink_symbols:10,d} "
                      f"{r.total_symbols:10,d}  ↑ {up}  ↓ {down}")
     return "\n".join(lines)

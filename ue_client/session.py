@@ -1,10 +1,12 @@
-"""The UE side of a generation: walk the protocol, call the ES for its segments, account every transmission."""
+"""The UE side of a generation: walk the protocol, call the ES(s) for their segments (a multi-ES fan-out
+concurrently), account every transmission per link and in total."""
 
 from __future__ import annotations
 
 import math
 import time
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 import grpc
@@ -14,7 +16,10 @@ from shared import air
 from shared.model_ops import ModelOps, ModelParts, Params
 from shared.pb import air_pb2, edge_pb2
 from ue_client.edge_client import EdgeClient, GeometryMismatch, check_geometry  # noqa: F401  (re-exported)
-from shared.protocols import TEXT_KEYS, Segment, get_protocol, plan, run_protocol
+from shared.protocols import TEXT_KEYS, Segment, get_protocol, plan, run_protocol, seed_of
+from shared.tiles import Share, default_halo
+from ue_client.pick import Candidate, Chooser
+from ue_client.transport import EdgeFailure, fan_out
 
 
 @dataclass
@@ -40,6 +45,36 @@ class LinkAccount:
         self.energy += applied.energy
 
 
+def _total(accounts: "Mapping[str, LinkAccount]") -> LinkAccount:
+    out = LinkAccount()
+    for a in accounts.values():
+        out.transmissions += a.transmissions
+        out.symbols += a.symbols
+        out.payload_bytes += a.payload_bytes
+        out.text_bytes += a.text_bytes
+        out.energy += a.energy
+        out.channel = out.channel or a.channel
+        out.snr_db = out.snr_db if out.snr_db is not None else a.snr_db
+    return out
+
+
+@dataclass
+class MultiOptions:
+    """How a multi-ES protocol runs (ignored by single-ES ones).
+
+    ``pick``: a :data:`ue_client.pick.Chooser`, or ``"first"``/``"best"``/an ES number. ``halo``: latent
+    columns of overlap per interior side of a cooperative window (``None``: ``max(1, h // 8)``; 0: naive
+    tiling). ``broadcast``: count a seed that goes to every ES once in the totals (one broadcast
+    transmission), else N unicasts; each link's own account always counts what crossed it. ``fallback``:
+    when an ES of a cooperative protocol fails, run its single-ES fallback on the first ES that answered.
+    """
+
+    pick: "Chooser | str | int" = "first"
+    halo: int | None = None
+    broadcast: bool = False
+    fallback: bool = False
+
+
 @dataclass
 class GenerationResult:
     protocol: str
@@ -47,70 +82,180 @@ class GenerationResult:
     image: torch.Tensor = field(repr=False)  # [1, 3, H, W] in [0, 1]
     seconds: float
     es_seconds: float
-    uplink: LinkAccount
+    uplink: LinkAccount  # multi-ES: the totals
     downlink: LinkAccount
     sketch: torch.Tensor | None = field(default=None, repr=False)  # ESUC: the sketch as received
+    es: dict[str, tuple[LinkAccount, LinkAccount]] | None = None  # multi-ES: (uplink, downlink) per ES link
+    candidates: list[Candidate] = field(default_factory=list, repr=False)  # parallel: every ES's result
+    picked: str | None = None  # parallel: which ES's candidate was taken
+    failed: dict[str, str] = field(default_factory=dict)  # ES name -> what went wrong
+    halo: int | None = None  # cooperative: the overlap used
+    broadcast: bool = False
+    fallback_from: str | None = None  # the cooperative protocol that failed over to this one
 
     def summary(self) -> dict[str, object]:
-        return {
+        out: dict[str, object] = {
             "protocol": self.protocol, "task": self.task, "seconds": round(self.seconds, 4),
             "es_seconds": round(self.es_seconds, 4), "uplink": asdict(self.uplink), "downlink": asdict(self.downlink),
         }
+        if self.es is not None:
+            out["es"] = {name: {"uplink": asdict(u), "downlink": asdict(d)} for name, (u, d) in self.es.items()}
+            out["totals"] = {"uplink": asdict(self.uplink), "downlink": asdict(self.downlink),
+                             "uplink_counted_as": "broadcast" if self.broadcast else "unicast"}
+            out["failed"] = dict(self.failed)
+            if self.candidates:
+                out["picked"] = self.picked
+                out["candidates"] = [{"es": c.es, "seconds": round(c.seconds, 4), "score": c.score} for c in self.candidates]
+            if self.halo is not None:
+                out["halo"] = self.halo
+            if self.fallback_from:
+                out["fallback_from"] = self.fallback_from
+        return out
+
+
+class _UEOps:
+    """The UE's ops: the model's, plus ``pick`` (a person's or a policy's choice among candidates)."""
+
+    def __init__(self, ops: ModelOps, choose: "Chooser", arrivals: dict[int, tuple[str, float]],
+                 chosen: list[Candidate], picked: list[str]) -> None:
+        self.ops, self.choose, self.arrivals, self.chosen, self.picked = ops, choose, arrivals, chosen, picked
+
+    def call(self, op: str, *inputs: object) -> tuple[object, ...]:
+        if op != "pick":
+            return self.ops.call(op, *inputs)
+        values, shares = inputs
+        assert isinstance(values, list) and isinstance(shares, list)
+        key = "sketch" if values and values[0].shape[-1] != self.ops.parts.geometry.image_size else "image"
+        cands = [Candidate(self.arrivals[sh.index][0], sh.index, key, v, self.arrivals[sh.index][1])
+                 for v, sh in zip(values, shares)]
+        i = self.choose(cands)
+        self.chosen[:] = cands
+        self.picked.append(cands[i].es)
+        return (values[i],)
 
 
 def generate(
     parts: ModelParts, client: EdgeClient | None, prompt: str, protocol: str = "CIAG", task: str = "txt2img",
-    params: Params = Params(), image_in: torch.Tensor | None = None,
+    params: Params = Params(), image_in: torch.Tensor | None = None, *,
+    clients: Mapping[str, EdgeClient] | None = None, options: MultiOptions | None = None,
 ) -> GenerationResult:
     """Run one generation with ``protocol``; the UE-side stages run on ``parts``, the ES's through ``client``
-    (``None`` is fine for Full-UE, which never transmits).
+    (``None`` is fine for Full-UE, which never transmits), or for a multi-ES protocol through ``clients``
+    (ES name -> client, in session order; default: ``client`` alone). Independent ES calls of a fan-out run
+    concurrently.
 
-    ``image_in``: ``[1, 3, H, W]`` in [0, 1] for img2img. Raises ``grpc.RpcError`` from the ES/proxy.
+    ``image_in``: ``[1, 3, H, W]`` in [0, 1] for img2img. Raises ``grpc.RpcError`` from the ES/proxy (single-ES),
+    :class:`EdgeFailure` naming the ES (multi-ES: every parallel ES failed, or a cooperative one did).
     """
+    from ue_client.pick import chooser
+
+    opts = options or MultiOptions()
     spec, stages = get_protocol(protocol, task)
     segments = plan(stages, task)  # type: ignore[arg-type]
+    if clients is None:
+        clients = {} if client is None else {dict(client.metadata).get("meg-es", "es0"): client}
+    names = list(clients) if spec.multi_es else list(clients)[:1]
+    if not spec.local and not names:
+        raise RuntimeError(f"{spec.name} needs an edge server: give --via HOST:PORT")
+    g = parts.geometry
+    halo = (default_halo(g.latent_size) if opts.halo is None else opts.halo) if spec.cooperative else 0
+    share_list = [Share(i, len(names), halo).check(g.latent_size) for i in range(len(names))] if spec.multi_es else [Share(0, 1)]
     request_id = uuid.uuid4().hex[:12]
-    up, down = LinkAccount(), LinkAccount()
+    accounts = {n: (LinkAccount(), LinkAccount()) for n in names}
+    totals = (LinkAccount(), LinkAccount())
     started = time.perf_counter()
-    deadline = time.monotonic() + (client.timeout_s if client else 600.0)
-    es_seconds = 0.0
+    timeout = max((c.timeout_s for c in clients.values()), default=600.0)
+    deadline = time.monotonic() + timeout
+    es_seconds = [0.0]
+    arrivals: dict[int, tuple[str, float]] = {}
+    failed: dict[str, str] = {}
 
-    def remote(segment: Segment, sent: dict[str, object]) -> dict[str, object]:
-        nonlocal es_seconds
-        if client is None:
-            raise RuntimeError(f"{spec.name} needs an edge server: give --via HOST:PORT")
+    def call_one(segment: Segment, i: int, sent: dict[str, object], count_total: bool) -> dict[str, object]:
+        name = names[i]
+        up, down = accounts[name]
+        share = share_list[i]
         prompt_text = str(sent["prompt"]) if "prompt" in sent else ""
         tensors = [air.to_air(k, v) for k, v in sent.items() if k not in TEXT_KEYS]  # type: ignore[arg-type]
-        for t in tensors:
-            up.add_tensor(t)
-        up.text_bytes += len(prompt_text.encode())
+        for acc in (up, totals[0]) if count_total else (up,):
+            for t in tensors:
+                acc.add_tensor(t)
+            acc.text_bytes += len(prompt_text.encode())
         request = edge_pb2.SegmentRequest(
             protocol=spec.name, segment=segment.index, task=task, prompt=prompt_text, tensors=tensors,
             request_id=request_id,
-            params=edge_pb2.GenerationParams(seed=params.seed, steps=params.steps, guidance=params.guidance,
-                                             fc=params.fc, strength=params.strength),
+            params=edge_pb2.GenerationParams(seed=seed_of(segment, params.seed, i), steps=params.steps,
+                                             guidance=params.guidance, fc=params.fc, strength=params.strength),
         )
-        response = client.run_segment(request, timeout=max(deadline - time.monotonic(), 0.001))
-        es_seconds += response.es_seconds
+        if segment.fan != "one":
+            request.share.CopyFrom(edge_pb2.Share(index=share.index, count=share.count, halo=share.halo))
+        response = clients[name].run_segment(request, timeout=max(deadline - time.monotonic(), 0.001))
+        es_seconds[0] += response.es_seconds
         for applied in response.uplink_seen:
             up.saw(applied)
+            totals[0].saw(applied)
         received: dict[str, object] = {}
         for t in response.tensors:
-            down.add_tensor(t)
-            if t.HasField("applied"):
-                down.saw(t.applied)
-            received[t.name] = air.from_air(t, parts.geometry.shape_of(t.name, params.fc))
+            for acc in (down, totals[1]):
+                acc.add_tensor(t)
+                if t.HasField("applied"):
+                    acc.saw(t.applied)
+            received[t.name] = air.from_air(t, g.shape_of(t.name, params.fc, share if segment.fan == "share" else None))
         if set(received) != set(segment.returns):
-            raise RuntimeError(f"the ES returned {sorted(received)}, expected {list(segment.returns)}")
+            raise RuntimeError(f"the ES {name} returned {sorted(received)}, expected {list(segment.returns)}")
         return received
+
+    def remote(segment: Segment, sent: Sequence[dict[str, object]]) -> list[dict[str, object] | BaseException]:
+        if segment.fan == "one":
+            return [call_one(segment, 0, sent[0], True)]  # single-ES: errors propagate as they are
+        same = all(all(s[k] is sent[0][k] for k in sent[0]) for s in sent)
+        calls = {i: (lambda i=i: call_one(segment, i, sent[i], not (opts.broadcast and same and i > 0)))
+                 for i in range(len(sent))}
+        results = fan_out(calls)
+        out: list[dict[str, object] | BaseException] = []
+        for i, (r, seconds) in results.items():
+            if isinstance(r, grpc.RpcError):
+                r = EdgeFailure(names[i], r.code().name, r.details())  # type: ignore[attr-defined]
+            elif isinstance(r, BaseException) and not isinstance(r, EdgeFailure):
+                r = EdgeFailure(names[i], type(r).__name__, str(r))
+            if isinstance(r, EdgeFailure):
+                failed[names[i]] = str(r)
+            else:
+                arrivals[i] = (names[i], seconds)
+            out.append(r)  # type: ignore[arg-type]
+        return out
 
     workspace: dict[str, object] = {"prompt": prompt}
     if image_in is not None:
         workspace["image_in"] = image_in
-    ops = ModelOps(parts, params, deadline)
-    run_protocol(segments, workspace, ops, remote)
+    choose = opts.pick if callable(opts.pick) else chooser(opts.pick)
+    chosen: list[Candidate] = []
+    picked: list[str] = []
+    ops = _UEOps(ModelOps(parts, params, deadline), choose, arrivals, chosen, picked)
+    try:
+        run_protocol(segments, workspace, ops, remote, share_list)
+    except EdgeFailure as exc:
+        if not (spec.cooperative and opts.fallback and spec.fallback):
+            raise
+        alive = [n for n in names if n not in failed]
+        if not alive:
+            raise
+        result = generate(parts, clients[alive[0]], prompt, spec.fallback, task, params, image_in)
+        result.fallback_from, result.failed = spec.name, dict(failed)
+        result.es = {n: accounts[n] for n in names}
+        result.es.setdefault(alive[0], (LinkAccount(), LinkAccount()))
+        fu, fd = result.es[alive[0]]
+        for a, b in ((fu, result.uplink), (fd, result.downlink)):
+            merged = _total({"a": a, "b": b})
+            a.__dict__.update(merged.__dict__)
+        result.uplink = _total({n: u for n, (u, _) in result.es.items()})
+        result.downlink = _total({n: d for n, (_, d) in result.es.items()})
+        return result
     image = workspace["image"]
     assert isinstance(image, torch.Tensor)
     sketch = workspace.get("sketch")
-    return GenerationResult(spec.name, task, image, time.perf_counter() - started, es_seconds, up, down,
-                            sketch if isinstance(sketch, torch.Tensor) else None)
+    return GenerationResult(
+        spec.name, task, image, time.perf_counter() - started, es_seconds[0], totals[0], totals[1],
+        sketch if isinstance(sketch, torch.Tensor) else None,
+        es=accounts if spec.multi_es else None, candidates=chosen, picked=picked[0] if picked else None,
+        failed=failed, halo=halo if spec.cooperative else None, broadcast=opts.broadcast and spec.multi_es,
+    )

@@ -34,7 +34,7 @@ class GenerationParams(_message.Message):
     def __init__(self, seed: _Optional[int] = ..., steps: _Optional[int] = ..., guidance: _Optional[float] = ..., fc: _Optional[float] = ..., strength: _Optional[float] = ...) -> None: ...
 
 class SegmentRequest(_message.Message):
-    __slots__ = ("protocol", "segment", "task", "params", "prompt", "tensors", "request_id")
+    __slots__ = ("protocol", "segment", "task", "params", "prompt", "tensors", "request_id", "share")
     PROTOCOL_FIELD_NUMBER: _ClassVar[int]
     SEGMENT_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
@@ -42,6 +42,7 @@ class SegmentRequest(_message.Message):
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     TENSORS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    SHARE_FIELD_NUMBER: _ClassVar[int]
     protocol: str
     segment: int
     task: str
@@ -49,7 +50,18 @@ class SegmentRequest(_message.Message):
     prompt: str
     tensors: _containers.RepeatedCompositeFieldContainer[_air_pb2.AirTensor]
     request_id: str
-    def __init__(self, protocol: _Optional[str] = ..., segment: _Optional[int] = ..., task: _Optional[str] = ..., params: _Optional[_Union[GenerationParams, _Mapping]] = ..., prompt: _Optional[str] = ..., tensors: _Optional[_Iterable[_Union[_air_pb2.AirTensor, _Mapping]]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    share: Share
+    def __init__(self, protocol: _Optional[str] = ..., segment: _Optional[int] = ..., task: _Optional[str] = ..., params: _Optional[_Union[GenerationParams, _Mapping]] = ..., prompt: _Optional[str] = ..., tensors: _Optional[_Iterable[_Union[_air_pb2.AirTensor, _Mapping]]] = ..., request_id: _Optional[str] = ..., share: _Optional[_Union[Share, _Mapping]] = ...) -> None: ...
+
+class Share(_message.Message):
+    __slots__ = ("index", "count", "halo")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    HALO_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    count: int
+    halo: int
+    def __init__(self, index: _Optional[int] = ..., count: _Optional[int] = ..., halo: _Optional[int] = ...) -> None: ...
 
 class SegmentResponse(_message.Message):
     __slots__ = ("tensors", "uplink_seen", "es_seconds")

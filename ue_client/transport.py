@@ -1,0 +1,64 @@
+"""The UE's concurrent transport to the session's edge servers: one :class:`EdgeClient` per named ES behind
+the channel proxy (each UE->ES pair its own link), every fan-out sent to all of them at once (threads: the
+grpc sync stubs release the GIL while they wait)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+
+from shared.pb import channel_pb2, channel_pb2_grpc
+from ue_client.edge_client import EdgeClient
+
+
+class EdgeFailure(RuntimeError):
+    """One named ES of a multi-ES session failed (its gRPC status and details in the message)."""
+
+    def __init__(self, es: str, code: str, details: str) -> None:
+        super().__init__(f"edge server {es} failed: {code}: {details}")
+        self.es, self.code, self.details = es, code, details
+
+
+def discover(via: str, timeout: float = 10.0) -> list[str]:
+    """The edge servers behind the channel proxy at ``via``, by name (its ``GetChannel`` control RPC)."""
+    with grpc.insecure_channel(via) as ch:
+        settings = channel_pb2_grpc.ChannelControlStub(ch).GetChannel(channel_pb2.GetChannelRequest(), timeout=timeout)
+    return list(settings.upstreams)
+
+
+def pick_names(available: Sequence[str], wanted: str | None) -> list[str]:
+    """``wanted`` (comma-separated names, ``None``/``"all"``: every one) checked against ``available``."""
+    if not wanted or wanted == "all":
+        return list(available)
+    names = [n.strip() for n in wanted.split(",") if n.strip()]
+    unknown = [n for n in names if n not in available]
+    if unknown or len(set(names)) != len(names):
+        raise ValueError(f"--es {wanted!r}: the proxy has edge servers {', '.join(available)} (each at most once)")
+    return names
+
+
+def connect(via: str, names: Sequence[str], timeout_s: float = 120.0, ue_id: str = "ue") -> dict[str, EdgeClient]:
+    """One client per named ES, all through the proxy at ``via`` (links ``ue_id->name``)."""
+    return {name: EdgeClient(via, timeout_s=timeout_s, ue_id=ue_id, es_name=name) for name in names}
+
+
+def fan_out(calls: Mapping[str, Callable[[], object]]) -> dict[str, tuple[object | BaseException, float]]:
+    """Run each named call at once; per name ``(result or the exception it raised, seconds to arrive)``."""
+    started = time.perf_counter()
+
+    def timed(fn: Callable[[], object]) -> tuple[object | BaseException, float]:
+        try:
+            out: object | BaseException = fn()
+        except Exception as exc:  # noqa: BLE001 - returned to the runner, which decides
+            out = exc
+        return out, time.perf_counter() - started
+
+    if len(calls) == 1:
+        ((name, fn),) = calls.items()
+        return {name: timed(fn)}
+    with ThreadPoolExecutor(len(calls), thread_name_prefix="meg-ue-es") as pool:
+        futures = {name: pool.submit(timed, fn) for name, fn in calls.items()}
+        return {name: f.result() for name, f in futures.items()}
