@@ -1,0 +1,123 @@
+"""deploy/k8s renders with `kubectl kustomize` and validates offline (kubernetes-validate, strict), and the
+pieces fit together: stable ES names behind a headless Service, the proxy's upstreams, probes, profiles."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+K8S = ROOT / "deploy" / "k8s"
+KUBECTL = shutil.which("kubectl")
+
+pytestmark = pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed (needed for `kubectl kustomize`)")
+
+
+def render(folder: Path) -> list[dict[str, Any]]:
+    out = subprocess.run([KUBECTL, "kustomize", str(folder)], capture_output=True, text=True, timeout=60)  # type: ignore[list-item]
+    assert out.returncode == 0, out.stderr
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+def by_kind(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    assert len(found) == 1, f"{kind}/{name}: {len(found)} found"
+    return found[0]
+
+
+def container(workload: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(c for c in workload["spec"]["template"]["spec"]["containers"] if c["name"] == name)
+
+
+@pytest.fixture(scope="module")
+def base() -> list[dict[str, Any]]:
+    return render(K8S)
+
+
+@pytest.fixture(scope="module")
+def gpu() -> list[dict[str, Any]]:
+    return render(K8S / "gpu")
+
+
+@pytest.mark.parametrize("which", ["base", "gpu"])
+def test_manifests_validate_offline(which: str, request: pytest.FixtureRequest) -> None:
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    docs = request.getfixturevalue(which)
+    assert {d["kind"] for d in docs} == {"Namespace", "ConfigMap", "Service", "StatefulSet", "Deployment", "Job"}
+    version = kubernetes_validate.latest_version()
+    for doc in docs:
+        kubernetes_validate.validate(doc, version, strict=True)  # raises ValidationError with the path
+    # and an invalid one is caught (the validator is really checking)
+    bad = yaml.safe_load(yaml.safe_dump(by_kind(docs, "StatefulSet", "es")))
+    bad["spec"]["replicas"] = "two"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(bad, version, strict=True)
+
+
+def test_edge_servers_have_stable_names_the_proxy_uses(base: list[dict[str, Any]]) -> None:
+    sts = by_kind(base, "StatefulSet", "es")
+    svc = by_kind(base, "Service", sts["spec"]["serviceName"])
+    assert svc["spec"]["clusterIP"] == "None", "multi-ES protocols address one ES: the Service must be headless"
+    assert svc["spec"]["selector"].items() <= sts["spec"]["template"]["metadata"]["labels"].items()
+    ns = sts["metadata"]["namespace"]
+    assert all(d["metadata"].get("namespace", ns) == ns for d in base if d["kind"] != "Namespace")
+
+    proxy = container(by_kind(base, "Deployment", "channel"), "meg-channel")
+    assert by_kind(base, "Deployment", "channel")["spec"]["replicas"] == 1  # one channel state
+    upstreams = [a.split("=", 1)[1] for a in proxy["args"] if a.startswith("--upstream=")]
+    # one upstream per ES pod, named as the pod names itself (es<ordinal>), at <pod>.<headless service>
+    expected = [f"es{i}=es-{i}.{svc['metadata']['name']}:50051" for i in range(sts["spec"]["replicas"])]
+    assert upstreams == expected
+    es_cmd = " ".join(container(sts, "meg-edge")["args"])
+    assert '--name "es${HOSTNAME##*-}"' in es_cmd and "--listen 0.0.0.0:50051" in es_cmd
+    adv = next(a for a in proxy["args"] if a.startswith("--advertise="))
+    chan_svc = by_kind(base, "Service", "channel")
+    assert adv == f"--advertise={chan_svc['metadata']['name']}:{chan_svc['spec']['ports'][0]['port']}"
+
+    # probes use the gRPC health service on the port each server listens on
+    for workload, cname, port in [(sts, "meg-edge", 50051), (by_kind(base, "Deployment", "channel"), "meg-channel", 50052)]:
+        c = container(workload, cname)
+        assert [p["containerPort"] for p in c["ports"]] == [port]
+        for probe in ("readinessProbe", "livenessProbe"):
+            assert c[probe]["grpc"]["port"] == port
+        assert c["securityContext"]["allowPrivilegeEscalation"] is False
+        assert workload["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
+
+
+def test_profiles_configmap_is_configs_file(base: list[dict[str, Any]]) -> None:
+    configs = (ROOT / "configs" / "channel-profiles.toml").read_text()
+    # kustomize reads nothing outside its folder, so base/ holds a copy: it must stay the same file
+    assert (K8S / "base" / "channel-profiles.toml").read_text() == configs
+    cm = next(d for d in base if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("channel-profiles"))
+    assert cm["data"]["channel-profiles.toml"] == configs
+    deploy = by_kind(base, "Deployment", "channel")
+    vol = next(v for v in deploy["spec"]["template"]["spec"]["volumes"] if v["name"] == "profiles")
+    assert vol["configMap"]["name"] == cm["metadata"]["name"]  # the generated (hashed) name is wired in
+    mount = next(m for m in container(deploy, "meg-channel")["volumeMounts"] if m["name"] == "profiles")
+    profiles_arg = next(a for a in container(deploy, "meg-channel")["args"] if a.startswith("--profiles="))
+    assert profiles_arg == f"--profiles={mount['mountPath']}/channel-profiles.toml"
+
+
+def test_load_job_goes_through_the_proxy(base: list[dict[str, Any]]) -> None:
+    job = by_kind(base, "Job", "ue-load")
+    args = container(job, "meg-ue")["args"]
+    assert args[:2] == ["meg-ue", "load"] and args[args.index("--via") + 1] == "channel:50052"
+    assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
+    wait = job["spec"]["template"]["spec"]["initContainers"][0]["command"][-1]
+    assert "shared.healthcheck channel:50052" in wait
+
+
+def test_gpu_overlay_puts_edge_servers_on_gpus(base: list[dict[str, Any]], gpu: list[dict[str, Any]]) -> None:
+    es = container(by_kind(gpu, "StatefulSet", "es"), "meg-edge")
+    assert es["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert {"name": "MEG_DEVICE", "value": "cuda"} in es["env"]
+    assert re.fullmatch(r"meg:.*gpu.*", es["image"])
+    # only the edge servers change: the proxy and the load job are the same as in the base
+    for kind, name in [("Deployment", "channel"), ("Job", "ue-load"), ("Service", "es")]:
+        assert by_kind(gpu, kind, name) == by_kind(base, kind, name)
