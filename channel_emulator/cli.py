@@ -10,11 +10,16 @@ import math
 import sys
 
 import grpc
-from google.protobuf.json_format import MessageToDict
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
 
 from shared.channel import IDEAL, ChannelConfigError, ChannelProfile, load_profiles
-from shared.grpc_util import serve_until_signal, split_hostport
+from shared.grpc_util import run_cli, serve_until_signal, split_hostport, target
 from shared.pb import channel_pb2, channel_pb2_grpc
+from shared.security import (
+    ADMIN_TOKEN_ENV, UE_TOKEN_ENV, TlsFiles, add_tls_flags, describe_auth_error, read_token, secure_channel,
+    tls_from_args,
+)
 
 CONTROL_DEADLINE_S = 10.0
 
@@ -50,7 +55,14 @@ async def _serve(args: argparse.Namespace) -> None:
 
     book = load_profiles(args.profiles)
     table = LinkTable(book, _direction_profile(args, "uplink", book), _direction_profile(args, "downlink", book), args.seed)
-    server, port, health = await create_proxy(args.listen, _upstreams(args.upstream), table, advertise_as=args.advertise)
+    tls = tls_from_args(args)
+    upstream_ca = args.upstream_tls_ca or args.tls_ca
+    upstream_tls = None if args.upstream_plaintext or not upstream_ca else \
+        TlsFiles(args.tls_cert, args.tls_key, upstream_ca, args.upstream_tls_server_name)
+    server, port, health = await create_proxy(
+        args.listen, _upstreams(args.upstream), table, advertise_as=args.advertise, tls=tls, upstream_tls=upstream_tls,
+        ue_token=read_token(args.token_file, UE_TOKEN_ENV), admin_token=read_token(args.admin_token_file, ADMIN_TOKEN_ENV),
+    )
     print(f"meg-channel listening on port {port}", flush=True)
     await serve_until_signal(server, health, args.grace_s)
 
@@ -82,7 +94,10 @@ def _print(command: str, data: dict[str, object]) -> None:
             print(f"{e['link']:16s} {e['direction']:8s} {int(e['rpcs']):5d} {int(e['transmissions']):5d} "
                   f"{int(e['symbols']):10d} {int(e['payload_bytes']):10d} {snr_s} {float(e['energy']):10.1f}")
     elif command == "csi":
-        print(json.dumps(data))
+        print(f"{data.get('model')} {data.get('snr_db')} dB, coherence {data.get('coherence_symbols')} symbols")
+        print(f"{'block':>5s} {'|h| reported':>12s}")
+        for i, g in enumerate(data.get("gains", [])):  # type: ignore[arg-type]
+            print(f"{i:5d} {g:12.4f}")
     else:
         print(f"upstreams: {', '.join(data.get('upstreams', []))}")  # type: ignore[arg-type]
         for ls in [data["default"], *data.get("links", [])]:  # type: ignore[list-item]
@@ -90,8 +105,26 @@ def _print(command: str, data: dict[str, object]) -> None:
             print(f"{'':16s} downlink {_fmt_profile(ls['downlink'])}")
 
 
+def to_plain(msg: Message) -> dict[str, object]:
+    """A message as JSON-ready Python values: every field present, 64-bit integers as numbers (not
+    strings as in proto3 JSON), non-finite floats (``mean_snr_db`` of a link with no noisy symbol) as None."""
+    def value(f: FieldDescriptor, v: object) -> object:
+        if f.type == FieldDescriptor.TYPE_MESSAGE:
+            return to_plain(v)  # type: ignore[arg-type]
+        if isinstance(v, float):
+            return v if math.isfinite(v) else None
+        return v
+
+    out: dict[str, object] = {}
+    for f in msg.DESCRIPTOR.fields:
+        v = getattr(msg, f.name)
+        out[f.name] = [value(f, x) for x in v] if f.is_repeated else value(f, v)
+    return out
+
+
 def _control(args: argparse.Namespace) -> int:
-    with grpc.insecure_channel(args.via) as channel:
+    token = read_token(args.admin_token_file, ADMIN_TOKEN_ENV)
+    with secure_channel(args.via, tls_from_args(args), token) as channel:
         stub = channel_pb2_grpc.ChannelControlStub(channel)
         t = CONTROL_DEADLINE_S
         if args.command == "profiles":
@@ -114,7 +147,7 @@ def _control(args: argparse.Namespace) -> int:
             else:
                 raise ValueError("set needs a PROFILE name or --snr-db")
             reply = stub.SetChannel(req, timeout=t)
-    data = MessageToDict(reply, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    data = to_plain(reply)
     if args.json:
         print(json.dumps(data))
     else:
@@ -146,6 +179,13 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--downlink-snr-db", type=float, help="downlink SNR, overrides --snr-db")
     _custom_flags(serve)
     serve.add_argument("--seed", type=int, default=0, help="seed of the links' RNGs")
+    add_tls_flags(serve, server=True)
+    serve.add_argument("--upstream-tls-ca", help="PEM CA of the edge servers' certificates (default: --tls-ca); "
+                                                 "the proxy presents --tls-cert/--tls-key to them")
+    serve.add_argument("--upstream-tls-server-name", help="name in the edge servers' certificates, if not their host")
+    serve.add_argument("--upstream-plaintext", action="store_true", help="plaintext to the edge servers even with --tls-ca")
+    serve.add_argument("--token-file", help=f"bearer token UEs must send (default: ${UE_TOKEN_ENV}; none = open)")
+    serve.add_argument("--admin-token-file", help=f"bearer token of the control service (default: ${ADMIN_TOKEN_ENV}; none = open)")
     serve.add_argument("--grace-s", type=float, default=5.0)
     helps = {
         "profiles": "list the named profiles", "show": "print the links' settings", "stats": "print the counters",
@@ -154,8 +194,10 @@ def main(argv: list[str] | None = None) -> int:
     }
     for name, help_ in helps.items():
         p = sub.add_parser(name, help=help_)
-        p.add_argument("--via", required=True, help="HOST:PORT of the proxy")
+        p.add_argument("--via", required=True, type=target, help="HOST:PORT of the proxy")
         p.add_argument("--json", action="store_true")
+        add_tls_flags(p, server=False)
+        p.add_argument("--admin-token-file", help=f"the proxy's admin token (default: ${ADMIN_TOKEN_ENV})")
         if name == "set":
             p.add_argument("direction", choices=["uplink", "downlink", "both"])
             p.add_argument("profile", nargs="?", help="a named profile (or give --snr-db and the model flags)")
@@ -170,20 +212,27 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--blocks", type=int, default=4)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    try:
+
+    def body() -> int:
         if args.command == "serve":
             asyncio.run(_serve(args))
             return 0
         return _control(args)
-    except grpc.RpcError as exc:
-        code, details = exc.code(), exc.details()  # type: ignore[attr-defined]
-        if code == grpc.StatusCode.UNAVAILABLE:
-            details = f"cannot reach the channel proxy at {args.via}"
-        print(f"meg-channel: error: {details}", file=sys.stderr)
-        return 2
-    except (ChannelConfigError, OSError, ValueError) as exc:
-        print(f"meg-channel: error: {exc}", file=sys.stderr)
-        return 2
+
+    def describe(exc: BaseException) -> str | None:
+        if isinstance(exc, grpc.RpcError):
+            auth = describe_auth_error(exc)
+            if auth:
+                return auth
+            code, details = exc.code(), exc.details()  # type: ignore[attr-defined]
+            if code == grpc.StatusCode.UNAVAILABLE:
+                return f"cannot reach the channel proxy at {args.via}"
+            return f"{code.name}: {details}"
+        if isinstance(exc, (ChannelConfigError, OSError, ValueError)):
+            return str(exc)
+        return None
+
+    return run_cli("meg-channel", body, describe)
 
 
 if __name__ == "__main__":

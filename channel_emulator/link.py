@@ -9,6 +9,7 @@ transmission and never touch an RPC in flight.
 from __future__ import annotations
 
 import math
+import re
 import zlib
 from collections import deque
 from dataclasses import dataclass, field
@@ -23,6 +24,20 @@ from shared.pb import air_pb2, channel_pb2
 
 DIRECTIONS = ("uplink", "downlink")
 DEFAULT_LINK = "default"
+#: A UE or ES name: 1-64 letters, digits or ``_.:-`` (no whitespace, no control characters).
+NAME = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+#: CSI draws handed out but not yet used by a transmission, kept per link direction (oldest dropped).
+MAX_PENDING_BLOCKS = 1 << 16
+
+
+def check_link_name(link: str) -> tuple[str, str]:
+    """``"UE->ES"`` -> ``(ue, es)``; raises ChannelConfigError unless it is exactly two names and one arrow."""
+    ue, arrow, es = link.partition("->")
+    if not arrow or "->" in es or not NAME.fullmatch(ue) or not NAME.fullmatch(es):
+        raise ChannelConfigError(
+            f"link name {link!r} is not UE->ES (two names of 1-64 letters, digits or _.:- joined by one '->')"
+        )
+    return ue, es
 
 
 @dataclass
@@ -32,8 +47,16 @@ class DirectionCounters:
     symbols: int = 0
     payload_bytes: int = 0
     message_bytes: int = 0
-    snr_sum: float = 0.0
-    snr_count: int = 0
+    gain_over_n0: float = 0.0  # sum over noisy symbols of |h|²p / N0 (linear)
+    snr_symbols: int = 0  # symbols sent over a noisy link
+
+    @property
+    def mean_snr_db(self) -> float:
+        """``10·log10(mean |h|²p / N0)`` over the noisy symbols (linear-domain mean); NaN if none."""
+        if not self.snr_symbols:
+            return math.nan
+        mean = self.gain_over_n0 / self.snr_symbols
+        return 10 * math.log10(mean) if mean > 0 else -math.inf
     energy: float = 0.0
     allocated: int = 0
 
@@ -56,23 +79,28 @@ class Direction:
     profile: ChannelProfile
     rng: np.random.Generator
     counters: DirectionCounters = field(default_factory=DirectionCounters)
-    pending: deque[tuple[float, float]] = field(default_factory=deque)  # (h, reported ĥ) handed out as CSI
+    #: (h, reported ĥ) handed out as CSI and not yet used; at most MAX_PENDING_BLOCKS (oldest dropped)
+    pending: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=MAX_PENDING_BLOCKS))
 
     def csi(self, blocks: int) -> np.ndarray:
-        """Draw the fading of the next ``blocks`` blocks now; the next transmission uses exactly these."""
+        """Draw the fading ``[blocks]`` of the next blocks now; the next transmission uses exactly these."""
         h = self.profile.model_object().generate(blocks, self.rng)
         h_hat = estimate_csi(h, self.profile.csi_error, self.rng)
         self.pending.extend(zip(h.tolist(), h_hat.tolist()))
         return h_hat
 
     def take_fading(self, blocks: int) -> tuple[np.ndarray, np.ndarray] | None:
-        """The pending CSI draws for a transmission of ``blocks`` blocks, topped up with fresh ones."""
+        """The pending CSI draws ``([blocks], [blocks])`` for a transmission, topped up with fresh ones."""
         if not self.pending:
             return None
-        while len(self.pending) < blocks:
-            self.csi(blocks - len(self.pending))
-        taken = [self.pending.popleft() for _ in range(blocks)]
+        taken = [self.pending.popleft() for _ in range(min(blocks, len(self.pending)))]
+        if len(taken) < blocks:
+            h = self.profile.model_object().generate(blocks - len(taken), self.rng)
+            taken += zip(h.tolist(), estimate_csi(h, self.profile.csi_error, self.rng).tolist())
         return np.array([t[0] for t in taken]), np.array([t[1] for t in taken])
+
+    def clear_pending(self) -> None:
+        self.pending.clear()
 
 
 class LinkTable:
@@ -87,6 +115,14 @@ class LinkTable:
         self._initial = {d: self._from_book(DEFAULT_LINK, d) or flags[d] for d in DIRECTIONS}
         self.default = dict(self._initial)
         self.links: dict[str, dict[str, Direction]] = {}
+        for name in self.configured:
+            check_link_name(name)
+            self.link(name)
+
+    @property
+    def configured(self) -> list[str]:
+        """Links the profiles file sets (``[links.UE->ES]``); always listed, never forgotten."""
+        return [name for name in self.book.links if name != DEFAULT_LINK]
 
     # -- settings --------------------------------------------------------------------------------------
     def _from_book(self, link: str, direction: str) -> ChannelProfile | None:
@@ -113,16 +149,21 @@ class LinkTable:
                 self.default[d] = profile
             for t in targets:
                 t[d].profile = profile
-                t[d].pending.clear()
+                t[d].clear_pending()
 
     def reset(self, stats: bool) -> None:
+        """Back to the start-up settings; with ``stats`` also zero the counters and forget every link that
+        traffic or SetChannel created (those the profiles file configures stay)."""
         self.default = dict(self._initial)
+        if stats:
+            self.links = {}
+            for name in self.configured:
+                self.link(name)
+            return
         for name, dirs in self.links.items():
             for d, direction in dirs.items():
                 direction.profile = self._from_book(name, d) or self._initial[d]
-                direction.pending.clear()
-                if stats:
-                    direction.counters = DirectionCounters()
+                direction.clear_pending()
 
     def settings(self, upstreams: list[str]) -> channel_pb2.ChannelSettings:
         def ls(name: str, dirs: dict[str, ChannelProfile]) -> channel_pb2.LinkSettings:
@@ -143,7 +184,7 @@ class LinkTable:
                 entries.append(channel_pb2.DirectionStats(
                     link=name, direction=d, rpcs=c.rpcs, transmissions=c.transmissions, symbols=c.symbols,
                     payload_bytes=c.payload_bytes, message_bytes=c.message_bytes, energy=c.energy,
-                    mean_snr_db=c.snr_sum / c.snr_count if c.snr_count else math.nan, allocated=c.allocated,
+                    mean_snr_db=c.mean_snr_db, allocated=c.allocated,
                 ))
         return channel_pb2.ChannelStats(entries=entries)
 
@@ -193,8 +234,9 @@ class LinkTable:
             c.payload_bytes += len(t.data)
             c.energy += result.energy
             c.allocated += 1 if len(t.block_power) else 0
-            if math.isfinite(result.effective_snr_db):
-                c.snr_sum += result.effective_snr_db
-                c.snr_count += 1
+            if profile.model != "ideal" and result.effective_snr_db != math.inf:
+                # effective SNR = mean |h|²p / N0 over this transmission's symbols: accumulate it linearly
+                c.gain_over_n0 += 10 ** (result.effective_snr_db / 10) * result.symbols
+                c.snr_symbols += result.symbols
             touched = True
         return touched

@@ -8,19 +8,25 @@ by name in ``meg-es`` (default: the first one); the pair is the link, ``"UE->ES"
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable, Mapping
 
 import grpc
 import numpy as np
 from google.protobuf import message_factory
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 
-from channel_emulator.link import DIRECTIONS, LinkTable, profile_from_proto, profile_to_proto
+from channel_emulator.link import (
+    DIRECTIONS, MAX_PENDING_BLOCKS, NAME, LinkTable, check_link_name, profile_from_proto, profile_to_proto,
+)
 from channel_emulator.walker import carries_air
+from shared import air
 from shared.channel import ChannelConfigError
-from shared.grpc_util import add_health_and_reflection, message_options, set_serving
+from shared.grpc_util import (
+    RECONNECT_OPTIONS, add_guarded, add_guarded_handlers, add_health_and_reflection, bind, server_options,
+    set_serving,
+)
 from shared.pb import channel_pb2, channel_pb2_grpc, edge_pb2
+from shared.security import TlsFiles, aio_channel, server_credentials, server_interceptors
 
 log = logging.getLogger("meg.channel")
 EDGE_SERVICE = edge_pb2.DESCRIPTOR.services_by_name["EdgeService"]
@@ -31,18 +37,21 @@ MAX_LINKS = 10_000
 UE_HEADER, ES_HEADER = "meg-ue", "meg-es"
 #: Added to every forwarded request: where the ES reaches this proxy's control service (for CSI).
 CONTROL_HEADER = "meg-channel-control"
-_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+#: Most fading blocks one GetCSI may draw (also the most reported-but-unused draws a direction keeps).
+MAX_CSI_BLOCKS = MAX_PENDING_BLOCKS
 _HOP_HEADERS = {"user-agent", "content-type", "te", "grpc-timeout", "grpc-accept-encoding", "grpc-encoding"}
 
 
 class Upstreams:
     """The edge servers behind the proxy, by name, each with one shared gRPC channel."""
 
-    def __init__(self, targets: Mapping[str, str], options: list[tuple[str, int]]) -> None:
+    def __init__(self, targets: Mapping[str, str], options: list[tuple[str, int]], tls: TlsFiles | None = None) -> None:
+        """``tls``: the proxy's client side (CA of the edge servers, its own cert/key for mutual TLS).
+        The channels reconnect within ~1 s of an edge server coming back (RECONNECT_OPTIONS)."""
         if not targets:
             raise ValueError("the proxy needs at least one upstream edge server")
         self.targets = dict(targets)
-        self.channels = {name: grpc.aio.insecure_channel(addr, options=options) for name, addr in targets.items()}
+        self.channels = {name: aio_channel(addr, tls, [*options, *RECONNECT_OPTIONS]) for name, addr in targets.items()}
         self.first = next(iter(targets))
 
     async def close(self) -> None:
@@ -54,7 +63,7 @@ def _route(context: grpc.aio.ServicerContext, upstreams: Upstreams, table: LinkT
     """``(link name, upstream name)`` from the request headers; raises ValueError for bad names."""
     md = dict(context.invocation_metadata() or ())
     ue, es = str(md.get(UE_HEADER, "ue")), str(md.get(ES_HEADER, upstreams.first))
-    if not _NAME.match(ue):
+    if not NAME.fullmatch(ue):
         raise ValueError(f"UE id {ue!r} in the {UE_HEADER} header must be 1-64 letters, digits or _.:-")
     if es not in upstreams.channels:
         raise ValueError(f"no upstream edge server named {es!r}; known: {', '.join(upstreams.channels)}")
@@ -85,6 +94,9 @@ def _forwarder(method: object, table: LinkTable, upstreams: Upstreams, advertise
         try:
             link, es = _route(context, upstreams, table)
             up = through(link, "uplink", request)
+        except DecodeError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"channel proxy: the request does not parse as {in_desc.full_name}: {exc}")
         except (ValueError, ChannelConfigError) as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"channel proxy: {exc}")
         remaining = context.time_remaining()
@@ -103,6 +115,8 @@ def _forwarder(method: object, table: LinkTable, upstreams: Upstreams, advertise
             await context.abort(exc.code(), details)
         try:
             return through(link, "downlink", response)
+        except DecodeError as exc:
+            await context.abort(grpc.StatusCode.INTERNAL, f"channel proxy: the edge server's reply does not parse: {exc}")
         except ChannelConfigError as exc:
             await context.abort(grpc.StatusCode.INTERNAL, f"channel proxy: the edge server sent a bad power allocation: {exc}")
 
@@ -119,6 +133,19 @@ class ChannelControlServicer(channel_pb2_grpc.ChannelControlServicer):
     def _settings(self) -> channel_pb2.ChannelSettings:
         return self.table.settings(list(self.upstreams.targets))
 
+    def _known(self) -> str:
+        names = sorted(self.table.links)
+        return ", ".join(names[:20]) + (f" and {len(names) - 20} more" if len(names) > 20 else "") or "none yet"
+
+    def _settable(self, link: str) -> None:
+        """A link SetChannel may configure: a UE->ES name whose ES is behind this proxy (raises LookupError)."""
+        _, es = check_link_name(link)
+        if link not in self.table.links and es not in self.upstreams.targets:
+            raise LookupError(f"no link {link!r}: no upstream edge server named {es!r} "
+                              f"(upstreams: {', '.join(self.upstreams.targets)}; known links: {self._known()})")
+        if link not in self.table.links and len(self.table.links) >= MAX_LINKS:
+            raise ChannelConfigError(f"the proxy already tracks {MAX_LINKS} links")
+
     async def ListProfiles(self, request: channel_pb2.ListProfilesRequest, context: grpc.aio.ServicerContext) -> channel_pb2.ProfileList:
         return channel_pb2.ProfileList(profiles=[profile_to_proto(p) for _, p in sorted(self.table.book.profiles.items())])
 
@@ -131,11 +158,13 @@ class ChannelControlServicer(channel_pb2_grpc.ChannelControlServicer):
             if which is None:
                 raise ChannelConfigError("say which profile (by name) or give a custom one")
             profile = self.table.book.get(request.profile) if which == "profile" else profile_from_proto(request.custom)
-            if request.link and not _NAME.match(request.link.replace(">", "")):
-                raise ChannelConfigError(f"link name {request.link!r} is not UE->ES")
+            if request.link:
+                self._settable(request.link)
             self.table.set(request.link, request.direction or "both", profile)
         except ChannelConfigError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except LookupError as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
         log.info("%s %s <- %s", request.link or "all links", request.direction or "both", profile)
         return self._settings()
 
@@ -149,42 +178,55 @@ class ChannelControlServicer(channel_pb2_grpc.ChannelControlServicer):
     async def GetCSI(self, request: channel_pb2.CSIRequest, context: grpc.aio.ServicerContext) -> channel_pb2.CSIResponse:
         if request.direction not in DIRECTIONS:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"direction must be uplink or downlink, got {request.direction!r}")
-        if request.link not in self.table.links and not _NAME.match(request.link.replace(">", "")):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"link name {request.link!r} is not UE->ES")
-        d = self.table.link(request.link)[request.direction]
+        if request.link not in self.table.links:
+            try:
+                check_link_name(request.link)
+            except ChannelConfigError as exc:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            await context.abort(grpc.StatusCode.NOT_FOUND,
+                                f"no link {request.link!r} yet (a link exists once traffic or SetChannel used it); "
+                                f"known links: {self._known()}")
+        if request.symbols > air.MAX_VALUES:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"symbols={request.symbols} is more than a tensor may hold ({air.MAX_VALUES})")
+        d = self.table.links[request.link][request.direction]
         p = d.profile
         lc = p.coherence_symbols if p.model in ("rayleigh", "rician") else 0
         blocks = int(request.blocks) or ((1 if lc == 0 else -(-int(request.symbols) // lc)) if request.symbols else 0)
-        if not 1 <= blocks <= 1_000_000:
+        if not 1 <= blocks <= MAX_CSI_BLOCKS:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"ask for 1 to 1000000 blocks (or give symbols > 0), got blocks={request.blocks} symbols={request.symbols}")
+                                f"ask for 1 to {MAX_CSI_BLOCKS} blocks (or give symbols > 0 needing at most that many), "
+                                f"got blocks={request.blocks} symbols={request.symbols}")
         gains = d.csi(blocks)
         return channel_pb2.CSIResponse(gains=np.asarray(gains).tolist(), coherence_symbols=lc, snr_db=p.snr_db, model=p.model)
 
 
 async def create_proxy(
     listen: str, upstreams: Mapping[str, str], table: LinkTable, max_message_bytes: int | None = None,
-    advertise_as: str | None = None,
+    advertise_as: str | None = None, tls: TlsFiles | None = None, upstream_tls: TlsFiles | None = None,
+    ue_token: str | None = None, admin_token: str | None = None,
 ) -> tuple[grpc.aio.Server, int, object]:
     """Build and start the proxy; returns ``(server, port, health)``. Bind ``HOST:0`` for a free port.
 
     ``advertise_as``: the control address edge servers should use for CSI (default: the bound address).
+    ``tls``: the server side (with a CA, clients must present certificates); ``upstream_tls``: the client side
+    towards the edge servers. ``ue_token`` guards the edge service (and is forwarded upstream with each
+    request), ``admin_token`` the ChannelControl service; ``None`` leaves that service open.
     """
-    options = message_options(max_message_bytes) if max_message_bytes else message_options()
-    ups = Upstreams(upstreams, options)
+    options = server_options(max_message_bytes) if max_message_bytes else server_options()
+    ups = Upstreams(upstreams, [o for o in options if o[0] != "grpc.so_reuseport"], upstream_tls)
     advertise: list[str] = [""]  # filled in once the port is bound
     handlers = {
         m.name: grpc.unary_unary_rpc_method_handler(_forwarder(m, table, ups, advertise))
         for m in EDGE_SERVICE.methods
         if not (m.client_streaming or m.server_streaming)
     }
-    server = grpc.aio.server(options=options)
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(EDGE_SERVICE.full_name, handlers),))
-    channel_pb2_grpc.add_ChannelControlServicer_to_server(ChannelControlServicer(table, ups), server)
+    interceptors = server_interceptors({f"/{EDGE_SERVICE.full_name}/": ue_token, f"/{CONTROL_SERVICE_NAME}/": admin_token})
+    server = grpc.aio.server(options=options, interceptors=interceptors)
+    add_guarded_handlers(server, {EDGE_SERVICE.full_name: handlers})  # raw bytes: the forwarder parses
+    add_guarded(server, channel_pb2_grpc.add_ChannelControlServicer_to_server, ChannelControlServicer(table, ups))
     health = add_health_and_reflection(server, [CONTROL_SERVICE_NAME, EDGE_SERVICE.full_name])
-    port = server.add_insecure_port(listen)
-    if port == 0:
-        raise OSError(f"could not listen on {listen}")
+    port = bind(server, listen, server_credentials(tls) if tls and tls.enabled else None)
     host = listen.rpartition(":")[0]
     advertise[0] = advertise_as or f"{'127.0.0.1' if host in ('0.0.0.0', '[::]', '') else host}:{port}"
     await server.start()

@@ -49,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--power-model", help="PPO policy file (default: the shipped one)")
     serve.add_argument("--csi-via", help="HOST:PORT of the channel proxy's control service for CSI (default: the address the proxy advertises "
                             "in each request)")
+    serve.add_argument("--tls-cert", help="PEM certificate: serve TLS (with --tls-key)")
+    serve.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    serve.add_argument("--tls-ca", help="PEM CA: require client certificates signed by it (mutual TLS)")
+    serve.add_argument("--token-file", help="bearer token UEs must send (default: $MEG_TOKEN; none = open)")
     serve.add_argument("--config", help="TOML file with an [edge] table; flags override it")
 
     rnd = sub.add_parser("make-random-model", help="write a tiny random pipeline folder (tests, demos without weights)")

@@ -11,7 +11,8 @@ from edge_server.metrics import EdgeMetrics, serve_metrics
 from edge_server.power_control import PowerControl
 from edge_server.servicer import EdgeServicer
 from edge_server.settings import EdgeSettings
-from shared.grpc_util import add_health_and_reflection, message_options, serve_until_signal, set_serving
+from shared.grpc_util import add_guarded, add_health_and_reflection, bind, serve_until_signal, server_options, set_serving
+from shared.security import TlsFiles, read_token, server_credentials, server_interceptors, UE_TOKEN_ENV
 from shared.model_ops import ModelParts
 from shared.pb import edge_pb2, edge_pb2_grpc
 
@@ -30,12 +31,13 @@ async def create_server(settings: EdgeSettings, parts: ModelParts | None = None)
     power = PowerControl(settings.power_policy, settings.csi_via, settings.name, settings.power_budget, settings.power_model)
     metrics = EdgeMetrics()
     servicer = EdgeServicer(parts, settings, power, metrics)  # owns the batching engine
-    server = grpc.aio.server(options=message_options(settings.max_message_bytes))
-    edge_pb2_grpc.add_EdgeServiceServicer_to_server(servicer, server)
+    tls = TlsFiles(settings.tls_cert, settings.tls_key, settings.tls_ca)
+    token = read_token(settings.token_file, UE_TOKEN_ENV)
+    server = grpc.aio.server(options=server_options(settings.max_message_bytes),
+                             interceptors=server_interceptors({f"/{SERVICE_NAME}/": token}))
+    add_guarded(server, edge_pb2_grpc.add_EdgeServiceServicer_to_server, servicer)
     health = add_health_and_reflection(server, [SERVICE_NAME])
-    port = server.add_insecure_port(settings.listen)
-    if port == 0:
-        raise OSError(f"could not listen on {settings.listen}")
+    port = bind(server, settings.listen, server_credentials(tls) if tls.enabled else None)
     await server.start()
     await set_serving(health, [SERVICE_NAME])
     server.meg_servicer = servicer  # type: ignore[attr-defined]  (serve() stops its engine; tests reach it)

@@ -134,10 +134,12 @@ class EdgeServicer(edge_pb2_grpc.EdgeServiceServicer):
         )
 
     async def Probe(self, request: edge_pb2.ProbeRequest, context: grpc.aio.ServicerContext) -> edge_pb2.ProbeResponse:
-        """Check and echo the tensors (the applied-channel stamps are dropped so the downlink stamps anew)."""
+        """Check and echo the tensors (the applied-channel stamps are dropped so the downlink stamps anew).
+
+        Malformed or non-finite (NaN/Inf) tensors are INVALID_ARGUMENT."""
         for t in request.tensors:
             try:
-                air.air_array(t)
+                air.air_array(t, finite=True)
             except air.TensorError as exc:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         reply = edge_pb2.ProbeResponse(tensors=request.tensors)

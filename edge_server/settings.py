@@ -25,3 +25,7 @@ class EdgeSettings:
     power_budget: float = 1.0  # average transmit power per symbol of a seed
     power_model: str | None = None  # PPO policy file (default: the shipped one)
     csi_via: str | None = None  # channel proxy's control service for CSI (default: as the proxy advertises)
+    tls_cert: str | None = None  # PEM certificate: serve TLS (with tls_key)
+    tls_key: str | None = None  # PEM private key of tls_cert
+    tls_ca: str | None = None  # PEM CA: require client certificates signed by it (mutual TLS)
+    token_file: str | None = None  # bearer token UEs must send (default: $MEG_TOKEN; none = open)

@@ -1,12 +1,18 @@
-"""gRPC plumbing shared by the three processes: server options, health + reflection, graceful stop."""
+"""gRPC plumbing shared by the three processes: server options, health + reflection, graceful stop,
+request bodies that do not parse (-> INVALID_ARGUMENT), port binding with a clear error."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import os
 import signal
-from collections.abc import Iterable
+import sys
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -19,6 +25,93 @@ def message_options(max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> list[tuple[st
         ("grpc.max_receive_message_length", max_bytes),
         ("grpc.max_send_message_length", max_bytes),
     ]
+
+
+def server_options(max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> list[tuple[str, int]]:
+    """Message limits, and no ``SO_REUSEPORT``: a second process on the same port is a start-up error
+    instead of silently splitting the traffic."""
+    return [*message_options(max_bytes), ("grpc.so_reuseport", 0)]
+
+
+#: Client channels to a peer that may restart (the proxy's upstreams): retry connecting within ~1 s
+#: instead of gRPC's default exponential backoff up to 120 s.
+RECONNECT_OPTIONS: list[tuple[str, int]] = [
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
+
+
+def bind(server: grpc.aio.Server, listen: str, credentials: grpc.ServerCredentials | None = None) -> int:
+    """Bind ``listen`` (plaintext or TLS); raises OSError with a readable message if it cannot."""
+    try:
+        port = server.add_secure_port(listen, credentials) if credentials else server.add_insecure_port(listen)
+    except RuntimeError:
+        port = 0
+    if port == 0:
+        raise OSError(f"cannot listen on {listen}: the address is in use or not available on this machine")
+    return port
+
+
+class _Undecodable:
+    """What a guarded deserializer returns for bytes that do not parse; the handler turns it into a status."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
+def _guard(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+    deserialize = handler.request_deserializer
+    if deserialize is None or handler.request_streaming:
+        return handler
+
+    def safe_deserialize(raw: bytes) -> object:
+        try:
+            return deserialize(raw)
+        except (DecodeError, ValueError, UnicodeDecodeError) as exc:
+            return _Undecodable(f"the request to {method} does not parse as its message type: {exc}")
+
+    def wrap(behaviour: Callable[..., Any]) -> Callable[..., Any]:
+        async def guarded(request: object, context: grpc.aio.ServicerContext) -> Any:
+            if isinstance(request, _Undecodable):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+            return await behaviour(request, context)
+
+        return guarded
+
+    kind = "unary_unary" if handler.unary_unary else "unary_stream"
+    return handler._replace(  # type: ignore[attr-defined]
+        request_deserializer=safe_deserialize, **{kind: wrap(getattr(handler, kind))}
+    )
+
+
+class _Collector:
+    """Stands in for a server in a generated ``add_*Servicer_to_server`` call and keeps its handlers."""
+
+    def __init__(self) -> None:
+        self.services: dict[str, dict[str, grpc.RpcMethodHandler]] = {}
+
+    def add_generic_rpc_handlers(self, handlers: object) -> None:
+        pass  # the same handlers come again through add_registered_method_handlers
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        self.services[service] = dict(handlers)
+
+
+def add_guarded(server: grpc.aio.Server, add_to_server: Callable[[Any, Any], None], servicer: object) -> None:
+    """``add_XServicer_to_server(servicer, server)``, except that a request body that does not parse is
+    answered ``INVALID_ARGUMENT`` with a readable message (grpc's own deserializer failure is ``UNKNOWN``)."""
+    collector = _Collector()
+    add_to_server(servicer, collector)
+    add_guarded_handlers(server, collector.services)
+
+
+def add_guarded_handlers(server: grpc.aio.Server, services: dict[str, dict[str, grpc.RpcMethodHandler]]) -> None:
+    """Register ``{service: {method: handler}}`` with every request deserializer guarded (see add_guarded)."""
+    for service, handlers in services.items():
+        guarded = {name: _guard(h, f"/{service}/{name}") for name, h in handlers.items()}
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, guarded),))
+        server.add_registered_method_handlers(service, guarded)
 
 
 def add_health_and_reflection(
@@ -56,3 +149,49 @@ def split_hostport(value: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not (0 <= int(port) <= 65535):
         raise ValueError(f"{value!r} is not HOST:PORT (e.g. 127.0.0.1:50051)")
     return host, int(port)
+
+
+class TargetError(argparse.ArgumentTypeError, ValueError):
+    """A ``--via`` that is not HOST:PORT (argparse reports it as a usage error; elsewhere a ValueError)."""
+
+
+def target(value: str) -> str:
+    """argparse type of ``--via``: ``HOST:PORT`` (or a ``unix:`` path). A bare host is an error, never
+    gRPC's silent default port 443."""
+    if value.startswith(("unix:", "unix-abstract:")):
+        return value
+    try:
+        split_hostport(value)
+    except ValueError:
+        hint = " (it has no port; the channel proxy listens on 50052 by default, the edge server on 50051)" \
+            if ":" not in value.strip("[]") or value.endswith("]") else ""
+        raise TargetError(f"{value!r} is not HOST:PORT{hint}") from None
+    return value
+
+
+def run_cli(prog: str, body: Callable[[], int], describe: Callable[[BaseException], str | None]) -> int:
+    """Run a CLI command body with the error handling every MEG CLI shares.
+
+    ``describe(exc)`` gives the one line for an expected error (None: not expected, re-raised). Ctrl-C prints
+    one line and exits 130; a closed stdout (``| head``) exits quietly; runtime errors exit 1 (argparse's
+    usage errors, raised before this, stay 2).
+    """
+    try:
+        return body()
+    except KeyboardInterrupt:
+        print(f"\n{prog}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # the reader went away: nothing more to say; keep Python from complaining at exit
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except OSError:
+            pass
+        return 1
+    except Exception as exc:  # noqa: BLE001 - everything expected is described; the rest re-raised
+        line = describe(exc)
+        if line is None:
+            raise
+        print(f"{prog}: error: {line}", file=sys.stderr)
+        return 1

@@ -1,11 +1,25 @@
-"""The UE's connection to an edge server (directly or through the channel proxy): every call has a deadline."""
+"""The UE's connection to an edge server (directly or through the channel proxy): every call has a deadline,
+TLS and a bearer token when configured, and ``UNAVAILABLE`` is retried with backoff under the same
+``request_id`` (the ES answers a repeated id from its result cache instead of generating twice)."""
 
 from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from typing import TypeVar
 
 import grpc
 
 from shared.model_ops import ModelParts
 from shared.pb import edge_pb2, edge_pb2_grpc
+from shared.security import UE_TOKEN_ENV, TlsFiles, read_token, secure_channel
+
+log = logging.getLogger("meg.ue")
+T = TypeVar("T")
+#: First and largest wait between retries of an UNAVAILABLE call (doubling in between).
+RETRY_FIRST_S, RETRY_MAX_S = 0.25, 2.0
 
 
 class GeometryMismatch(RuntimeError):
@@ -15,23 +29,51 @@ class GeometryMismatch(RuntimeError):
 class EdgeClient:
     """A gRPC connection to an ES (directly or through the channel proxy); every call has a deadline."""
 
-    def __init__(self, target: str, timeout_s: float = 120.0, ue_id: str = "ue", es_name: str | None = None) -> None:
+    def __init__(self, target: str, timeout_s: float = 120.0, ue_id: str = "ue", es_name: str | None = None,
+                 tls: TlsFiles | None = None, token: str | None = None, retry: bool = True) -> None:
         """``ue_id`` names this UE to the channel proxy (its link is ``ue_id->ES``); ``es_name`` picks an
-        upstream ES behind the proxy by name (default: its first)."""
-        from shared.grpc_util import message_options
+        upstream ES behind the proxy by name (default: its first). ``tls``: connect with (mutual) TLS;
+        ``token``: the bearer token (default: ``$MEG_TOKEN``, none if unset). ``retry``: retry UNAVAILABLE
+        with backoff until the call's deadline."""
+        from shared.grpc_util import message_options, target as check_target
 
-        self.target = target
+        self.target = check_target(target)
         self.timeout_s = timeout_s
+        self.retry = retry
         self.metadata: tuple[tuple[str, str], ...] = (("meg-ue", ue_id),) + ((("meg-es", es_name),) if es_name else ())
-        self.channel = grpc.insecure_channel(target, options=message_options())
+        token = token if token is not None else read_token(None, UE_TOKEN_ENV)
+        self.channel = secure_channel(self.target, tls, token, options=message_options())
         self.stub = edge_pb2_grpc.EdgeServiceStub(self.channel)
+        self.retries = 0  # UNAVAILABLE answers retried so far (for logs and tests)
+
+    def _call(self, call: Callable[[float], T], timeout: float) -> T:
+        """``call(remaining_s)``, retried on UNAVAILABLE (1/4 s doubling to 2 s) until ``timeout`` is spent."""
+        deadline = time.monotonic() + timeout
+        wait = RETRY_FIRST_S
+        while True:
+            try:
+                return call(max(deadline - time.monotonic(), 0.001))
+            except grpc.RpcError as exc:
+                left = deadline - time.monotonic()
+                if not self.retry or exc.code() != grpc.StatusCode.UNAVAILABLE or left <= wait:  # type: ignore[attr-defined]
+                    raise
+                log.info("edge server unavailable (%s); retrying in %.2fs", exc.details(), wait)  # type: ignore[attr-defined]
+                self.retries += 1
+                time.sleep(wait)
+                wait = min(wait * 2, RETRY_MAX_S)
 
     def run_segment(self, request: edge_pb2.SegmentRequest, timeout: float) -> edge_pb2.SegmentResponse:
-        """One ES segment (``request.request_id`` names the generation)."""
-        return self.stub.RunSegment(request, timeout=timeout, metadata=self.metadata)
+        """One ES segment (``request.request_id`` names the generation; one is made up if empty so that a
+        retry is recognised as the same request)."""
+        if not request.request_id:
+            request.request_id = uuid.uuid4().hex
+        return self._call(lambda t: self.stub.RunSegment(request, timeout=t, metadata=self.metadata), timeout)
 
     def describe(self) -> edge_pb2.DescribeResponse:
-        return self.stub.Describe(edge_pb2.DescribeRequest(), timeout=min(self.timeout_s, 30.0), metadata=self.metadata)
+        return self._call(
+            lambda t: self.stub.Describe(edge_pb2.DescribeRequest(), timeout=t, metadata=self.metadata),
+            min(self.timeout_s, 30.0),
+        )
 
     def close(self) -> None:
         self.channel.close()

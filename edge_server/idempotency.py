@@ -1,0 +1,139 @@
+"""RunSegment runs once per ``request_id``: a small bounded TTL cache of results, coalescing duplicates.
+
+A UE retries a ``RunSegment`` that failed ``UNAVAILABLE`` (the proxy or the ES restarted mid-call) under the
+same ``request_id``. The retry must not generate twice, so the ES keeps each result for ``ttl_s`` and
+answers a repeat from the cache; a repeat that arrives while the first is still running waits for that
+same run. The run is an asyncio task of its own, shielded from its first caller: when that caller goes away
+(its connection dropped with the proxy), the generation finishes anyway and its result waits for the retry.
+
+Wiring (in ``EdgeServicer.RunSegment``)::
+
+    key = request_key(request)                    # None when the request has no request_id
+    response = await self.results.run(key, fingerprint(request), lambda: self._run(request, metadata))
+
+``compute`` must not use the first caller's ``context`` to abort (that call may be gone): raise instead,
+and let each caller map the exception to its status. Failures are not cached (a retry runs again); every
+caller already waiting on the failed run gets the same exception.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from shared.pb import edge_pb2
+
+T = TypeVar("T")
+
+
+class IdempotencyConflict(ValueError):
+    """A ``request_id`` came again with a different request (prompt, params, protocol...): INVALID_ARGUMENT."""
+
+
+def request_key(request: edge_pb2.SegmentRequest) -> tuple[str, str, str, int, int] | None:
+    """``(request_id, PROTOCOL, task, segment, share index)``, or None without a request_id (no caching)."""
+    if not request.request_id:
+        return None
+    fanned = "share" in request.DESCRIPTOR.fields_by_name and request.HasField("share")
+    share = request.share.index if fanned else -1  # type: ignore[attr-defined]
+    return (request.request_id, request.protocol.upper(), request.task or "txt2img", int(request.segment), int(share))
+
+
+def fingerprint(request: edge_pb2.SegmentRequest) -> str:
+    """A digest of what must match for a repeat to be the same request: everything but the tensors (the
+    channel proxy adds fresh noise to those on every attempt) — prompt, params, protocol, task, segment."""
+    bare = edge_pb2.SegmentRequest()
+    bare.CopyFrom(request)
+    del bare.tensors[:]
+    bare.request_id = ""
+    return hashlib.sha256(bare.SerializeToString(deterministic=True)).hexdigest()
+
+
+@dataclass
+class _Entry(Generic[T]):
+    fingerprint: str
+    task: asyncio.Task[T]
+    done_at: float | None = None  # when the result was stored (None while running)
+    size: int = 0
+
+
+class ResultCache(Generic[T]):
+    """Results by key for ``ttl_s`` after they finish; at most ``max_entries`` finished results and
+    ``max_bytes`` of them (by ``size_of``), least recently used dropped first. Runs in flight are kept
+    until they end (their number is bounded by the server's admission limit)."""
+
+    def __init__(self, ttl_s: float = 300.0, max_entries: int = 1024, max_bytes: int = 256 << 20,
+                 size_of: Callable[[T], int] = lambda r: int(getattr(r, "ByteSize", lambda: 0)()),
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl_s, self.max_entries, self.max_bytes = ttl_s, max_entries, max_bytes
+        self.size_of, self.clock = size_of, clock
+        self._entries: OrderedDict[Hashable, _Entry[T]] = OrderedDict()
+        self._bytes = 0
+        self.hits = 0  # answered from a finished result
+        self.joins = 0  # waited on a run in flight
+        self.runs = 0  # computations started
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def stored_bytes(self) -> int:
+        return self._bytes
+
+    async def run(self, key: Hashable | None, fp: str, compute: Callable[[], Awaitable[T]]) -> T:
+        """The result of ``compute()`` for ``key``, computing it at most once while it is cached.
+
+        Raises :class:`IdempotencyConflict` if ``key`` is cached or running with another fingerprint."""
+        if key is None:
+            self.runs += 1
+            return await compute()
+        self._expire()
+        entry = self._entries.get(key)
+        if entry is not None:
+            if entry.fingerprint != fp:
+                raise IdempotencyConflict(
+                    f"request_id {key[0] if isinstance(key, tuple) else key!r} was already used for a different "
+                    "request; use a new request_id for a new generation")
+            self._entries.move_to_end(key)
+            if entry.done_at is None:
+                self.joins += 1
+            else:
+                self.hits += 1
+            return await asyncio.shield(entry.task)
+        self.runs += 1
+        task: asyncio.Task[T] = asyncio.ensure_future(compute())
+        entry = _Entry(fp, task)
+        self._entries[key] = entry
+        task.add_done_callback(lambda t: self._finished(key, entry, t))
+        return await asyncio.shield(task)
+
+    def _finished(self, key: Hashable, entry: _Entry[T], task: asyncio.Task[T]) -> None:
+        if self._entries.get(key) is not entry:
+            return
+        if task.cancelled() or task.exception() is not None:
+            del self._entries[key]  # failures are not cached: a retry runs again
+            return
+        entry.done_at = self.clock()
+        entry.size = self.size_of(task.result())
+        self._bytes += entry.size
+        self._evict()
+
+    def _drop(self, key: Hashable) -> None:
+        entry = self._entries.pop(key)
+        self._bytes -= entry.size
+
+    def _expire(self) -> None:
+        now = self.clock()
+        for key in [k for k, e in self._entries.items() if e.done_at is not None and now - e.done_at > self.ttl_s]:
+            self._drop(key)
+
+    def _evict(self) -> None:
+        self._expire()
+        done = [k for k, e in self._entries.items() if e.done_at is not None]  # oldest use first
+        while done and (len(done) > self.max_entries or self._bytes > self.max_bytes):
+            self._drop(done.pop(0))
