@@ -63,6 +63,11 @@ async def _serve(args: argparse.Namespace) -> None:
         args.listen, _upstreams(args.upstream), table, advertise_as=args.advertise, tls=tls, upstream_tls=upstream_tls,
         ue_token=read_token(args.token_file, UE_TOKEN_ENV), admin_token=read_token(args.admin_token_file, ADMIN_TOKEN_ENV),
     )
+    if args.metrics_port is not None:
+        from channel_emulator.metrics import serve_link_metrics
+
+        _, metrics_port = serve_link_metrics(table, args.listen, args.metrics_port)
+        logging.getLogger("meg.channel").info("meg-channel metrics on port %d", metrics_port)
     print(f"meg-channel listening on port {port}", flush=True)
     await serve_until_signal(server, health, args.grace_s)
 
@@ -187,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--token-file", help=f"bearer token UEs must send (default: ${UE_TOKEN_ENV}; none = open)")
     serve.add_argument("--admin-token-file", help=f"bearer token of the control service (default: ${ADMIN_TOKEN_ENV}; none = open)")
     serve.add_argument("--grace-s", type=float, default=5.0)
+    serve.add_argument("--metrics-port", type=int, help="serve per-link Prometheus metrics on http://HOST:PORT/metrics "
+                                                        "(HOST from --listen; 0 = any free port)")
     helps = {
         "profiles": "list the named profiles", "show": "print the links' settings", "stats": "print the counters",
         "set": "change a link direction; applies from the next transmission", "reset": "back to start-up settings",

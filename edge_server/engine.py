@@ -56,7 +56,7 @@ class EngineMetrics(Protocol):
 
 
 class _Pending:
-    __slots__ = ("job", "cancel", "future", "queued_at")
+    __slots__ = ("cancel", "future", "job", "queued_at")
 
     def __init__(self, job: DenoiseJob, cancel: threading.Event | None) -> None:
         self.job = job
@@ -174,7 +174,7 @@ class Engine:
                 self._report()
             try:
                 self._step_all()
-            except Exception as exc:  # noqa: BLE001  (the model failed: fail this batch, keep serving)
+            except Exception as exc:
                 log.exception("batched step failed")
                 with self._cond:
                     failed, self._running = self._running, []

@@ -43,7 +43,7 @@ class DenoiseModel:
         self.latent_shape = latent_shape
 
     @classmethod
-    def from_parts(cls, parts: "ModelParts") -> "DenoiseModel":
+    def from_parts(cls, parts: ModelParts) -> DenoiseModel:
         g = parts.geometry
         return cls(parts.pipe.unet, parts.pipe.scheduler.config, parts.uncond(),
                    (g.latent_channels, g.latent_size, g.latent_size), parts.device)
@@ -54,7 +54,7 @@ class DenoiseState:
     """One request's DDIM run. ``latents``: ``[1, C, h, w]`` in the UNet dtype; ``embeds``: ``[1, L, D]``
     (cond) or ``[2, L, D]`` (uncond, cond) with guidance; ``timesteps``: this request's own schedule."""
 
-    job: "DenoiseJob"
+    job: DenoiseJob
     scheduler: DDIMScheduler
     timesteps: torch.Tensor
     latents: torch.Tensor
@@ -83,7 +83,7 @@ class DenoiseState:
         return self.latents.float().cpu()
 
 
-def start(model: DenoiseModel, job: "DenoiseJob") -> DenoiseState:
+def start(model: DenoiseModel, job: DenoiseJob) -> DenoiseState:
     """Set up ``job``'s schedule and starting latent exactly as the diffusers pipelines do."""
     if job.steps < 1:
         raise ValueError(f"steps must be at least 1, got {job.steps}")
@@ -144,7 +144,7 @@ def step(model: DenoiseModel, states: Sequence[DenoiseState]) -> None:
         s.index += 1
 
 
-def denoise_alone(model: DenoiseModel, job: "DenoiseJob",
+def denoise_alone(model: DenoiseModel, job: DenoiseJob,
                   after_step: Callable[[DenoiseState], None] | None = None) -> torch.Tensor:
     """Run ``job`` by itself (batch 1, or 2 rows with guidance) -> latent ``[1, C, h, w]`` float32 CPU.
     ``after_step`` runs after every step (deadline checks raise from it)."""

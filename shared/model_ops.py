@@ -108,7 +108,7 @@ class ModelParts:
             max_tokens=int(pipe.tokenizer.model_max_length),
             embed_dim=int(pipe.text_encoder.config.hidden_size),
         )
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # the uncond cache, and the tokenizer (its padding state is not thread-safe)
         self._uncond: torch.Tensor | None = None
 
     @classmethod
@@ -121,8 +121,10 @@ class ModelParts:
 
     @torch.no_grad()
     def embed(self, prompt: str) -> torch.Tensor:
-        """Text encoder T: ``prompt -> [1, L, D]`` float32 on the CPU."""
-        cond, _ = self.pipe.encode_prompt(prompt, self.device, 1, False)
+        """Text encoder T: ``prompt -> [1, L, D]`` float32 on the CPU (one thread at a time: concurrent calls
+        race on the fast tokenizer's truncation/padding settings and return wrong lengths)."""
+        with self._lock:
+            cond, _ = self.pipe.encode_prompt(prompt, self.device, 1, False)
         return cond.float().cpu()
 
     def uncond(self) -> torch.Tensor:

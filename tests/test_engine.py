@@ -31,9 +31,9 @@ def model(parts: ModelParts) -> DenoiseModel:
 def _pipeline_latent(parts: ModelParts, job: DenoiseJob) -> torch.Tensor:
     """The reference: diffusers' own pipeline, ``output_type="latent"``."""
     pipe = parts.fresh_pipeline(img2img=job.init_latent is not None)
-    common = dict(prompt_embeds=job.cond, negative_prompt_embeds=parts.uncond(), guidance_scale=job.guidance,
-                  num_inference_steps=job.steps, generator=torch.Generator("cpu").manual_seed(job.seed),
-                  output_type="latent")
+    common = {"prompt_embeds": job.cond, "negative_prompt_embeds": parts.uncond(), "guidance_scale": job.guidance,
+              "num_inference_steps": job.steps, "generator": torch.Generator("cpu").manual_seed(job.seed),
+              "output_type": "latent"}
     if job.init_latent is None:
         size = parts.geometry.image_size
         return pipe(height=size, width=size, **common).images

@@ -137,6 +137,15 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
+def _load_test(args: argparse.Namespace) -> int:
+    from ue_client.load import run_cli
+
+    def connect(parts: object, ue_id: str) -> object:  # one virtual UE: its own client and UE id
+        return _client(argparse.Namespace(**{**vars(args), "ue_id": ue_id, "protocol": None}), parts)
+
+    return run_cli(args, _load, connect)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="meg-ue", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -160,6 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     cmp_.add_argument("--out", required=True, help="folder for panel.png, the images and overhead.json")
     _model_flags(cmp_)
     sub.add_parser("eval", help="PSNR/FID vs SNR per scheme (paper 2, Figs. 6-9); see eval --help", add_help=False)
+    from ue_client.load import add_load_parser
+
+    add_load_parser(sub, _model_flags)
     args, rest = parser.parse_known_args(argv)
     if args.command == "eval":
         from ue_client.evaluate import main as eval_main
@@ -170,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "task", "x") is None:
         args.task = "img2img" if args.image else "txt2img"
     try:
-        return {"generate": _generate, "overhead": _overhead, "compare": _compare}[args.command](args)
+        return {"generate": _generate, "overhead": _overhead, "compare": _compare, "load": _load_test}[args.command](args)
     except grpc.RpcError as exc:
         code, details = exc.code(), exc.details()  # type: ignore[attr-defined]
         if code == grpc.StatusCode.UNAVAILABLE:

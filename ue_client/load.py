@@ -1,0 +1,443 @@
+"""``meg-ue load``: N virtual UEs in one process (one shared model) against an ES, usually through the proxy.
+
+Each virtual UE is its own :class:`~ue_client.edge_client.EdgeClient` with its own UE id (``{ue_id}{i}``),
+so each is its own link on the channel proxy and per-UE channel profiles apply. Two ways to drive it:
+
+* **closed loop** (default): every UE sends its next request when its last one ends;
+* **open loop** (``--rate R``): requests are due at Poisson arrival times (rate ``R``/s over all UEs); a UE
+  takes the next due request and latency counts from the *intended* send time, so a server that falls
+  behind shows it (no coordinated omission — the habit of wrk2, k6's arrival-rate executors and ghz ``--rps``).
+
+It writes ``results.json`` (throughput; latency p50/p90/p95/p99/p99.9/max as k6's trend stats and ghz's
+report give them; errors by gRPC status; the same per protocol; symbols and bytes per direction from the
+proxy's ``GetStats`` before/after and from the UEs' own accounting), ``requests.csv`` (one row per request)
+and plots (``latency.png``: histogram and CDF; ``timeline.png``: throughput and latency over time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import random
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, TextIO
+
+import grpc
+import numpy as np
+
+#: Prompts the virtual UEs cycle through (meg-tiny's vocabulary of shapes and colours).
+DEFAULT_PROMPTS = (
+    "a red circle on a white background", "a blue square", "a green triangle", "two yellow stars",
+    "a purple ring", "an orange cross on black", "a small blue circle and a big red square", "a white diamond",
+)
+PERCENTILES = (50, 90, 95, 99, 99.9)
+
+
+@dataclass(frozen=True)
+class LoadConfig:
+    via: str
+    ues: int
+    requests: int | None = None  # measured requests (after warmup); or
+    duration_s: float | None = None  # send for this long (after warmup)
+    rate: float | None = None  # open loop: Poisson arrivals per second (None = closed loop)
+    protocols: tuple[tuple[str, float], ...] = (("FULL-ES", 1.0),)
+    task: str = "txt2img"
+    steps: int = 0
+    fc: float = 0.0
+    guidance: float = 0.0
+    strength: float = 0.0
+    warmup: int = 0  # requests sent first and left out of the statistics
+    seed: int = 0
+    timeout_s: float = 120.0
+    ue_id: str = "ue"  # UE i is f"{ue_id}{i}"
+    prompts: tuple[str, ...] = DEFAULT_PROMPTS
+
+    def __post_init__(self) -> None:
+        if self.ues < 1:
+            raise ValueError(f"--ues must be at least 1, got {self.ues}")
+        if (self.requests is None) == (self.duration_s is None):
+            raise ValueError("give exactly one of --requests and --duration")
+        if self.requests is not None and self.requests < 1:
+            raise ValueError(f"--requests must be at least 1, got {self.requests}")
+        if self.duration_s is not None and not self.duration_s > 0:
+            raise ValueError(f"--duration must be positive, got {self.duration_s}")
+        if self.rate is not None and not self.rate > 0:
+            raise ValueError(f"--rate must be positive, got {self.rate}")
+        if self.warmup < 0:
+            raise ValueError(f"--warmup must be >= 0, got {self.warmup}")
+        if not self.protocols or any(w <= 0 for _, w in self.protocols):
+            raise ValueError("every protocol weight must be positive")
+
+
+def parse_protocols(text: str, known: Any) -> tuple[tuple[str, float], ...]:
+    """``"CIAG:3,FULL-ES"`` -> ``(("CIAG", 3.0), ("FULL-ES", 1.0))``; raises ValueError naming the bad item."""
+    out = []
+    for item in text.split(","):
+        name, _, weight = item.strip().partition(":")
+        name = name.upper()
+        if name not in known:
+            raise ValueError(f"unknown protocol {name!r} in --protocol; known: {', '.join(known)}")
+        try:
+            w = float(weight) if weight else 1.0
+        except ValueError:
+            raise ValueError(f"protocol weight {weight!r} of {name} is not a number") from None
+        if not w > 0:
+            raise ValueError(f"protocol weight of {name} must be positive, got {weight}")
+        out.append((name, w))
+    return tuple(out)
+
+
+@dataclass
+class RequestRecord:
+    """One request. Times are seconds since the run started; ``latency_s`` counts from ``intended_s``."""
+
+    index: int
+    ue: str
+    protocol: str
+    warmup: bool
+    intended_s: float = 0.0
+    sent_s: float = 0.0
+    done_s: float = 0.0
+    latency_s: float = 0.0
+    status: str = "OK"
+    error: str = ""
+    es_seconds: float = 0.0
+    uplink_symbols: int = 0
+    downlink_symbols: int = 0
+    uplink_bytes: int = 0  # tensor payload + prompt text
+    downlink_bytes: int = 0
+
+
+class _Plan:
+    """The shared schedule: which request is next and when it is due (thread-safe)."""
+
+    def __init__(self, cfg: LoadConfig) -> None:
+        self.cfg = cfg
+        self.start = time.monotonic()
+        self.stop = threading.Event()
+        self._next = 0
+        self._lock = threading.Lock()
+        self._rng = random.Random(cfg.seed)
+        self._last_arrival = 0.0
+        self._measure_start: float | None = None  # the first measured request's intended time
+
+    def take(self) -> tuple[int, float] | None:
+        """The next request ``(index, intended send time since start)``, or None when the run is over."""
+        cfg = self.cfg
+        with self._lock:
+            k = self._next
+            if self.stop.is_set() or (cfg.requests is not None and k >= cfg.warmup + cfg.requests):
+                return None
+            if cfg.rate is not None:  # open loop: the k-th Poisson arrival
+                intended = self._last_arrival + self._rng.expovariate(cfg.rate)
+            else:
+                intended = time.monotonic() - self.start
+            if k >= cfg.warmup and cfg.duration_s is not None:
+                if self._measure_start is None:
+                    self._measure_start = intended
+                if intended > self._measure_start + cfg.duration_s:
+                    return None
+            self._last_arrival = intended
+            self._next += 1
+            return k, intended
+
+    def protocol(self, k: int) -> str:
+        names = [p for p, _ in self.cfg.protocols]
+        weights = [w for _, w in self.cfg.protocols]
+        return random.Random(self.cfg.seed * 1_000_003 + k).choices(names, weights)[0]
+
+
+def _stats(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    a = np.asarray(values)
+    out = {f"p{p:g}": float(np.percentile(a, p)) for p in PERCENTILES}
+    out.update(min=float(a.min()), mean=float(a.mean()), max=float(a.max()))
+    return {k: round(v, 4) for k, v in out.items()}
+
+
+def summarize(records: list[RequestRecord], cfg: LoadConfig, wall_s: float) -> dict[str, object]:
+    """The measured (non-warmup) requests' throughput, latency percentiles and errors, overall and per protocol."""
+    measured = [r for r in records if not r.warmup]
+
+    def block(rs: list[RequestRecord]) -> dict[str, object]:
+        ok = [r for r in rs if r.status == "OK"]
+        window = (max(r.done_s for r in rs) - min(r.intended_s for r in rs)) if rs else 0.0
+        return {
+            "requests": len(rs), "ok": len(ok), "errors": dict(Counter(r.status for r in rs if r.status != "OK")),
+            "window_s": round(window, 3),
+            "throughput_rps": round(len(ok) / window, 4) if window > 0 else 0.0,
+            "latency_s": _stats([r.latency_s for r in ok]),
+            "es_seconds": _stats([r.es_seconds for r in ok]),
+            "error_latency_s": _stats([r.latency_s for r in rs if r.status != "OK"]),
+        }
+
+    overall = block(measured)
+    per = {p: block([r for r in measured if r.protocol == p]) for p, _ in cfg.protocols}
+    ue_acc = {
+        "uplink": {"symbols": sum(r.uplink_symbols for r in measured), "bytes": sum(r.uplink_bytes for r in measured)},
+        "downlink": {"symbols": sum(r.downlink_symbols for r in measured),
+                     "bytes": sum(r.downlink_bytes for r in measured)},
+    }
+    return {"config": {**asdict(cfg), "mode": "open" if cfg.rate else "closed"}, "wall_s": round(wall_s, 3),
+            "warmup_requests": len(records) - len(measured), **overall, "per_protocol": per,
+            "ue_accounting": ue_acc}
+
+
+# --- the proxy's counters ------------------------------------------------------------------------------
+def proxy_stats(via: str, ue_prefix: str, timeout: float = 10.0) -> dict[str, dict[str, int]] | None:
+    """Sum of the proxy's ``GetStats`` counters per direction over the links of UEs named ``{ue_prefix}*``;
+    None when ``via`` is not a channel proxy (an ES directly)."""
+    from shared.pb import channel_pb2, channel_pb2_grpc
+
+    with grpc.insecure_channel(via) as ch:
+        try:
+            reply = channel_pb2_grpc.ChannelControlStub(ch).GetStats(channel_pb2.GetStatsRequest(), timeout=timeout)
+        except grpc.RpcError:
+            return None
+    keys = ("rpcs", "transmissions", "symbols", "payload_bytes", "message_bytes")
+    out = {d: dict.fromkeys(keys, 0) for d in ("uplink", "downlink")}
+    for e in reply.entries:
+        ue = e.link.partition("->")[0]
+        if e.direction in out and ue.startswith(ue_prefix) and ue[len(ue_prefix):].isdigit():
+            for k in keys:
+                out[e.direction][k] += int(getattr(e, k))
+    return out
+
+
+def _delta(after: dict[str, dict[str, int]], before: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+    return {d: {k: v - before[d][k] for k, v in after[d].items()} for d in after}
+
+
+# --- the run ---------------------------------------------------------------------------------------------
+Connect = Callable[[str], Any]  # ue id -> an EdgeClient
+
+
+def run_load(parts: Any, cfg: LoadConfig, connect: Connect, image_in: Any = None,
+             progress: TextIO | None = None) -> tuple[dict[str, object], list[RequestRecord]]:
+    """Run the load; returns ``(summary, records)``. ``connect(ue_id)`` makes one UE's EdgeClient."""
+    from shared.model_ops import Params
+    from ue_client.session import generate
+
+    before = proxy_stats(cfg.via, cfg.ue_id)
+    clients = [connect(f"{cfg.ue_id}{i}") for i in range(cfg.ues)]
+    plan = _Plan(cfg)
+    records: list[RequestRecord] = []
+    lock = threading.Lock()
+
+    def worker(i: int) -> None:
+        client = clients[i]
+        while (item := plan.take()) is not None:
+            k, intended = item
+            wait = plan.start + intended - time.monotonic()
+            if wait > 0 and plan.stop.wait(wait):
+                return
+            protocol = plan.protocol(k)
+            rec = RequestRecord(k, f"{cfg.ue_id}{i}", protocol, k < cfg.warmup, intended_s=intended)
+            rec.sent_s = time.monotonic() - plan.start
+            params = Params(seed=cfg.seed + k, steps=cfg.steps, guidance=cfg.guidance, fc=cfg.fc, strength=cfg.strength)
+            try:
+                result = generate(parts, client, cfg.prompts[k % len(cfg.prompts)], protocol=protocol, task=cfg.task,
+                                  params=params, image_in=image_in)
+                rec.es_seconds = result.es_seconds
+                rec.uplink_symbols, rec.downlink_symbols = result.uplink.symbols, result.downlink.symbols
+                rec.uplink_bytes = result.uplink.payload_bytes + result.uplink.text_bytes
+                rec.downlink_bytes = result.downlink.payload_bytes + result.downlink.text_bytes
+            except grpc.RpcError as exc:
+                rec.status, rec.error = exc.code().name, str(exc.details())  # type: ignore[attr-defined]
+            except Exception as exc:  # noqa: BLE001  (a client-side failure is a result too)
+                rec.status, rec.error = "CLIENT_ERROR", f"{type(exc).__name__}: {exc}"
+            rec.done_s = time.monotonic() - plan.start
+            rec.latency_s = rec.done_s - rec.intended_s
+            with lock:
+                records.append(rec)
+
+    ticker = _Ticker(records, lock, plan, cfg, progress) if progress is not None else None
+    threads = [threading.Thread(target=worker, args=(i,), name=f"ue{i}", daemon=True) for i in range(cfg.ues)]
+    try:
+        if ticker:
+            ticker.start()
+        for t in threads:
+            t.start()
+        for t in threads:
+            while t.is_alive():
+                t.join(0.5)
+    except KeyboardInterrupt:
+        plan.stop.set()
+        for t in threads:
+            t.join(cfg.timeout_s)
+    finally:
+        if ticker:
+            ticker.finish()
+        for c in clients:
+            c.close()
+    wall = time.monotonic() - plan.start
+    records.sort(key=lambda r: r.index)
+    summary = summarize(records, cfg, wall)
+    after = proxy_stats(cfg.via, cfg.ue_id)
+    summary["proxy"] = _delta(after, before) if before is not None and after is not None else None
+    return summary, records
+
+
+class _Ticker(threading.Thread):
+    """The live progress line: done, rps, p50/p99 so far, errors."""
+
+    def __init__(self, records: list[RequestRecord], lock: threading.Lock, plan: _Plan, cfg: LoadConfig,
+                 out: TextIO) -> None:
+        super().__init__(daemon=True)
+        self.records, self.lock, self.plan, self.cfg, self.out = records, lock, plan, cfg, out
+        self.done = threading.Event()
+        self.tty = out.isatty()
+
+    def line(self) -> str:
+        with self.lock:
+            rs = list(self.records)
+        t = time.monotonic() - self.plan.start
+        ok = [r.latency_s for r in rs if r.status == "OK" and not r.warmup]
+        errors = sum(r.status != "OK" for r in rs)
+        total = "" if self.cfg.requests is None else f"/{self.cfg.requests + self.cfg.warmup}"
+        lat = f"p50 {np.percentile(ok, 50):.2f}s p99 {np.percentile(ok, 99):.2f}s" if ok else "p50 - p99 -"
+        return f"[{t:6.1f}s] done {len(rs)}{total}  {len(rs) / t if t > 0 else 0:.2f} req/s  {lat}  errors {errors}"
+
+    def run(self) -> None:
+        every = 1.0 if self.tty else 5.0
+        while not self.done.wait(every):
+            self.out.write(("\r" + self.line()) if self.tty else self.line() + "\n")
+            self.out.flush()
+
+    def finish(self) -> None:
+        self.done.set()
+        self.join(2)
+        self.out.write(("\r" if self.tty else "") + self.line() + "\n")
+        self.out.flush()
+
+
+# --- files ----------------------------------------------------------------------------------------------
+def write_outputs(out: Path, summary: dict[str, object], records: list[RequestRecord]) -> list[Path]:
+    """``results.json``, ``requests.csv``, ``latency.png`` and ``timeline.png`` under ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / "results.json", out / "requests.csv"]
+    paths[0].write_text(json.dumps(summary, indent=2) + "\n")
+    with paths[1].open("w", newline="") as f:
+        w = csv.writer(f)
+        names = [fl.name for fl in fields(RequestRecord)]
+        w.writerow(names)
+        for r in records:
+            w.writerow([round(v, 6) if isinstance(v, float) else v for v in (getattr(r, n) for n in names)])
+    paths += plot(out, records)
+    return paths
+
+
+def plot(out: Path, records: list[RequestRecord]) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    measured = [r for r in records if not r.warmup]
+    ok = sorted(r.latency_s for r in measured if r.status == "OK")
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    if ok:
+        ax1.hist(ok, bins=min(50, max(5, len(ok) // 2)), color="#4c72b0")
+        ax2.plot(ok, np.arange(1, len(ok) + 1) / len(ok), color="#4c72b0")
+        for p in (50, 99):
+            v = float(np.percentile(ok, p))
+            ax2.axvline(v, ls="--", lw=0.8, color="#c44e52")
+            ax2.text(v, 0.05 + 0.1 * (p == 99), f" p{p} {v:.2f}s", fontsize=8, color="#c44e52")
+    ax1.set(xlabel="latency (s)", ylabel="requests", title="latency histogram (OK requests)")
+    ax2.set(xlabel="latency (s)", ylabel="fraction ≤", title="latency CDF", ylim=(0, 1.02))
+    fig.tight_layout()
+    fig.savefig(out / "latency.png", dpi=110)
+    plt.close(fig)
+
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(10, 5.5), sharex=True)
+    if measured:
+        end = max(r.done_s for r in measured)
+        bins = np.arange(0, end + 1.0, 1.0)
+        done_ok = [r.done_s for r in measured if r.status == "OK"]
+        done_err = [r.done_s for r in measured if r.status != "OK"]
+        ax1.hist([done_ok, done_err], bins=bins, stacked=True, color=["#4c72b0", "#c44e52"], label=["OK", "error"])
+        ax1.legend(fontsize=8)
+        ax2.scatter([r.done_s for r in measured if r.status == "OK"], [r.latency_s for r in measured if r.status == "OK"],
+                    s=6, color="#4c72b0", label="OK")
+        if done_err:
+            ax2.scatter(done_err, [r.latency_s for r in measured if r.status != "OK"], s=6, color="#c44e52",
+                        label="error")
+        ax2.legend(fontsize=8)
+    ax1.set(ylabel="completed / s", title="throughput and latency over time")
+    ax2.set(xlabel="time since start (s)", ylabel="latency (s)")
+    fig.tight_layout()
+    fig.savefig(out / "timeline.png", dpi=110)
+    plt.close(fig)
+    return [out / "latency.png", out / "timeline.png"]
+
+
+def format_summary(summary: dict[str, object]) -> str:
+    lat = summary["latency_s"] or {}
+    lines = [
+        (f"{summary['requests']} requests ({summary['ok']} OK) in {summary['window_s']:.1f}s: "
+         f"{summary['throughput_rps']:.2f} req/s"),
+        "latency " + "  ".join(f"{k} {v:.3f}s" for k, v in lat.items() if k != "min"),  # type: ignore[union-attr]
+    ]
+    if summary["errors"]:
+        lines.append("errors  " + ", ".join(f"{k} {v}" for k, v in summary["errors"].items()))  # type: ignore[union-attr]
+    for p, s in summary["per_protocol"].items():  # type: ignore[union-attr]
+        pl = s["latency_s"] or {}
+        lines.append(f"  {p:8s} {s['ok']:>5d}/{s['requests']:<5d} {s['throughput_rps']:.2f} req/s  "
+                     f"p50 {pl.get('p50', float('nan')):.3f}s p99 {pl.get('p99', float('nan')):.3f}s")
+    proxy = summary.get("proxy")
+    if proxy:
+        for d, c in proxy.items():  # type: ignore[union-attr]
+            lines.append(f"  proxy {d:8s} {c['transmissions']:>7,d} tx {c['symbols']:>12,d} symbols "
+                         f"{c['message_bytes']:>12,d} B")
+    else:
+        lines.append("  (no proxy stats: --via is not a channel proxy)")
+    return "\n".join(lines)
+
+
+# --- the CLI ------------------------------------------------------------------------------------------------
+def add_load_parser(sub: Any, model_flags: Callable[[argparse.ArgumentParser], None]) -> None:
+    """Register ``meg-ue load`` on the subparsers ``sub`` (``model_flags`` adds the shared model flags)."""
+    p = sub.add_parser("load", help="load-test: N virtual UEs against an ES through the proxy; latency percentiles, "
+                                    "throughput, plots")
+    p.add_argument("--via", required=True, help="HOST:PORT of the channel proxy (or an ES directly)")
+    p.add_argument("--ues", type=int, required=True, help="virtual UEs (each its own link: UE ids {--ue-id}0..N-1)")
+    stop = p.add_mutually_exclusive_group(required=True)
+    stop.add_argument("--requests", type=int, help="measured requests in all (after --warmup)")
+    stop.add_argument("--duration", type=float, help="seconds to send for (after --warmup)")
+    p.add_argument("--rate", type=float, help="open loop: Poisson arrivals per second over all UEs; latency counts "
+                                              "from the intended send time (default: closed loop)")
+    p.add_argument("--protocol", default="FULL-ES", help="P[:WEIGHT],... mix of protocols (default FULL-ES)")
+    p.add_argument("--warmup", type=int, default=0, help="requests sent first and left out of the statistics")
+    p.add_argument("--prompt", action="append", help="prompt (repeat; default: a built-in list the UEs cycle)")
+    p.add_argument("--out", required=True, help="folder for results.json, requests.csv, latency.png, timeline.png")
+    model_flags(p)
+
+
+def run_cli(args: argparse.Namespace, load_model: Callable[[argparse.Namespace], tuple[Any, Any]],
+            connect: Callable[[Any, str], Any]) -> int:
+    """``meg-ue load``: ``load_model(args) -> (parts, image_in)``; ``connect(parts, ue_id) -> EdgeClient``."""
+    from shared.protocols import PROTOCOLS, check_prompt
+
+    cfg = LoadConfig(
+        via=args.via, ues=args.ues, requests=args.requests, duration_s=args.duration, rate=args.rate,
+        protocols=parse_protocols(args.protocol, PROTOCOLS), task=args.task, steps=args.steps, fc=args.fc,
+        guidance=args.guidance, strength=args.strength, warmup=args.warmup, seed=args.seed, timeout_s=args.timeout,
+        ue_id=args.ue_id, prompts=tuple(check_prompt(p) for p in args.prompt) if args.prompt else DEFAULT_PROMPTS,
+    )
+    parts, image_in = load_model(args)
+    summary, records = run_load(parts, cfg, lambda ue: connect(parts, ue), image_in, progress=sys.stderr)
+    paths = write_outputs(Path(args.out), summary, records)
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(format_summary(summary))
+        print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
