@@ -121,5 +121,6 @@ def unsupported_rate_message(fc: float, rates: Sequence[float]) -> str:
     """What the ES says when a request asks for a seed codec rate ``fc`` the model does not ship
     (``rates``: Describe's ``codec_fc``). For the RunSegment check, only where a seed is sent."""
     have = ", ".join(f"{r:g}" for r in sorted(rates))
-    alternatives = f"fc=1 (raw latent) or one of {have}" if have else "fc=1 (raw latent); it ships no seed codec"
-    return f"this model ships no seed codec for fc={fc:g}; use {alternatives}"
+    if not have:
+        return f"this model ships no seed codec at all (asked for fc={fc:g}); use fc=1 (raw latent)"
+    return f"this model ships no seed codec for fc={fc:g}; use fc=1 (raw latent) or one of {have}"
