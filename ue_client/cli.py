@@ -5,12 +5,41 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
 
+from shared.grpc_util import run_cli, target
 from shared.protocols import PROTOCOLS, TASKS, check_prompt
+from shared.security import UE_TOKEN_ENV, add_tls_flags, describe_auth_error, read_token, tls_from_args
+
+#: Largest ``--steps`` the ES accepts (edge_server.servicer.MAX_STEPS).
+MAX_STEPS = 500
+
+
+def _number(kind: type, lo: float, hi: float, what: str) -> Callable[[str], object]:
+    """An argparse type: a ``kind`` number in ``[lo, hi]``, else a usage error saying ``what`` is allowed."""
+    def parse(text: str) -> object:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number; {what}") from None
+        if not (isinstance(value, int) or math.isfinite(value)) or not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"{text} is out of range; {what}")
+        return value
+
+    return parse
+
+
+STEPS = _number(int, 0, MAX_STEPS, f"steps is 0 (the model's default) or 1 to {MAX_STEPS}")
+SEED = _number(int, 0, 2**64 - 1, "the seed is a whole number from 0 to 2^64-1")
+GUIDANCE = _number(float, 0, 50, "guidance is 0 (the model's default) to 50")
+FC = _number(float, 0, 1, "fc is a compression rate in (0, 1]; 0 = 1, the raw latent")
+STRENGTH = _number(float, 0, 1, "strength is in [0, 1]; 0 = the default 0.6")
+TIMEOUT = _number(float, 0.001, 86400, "the timeout is a positive number of seconds")
 
 
 def _params(args: argparse.Namespace) -> object:
@@ -31,9 +60,30 @@ def _load(args: argparse.Namespace) -> tuple[object, object]:
 def _client(args: argparse.Namespace, parts: object) -> object:
     from ue_client.edge_client import EdgeClient, check_geometry
 
-    client = EdgeClient(args.via, timeout_s=args.timeout, ue_id=args.ue_id, es_name=args.es)
-    check_geometry(parts, client.describe())  # type: ignore[arg-type]
+    client = EdgeClient(args.via, timeout_s=args.timeout, ue_id=args.ue_id, es_name=args.es, tls=tls_from_args(args),
+                        token=read_token(getattr(args, "token_file", None), UE_TOKEN_ENV))
+    remote = client.describe()
+    check_geometry(parts, remote)  # type: ignore[arg-type]
+    _check_fc(args, remote)
     return client
+
+
+def _sends_seed(protocol: str, task: str) -> bool:
+    from shared.geometry import SEED_KEYS
+
+    stages = PROTOCOLS[protocol].stages.get(task, ())  # type: ignore[arg-type]
+    return any(k in SEED_KEYS for st in stages for k in (*st.inputs, *st.outputs))
+
+
+def _check_fc(args: argparse.Namespace, remote: object) -> None:
+    """``--fc`` must be a rate the ES ships a codec for, where the protocol sends a seed (FULL-ES sends none)."""
+    from shared.air import unsupported_rate_message
+
+    fc = round(float(args.fc or 1.0), 4)
+    rates = [round(float(r), 4) for r in getattr(remote, "codec_fc", [])]
+    protocols = [args.protocol] if getattr(args, "protocol", None) else list(PROTOCOLS)
+    if fc != 1.0 and fc not in rates and any(_sends_seed(p, args.task) for p in protocols if p in PROTOCOLS):
+        raise ValueError(unsupported_rate_message(fc, rates))
 
 
 def _describe_link(acc: object) -> str:
@@ -126,15 +176,22 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
     p.add_argument("--task", default=None, choices=list(TASKS), help="default: img2img with --image, else txt2img")
     p.add_argument("--image", help="input image for text-guided img2img")
-    p.add_argument("--strength", type=float, default=0.0, help="img2img strength (0 = default 0.6)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=0, help="ES DDIM steps (0 = the model's default)")
-    p.add_argument("--guidance", type=float, default=0.0, help="guidance scale (0 = the model's default)")
-    p.add_argument("--fc", type=float, default=0.0, help="seed compression rate (0 = 1: raw latent)")
-    p.add_argument("--timeout", type=float, default=120.0, help="deadline of the whole generation, seconds")
+    p.add_argument("--strength", type=STRENGTH, default=0.0, help="img2img strength (0 = default 0.6)")
+    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--steps", type=STEPS, default=0, help=f"ES DDIM steps, up to {MAX_STEPS} (0 = the model's default)")
+    p.add_argument("--guidance", type=GUIDANCE, default=0.0, help="guidance scale (0 = the model's default)")
+    p.add_argument("--fc", type=FC, default=0.0, help="seed compression rate (0 = 1: raw latent; others: see the "
+                                                      "ES's codec rates)")
+    p.add_argument("--timeout", type=TIMEOUT, default=120.0, help="deadline of the whole generation, seconds")
     p.add_argument("--ue-id", default="ue", help="this UE's name on the channel proxy (its link is UE->ES)")
     p.add_argument("--es", help="which edge server behind the proxy (by name; default its first)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _connection_flags(p: argparse.ArgumentParser) -> None:
+    """TLS and the bearer token towards the proxy / ES."""
+    add_tls_flags(p, server=False)
+    p.add_argument("--token-file", help=f"bearer token for the edge service (default: ${UE_TOKEN_ENV})")
 
 
 def _load_test(args: argparse.Namespace) -> int:
@@ -152,10 +209,11 @@ def main(argv: list[str] | None = None) -> int:
     gen = sub.add_parser("generate", help="generate one image with a protocol")
     gen.add_argument("prompt")
     gen.add_argument("--protocol", default="CIAG", type=str.upper, choices=list(PROTOCOLS))
-    gen.add_argument("--via", help="HOST:PORT of the channel proxy (or of the ES directly); not for FULL-UE")
+    gen.add_argument("--via", type=target, help="HOST:PORT of the channel proxy (or of the ES directly); not for FULL-UE")
     gen.add_argument("--out", default="meg.png", help="PNG to write (default meg.png)")
     gen.add_argument("--save-sketch", help="ESUC: also write the received sketch here")
     _model_flags(gen)
+    _connection_flags(gen)
     ovh = sub.add_parser("overhead", help="symbols each protocol sends, without generating anything")
     src = ovh.add_mutually_exclusive_group()
     src.add_argument("--model", help="a StableDiffusionPipeline folder (default: embedded meg-tiny)")
@@ -164,10 +222,11 @@ def main(argv: list[str] | None = None) -> int:
     ovh.add_argument("--json", action="store_true")
     cmp_ = sub.add_parser("compare", help="run every single-ES protocol on one prompt; write a panel and a table")
     cmp_.add_argument("prompt")
-    cmp_.add_argument("--via", required=True, help="HOST:PORT of the channel proxy")
+    cmp_.add_argument("--via", required=True, type=target, help="HOST:PORT of the channel proxy")
     cmp_.add_argument("--snr-db", type=float, help="set this UE's link to AWGN at this SNR both ways first")
     cmp_.add_argument("--out", required=True, help="folder for panel.png, the images and overhead.json")
     _model_flags(cmp_)
+    _connection_flags(cmp_)
     sub.add_parser("eval", help="PSNR/FID vs SNR per scheme (paper 2, Figs. 6-9); see eval --help", add_help=False)
     from ue_client.load import add_load_parser
 
@@ -181,18 +240,24 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if getattr(args, "task", "x") is None:
         args.task = "img2img" if args.image else "txt2img"
-    try:
-        return {"generate": _generate, "overhead": _overhead, "compare": _compare, "load": _load_test}[args.command](args)
-    except grpc.RpcError as exc:
-        code, details = exc.code(), exc.details()  # type: ignore[attr-defined]
-        if code == grpc.StatusCode.UNAVAILABLE:
-            print(f"meg-ue: error: cannot reach the edge server at {args.via}: {details}", file=sys.stderr)
-        else:
-            print(f"meg-ue: error: {code.name}: {details}", file=sys.stderr)
-        return 1
-    except (ValueError, RuntimeError, OSError, KeyError) as exc:
-        print(f"meg-ue: error: {exc}", file=sys.stderr)
-        return 1
+    if getattr(args, "task", None) == "img2img" and not args.image:
+        parser.error("--task img2img edits a picture: give it with --image PNG")
+
+    def describe(exc: BaseException) -> str | None:
+        if isinstance(exc, grpc.RpcError):
+            auth = describe_auth_error(exc)
+            if auth:
+                return auth
+            code, details = exc.code(), exc.details()  # type: ignore[attr-defined]
+            if code == grpc.StatusCode.UNAVAILABLE:
+                return f"cannot reach the edge server at {args.via}: {details}"
+            return f"{code.name}: {details}"
+        if isinstance(exc, (ValueError, RuntimeError, OSError, KeyError)):
+            return str(exc)
+        return None
+
+    return run_cli("meg-ue", lambda: {"generate": _generate, "overhead": _overhead, "compare": _compare, "load": _load_test}[args.command](args),
+                   describe)
 
 
 if __name__ == "__main__":
