@@ -1,0 +1,211 @@
+"""Trust, as grpc's own auth examples test it: mutual TLS on every hop and bearer tokens (a UE token for the
+edge service, a separate admin token for the proxy's ChannelControl). Certificates are made at test time by
+scripts/make-dev-certs.sh (no keys in git); the servers are real (in-process grpc.aio, and processes)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from shared.model_ops import Params
+from shared.pb import channel_pb2, channel_pb2_grpc, edge_pb2, edge_pb2_grpc
+from shared.security import TlsFiles, describe_auth_error, secure_channel
+from tests.conftest import BackgroundLoop
+from tests.processes import script
+from ue_client.edge_client import EdgeClient
+from ue_client.session import generate
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _certs(out: Path) -> Path:
+    subprocess.run(["bash", str(ROOT / "scripts" / "make-dev-certs.sh"), str(out)], check=True, capture_output=True, timeout=60)
+    return out
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(the deployment's certificates, another CA's certificates)."""
+    return _certs(tmp_path_factory.mktemp("pki") / "good"), _certs(tmp_path_factory.mktemp("pki") / "evil")
+
+
+def _tls(d: Path, role: str, ca: Path | None = None) -> TlsFiles:
+    return TlsFiles(str(d / f"{role}.pem"), str(d / f"{role}.key"), str((ca or d) / "ca.pem"))
+
+
+@dataclass
+class SecureStack:
+    es: str
+    proxy: str
+    ue_token: str
+    admin_token: str
+    parts: object
+
+
+@pytest.fixture(scope="module")
+def secure_stack(pki: tuple[Path, Path], random_model_dir: Path) -> Iterator[SecureStack]:
+    """ES (mTLS, UE token) <- proxy (mTLS both sides, UE token + admin token), in this process."""
+    from channel_emulator.link import LinkTable
+    from channel_emulator.proxy import create_proxy
+    from edge_server.server import create_server
+    from edge_server.settings import EdgeSettings
+    from shared.channel import IDEAL, load_profiles
+    from shared.model_ops import ModelParts
+
+    good, _ = pki
+    ue_token, admin_token = (good / "ue.token").read_text().strip(), (good / "admin.token").read_text().strip()
+    parts = ModelParts.load(str(random_model_dir), "cpu")
+    bg = BackgroundLoop()
+    es, es_port, _ = bg.run(create_server(EdgeSettings(  # type: ignore[misc]
+        listen="127.0.0.1:0", tls_cert=str(good / "edge.pem"), tls_key=str(good / "edge.key"), tls_ca=str(good / "ca.pem"),
+        token_file=str(good / "ue.token")), parts))
+    proxy, port, _ = bg.run(create_proxy(  # type: ignore[misc]
+        "127.0.0.1:0", {"es0": f"127.0.0.1:{es_port}"}, LinkTable(load_profiles(None), IDEAL, IDEAL),
+        tls=_tls(good, "channel"), upstream_tls=_tls(good, "channel"), ue_token=ue_token, admin_token=admin_token))
+    try:
+        yield SecureStack(f"127.0.0.1:{es_port}", f"127.0.0.1:{port}", ue_token, admin_token, parts)
+    finally:
+        bg.run(proxy.stop(0))
+        bg.run(es.stop(0))
+        bg.close()
+
+
+def _describe(target: str, tls: TlsFiles | None, token: str | None) -> edge_pb2.DescribeResponse:
+    with secure_channel(target, tls, token) as ch:
+        return edge_pb2_grpc.EdgeServiceStub(ch).Describe(edge_pb2.DescribeRequest(), timeout=10)
+
+
+def _fails(target: str, tls: TlsFiles | None, token: str | None) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as err:
+        _describe(target, tls, token)
+    return err.value
+
+
+def test_mutual_tls_and_tokens_end_to_end(secure_stack: SecureStack, pki: tuple[Path, Path]) -> None:
+    good, _ = pki
+    with EdgeClient(secure_stack.proxy, timeout_s=60, tls=_tls(good, "ue"), token=secure_stack.ue_token) as client:
+        result = generate(secure_stack.parts, client, "a red circle", "CIAG", params=Params(seed=1, steps=2))  # type: ignore[arg-type]
+    assert result.image.shape == (1, 3, 32, 32)
+    assert _describe(secure_stack.es, _tls(good, "ue"), secure_stack.ue_token).protocols  # the ES directly
+    with secure_channel(secure_stack.proxy, _tls(good, "ue"), secure_stack.admin_token) as ch:
+        stats = channel_pb2_grpc.ChannelControlStub(ch).GetStats(channel_pb2.GetStatsRequest(), timeout=10)
+    assert any(e.link == "ue->es0" and e.rpcs >= 1 for e in stats.entries)
+
+
+@pytest.mark.parametrize("hop", ["proxy", "es"])
+def test_plaintext_client_against_tls_server_fails(secure_stack: SecureStack, hop: str) -> None:
+    err = _fails(getattr(secure_stack, hop), None, secure_stack.ue_token)
+    assert err.code() == grpc.StatusCode.UNAVAILABLE
+
+
+@pytest.mark.parametrize("hop", ["proxy", "es"])
+def test_wrong_ca_fails(secure_stack: SecureStack, pki: tuple[Path, Path], hop: str) -> None:
+    good, evil = pki
+    target = getattr(secure_stack, hop)
+    # the client trusts another CA: the server's certificate does not verify
+    err = _fails(target, _tls(good, "ue", ca=evil), secure_stack.ue_token)
+    assert err.code() == grpc.StatusCode.UNAVAILABLE
+    assert describe_auth_error(err) is not None and "TLS" in describe_auth_error(err)  # type: ignore[operator]
+    # the client's certificate comes from another CA, or there is none: the server refuses it
+    assert _fails(target, _tls(evil, "ue", ca=good), secure_stack.ue_token).code() == grpc.StatusCode.UNAVAILABLE
+    no_cert = TlsFiles(ca=str(good / "ca.pem"))
+    assert _fails(target, no_cert, secure_stack.ue_token).code() == grpc.StatusCode.UNAVAILABLE
+
+
+@pytest.mark.parametrize("hop", ["proxy", "es"])
+def test_missing_or_wrong_token_is_unauthenticated(secure_stack: SecureStack, pki: tuple[Path, Path], hop: str) -> None:
+    good, _ = pki
+    target = getattr(secure_stack, hop)
+    for token in (None, "not-the-token", secure_stack.admin_token):
+        err = _fails(target, _tls(good, "ue"), token)
+        assert err.code() == grpc.StatusCode.UNAUTHENTICATED, (token, err.details())
+    # health stays open (orchestrators probe it without a token)
+    with secure_channel(target, _tls(good, "ue")) as ch:
+        status = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=10).status
+    assert status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_control_service_refuses_the_ue_token(secure_stack: SecureStack, pki: tuple[Path, Path]) -> None:
+    good, _ = pki
+    for token in (secure_stack.ue_token, None, "guess"):
+        with secure_channel(secure_stack.proxy, _tls(good, "ue"), token) as ch:
+            with pytest.raises(grpc.RpcError) as err:
+                channel_pb2_grpc.ChannelControlStub(ch).SetChannel(
+                    channel_pb2.SetChannelRequest(direction="both", profile="awgn-0"), timeout=10)
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_clis_say_one_line_when_not_trusted(secure_stack: SecureStack, pki: tuple[Path, Path], random_model_dir: Path) -> None:
+    good, evil = pki
+    tls = ["--tls-ca", str(good / "ca.pem"), "--tls-cert", str(good / "ue.pem"), "--tls-key", str(good / "ue.key")]
+    env = {k: v for k, v in os.environ.items() if k not in ("MEG_TOKEN", "MEG_ADMIN_TOKEN")}
+    r = subprocess.run([script("meg-channel"), "stats", "--via", secure_stack.proxy, *tls, "--admin-token-file", str(good / "ue.token")],
+                       capture_output=True, text=True, timeout=60, env=env)
+    assert r.returncode == 1 and "not authenticated" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    r = subprocess.run([script("meg-channel"), "stats", "--via", secure_stack.proxy, *tls, "--json"],
+                       capture_output=True, text=True, timeout=60, env={**env, "MEG_ADMIN_TOKEN": secure_stack.admin_token})
+    assert r.returncode == 0 and '"entries"' in r.stdout, r.stderr
+    r = subprocess.run([script("meg-channel"), "stats", "--via", secure_stack.proxy, "--tls-ca", str(evil / "ca.pem")],
+                       capture_output=True, text=True, timeout=60, env=env)
+    assert r.returncode == 1 and "TLS handshake failed" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    r = subprocess.run([script("meg-ue"), "generate", "a red circle", "--via", secure_stack.proxy, *tls, "--model", str(random_model_dir),
+                        "--steps", "2", "--out", str(good / "x.png")], capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 1 and "not authenticated" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def _start(argv: list[str]) -> tuple[subprocess.Popen, int]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    assert proc.stdout is not None
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        m = re.search(r"listening on port (\d+)", line)
+        if m:
+            return proc, int(m.group(1))
+    raise RuntimeError("".join(lines))
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def test_every_hop_over_mtls_with_the_real_daemons(pki: tuple[Path, Path], random_model_dir: Path, tmp_path: Path) -> None:
+    good, _ = pki
+    procs: list[subprocess.Popen] = []
+    try:
+        es, es_port = _start([script("meg-edge"), "serve", "--listen", "127.0.0.1:0", "--model", str(random_model_dir), "--device", "cpu",
+                              "--tls-cert", str(good / "edge.pem"), "--tls-key", str(good / "edge.key"), "--tls-ca", str(good / "ca.pem"),
+                              "--token-file", str(good / "ue.token")])
+        procs.append(es)
+        proxy, port = _start([script("meg-channel"), "serve", "--listen", "127.0.0.1:0", "--upstream", f"127.0.0.1:{es_port}",
+                              "--tls-cert", str(good / "channel.pem"), "--tls-key", str(good / "channel.key"),
+                              "--tls-ca", str(good / "ca.pem"), "--token-file", str(good / "ue.token"),
+                              "--admin-token-file", str(good / "admin.token")])
+        procs.append(proxy)
+        tls = ["--tls-ca", str(good / "ca.pem"), "--tls-cert", str(good / "ue.pem"), "--tls-key", str(good / "ue.key")]
+        r = subprocess.run([script("meg-ue"), "generate", "a red circle", "--via", f"127.0.0.1:{port}", *tls,
+                            "--token-file", str(good / "ue.token"), "--model", str(random_model_dir), "--steps", "2",
+                            "--out", str(tmp_path / "x.png"), "--json"], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        r = subprocess.run([script("meg-channel"), "show", "--via", f"127.0.0.1:{port}", *tls,
+                            "--admin-token-file", str(good / "admin.token")], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0 and "ue->es0" in r.stdout, r.stderr
+    finally:
+        for p in reversed(procs):
+            _stop(p)
