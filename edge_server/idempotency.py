@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
@@ -29,6 +30,7 @@ from typing import Generic, TypeVar
 from shared.pb import edge_pb2
 
 T = TypeVar("T")
+log = logging.getLogger("meg.edge.idempotency")
 
 
 class IdempotencyConflict(ValueError):
@@ -106,6 +108,8 @@ class ResultCache(Generic[T]):
                 self.hits += 1
             return await asyncio.shield(entry.task)
         self.runs += 1
+        # one line per computation actually started (tests/test_faults.py counts them per request)
+        log.info("run %s", " ".join(map(str, key)) if isinstance(key, tuple) else key)
         task: asyncio.Task[T] = asyncio.ensure_future(compute())
         entry = _Entry(fp, task)
         self._entries[key] = entry
