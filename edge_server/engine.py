@@ -9,6 +9,11 @@ The unit of work is one DDIM step. Every loop iteration the engine
    (:func:`shared.denoise.step`: per-request schedulers, per-sample timesteps, guidance = 2 rows),
 4. hands each request whose own schedule has ended its latent and lets it leave.
 
+Between steps the same thread also runs the cheap parts batched (:meth:`Engine.run_batched`): the VAE
+decodes of every request that finished together go through the decoder as one batch
+(:func:`batched_parts` gives the servicer's :class:`~shared.model_ops.ModelOps` a view of the model whose
+VAE decodes this way). One thread runs all model work, so worker threads never oversubscribe the cores.
+
 So requests with different step counts, strengths, tasks and arrival times share UNet calls, and the
 result of each equals running it alone (:func:`shared.denoise.denoise_alone`) to float tolerance.
 
@@ -19,6 +24,7 @@ whole calls) and Triton's dynamic batcher; this batches *steps*, as LLM servers 
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 import time
@@ -30,7 +36,7 @@ from typing import Protocol
 import torch
 
 from shared.denoise import DenoiseModel, DenoiseState, start, step
-from shared.model_ops import DeadlineExceeded, DenoiseJob
+from shared.model_ops import DeadlineExceeded, DenoiseJob, ModelParts
 
 log = logging.getLogger("meg.edge.engine")
 
@@ -72,6 +78,16 @@ class _Pending:
         return None
 
 
+class _SideCall:
+    """One call of a cheap part (e.g. the VAE decoder) waiting to be batched with others like it."""
+
+    __slots__ = ("fn", "future", "name", "x")
+
+    def __init__(self, name: str, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> None:
+        self.name, self.fn, self.x = name, fn, x
+        self.future: Future[torch.Tensor] = Future()
+
+
 class Engine:
     """Owns the queue and the UNet loop for one :class:`~shared.denoise.DenoiseModel` (one thread)."""
 
@@ -91,6 +107,7 @@ class Engine:
         self._cond = threading.Condition()
         self._waiting: deque[_Pending] = deque()
         self._running: list[DenoiseState] = []
+        self._side: list[_SideCall] = []
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="meg-engine", daemon=True)
         self._thread.start()
@@ -118,6 +135,18 @@ class Engine:
             self._cond.notify()
         return pending.future.result()
 
+    def run_batched(self, name: str, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """Run ``fn(x)`` on the engine thread, batched with the other calls named ``name`` whose ``x`` has the
+        same shape past dim 0 and that arrive before its next step: ``fn(cat(xs)).split(...)``. ``fn`` must
+        treat samples independently. Blocks; thread-safe."""
+        call = _SideCall(name, fn, x)
+        with self._cond:
+            if self._closed:
+                raise EngineClosed("the edge server is shutting down")
+            self._side.append(call)
+            self._cond.notify()
+        return call.future.result()
+
     def depth(self) -> tuple[int, int]:
         """``(queued, running)`` now."""
         with self._cond:
@@ -137,7 +166,7 @@ class Engine:
 
     def _admit(self) -> list[_Pending]:
         """Under the lock: wait for work, prune the queue, take the oldest requests that fit."""
-        while not self._closed and not self._waiting and not self._running:
+        while not self._closed and not self._waiting and not self._running and not self._side:
             self._cond.wait()
         if self._closed:
             return []
@@ -157,6 +186,8 @@ class Engine:
             with self._cond:
                 taken = self._admit()
                 closed = self._closed
+                side, self._side = self._side, []
+            self._run_side(side)
             if closed:
                 self._fail_all()
                 return
@@ -180,6 +211,20 @@ class Engine:
                     failed, self._running = self._running, []
                 for s in failed:
                     _pending(s).future.set_exception(exc)
+
+    @torch.no_grad()
+    def _run_side(self, calls: list[_SideCall]) -> None:
+        groups: dict[tuple[object, ...], list[_SideCall]] = {}
+        for c in calls:
+            groups.setdefault((c.name, tuple(c.x.shape[1:]), c.x.dtype), []).append(c)
+        for group in groups.values():
+            try:
+                y = group[0].fn(torch.cat([c.x for c in group]))
+                for c, part in zip(group, y.split([c.x.shape[0] for c in group]), strict=True):
+                    c.future.set_result(part)
+            except Exception as exc:  # noqa: BLE001  (the callers get the error)
+                for c in group:
+                    c.future.set_exception(exc)
 
     def _step_all(self) -> None:
         now = time.monotonic()
@@ -216,15 +261,54 @@ class Engine:
 
     def _fail_all(self) -> None:
         with self._cond:
-            pending = [*self._waiting, *(_pending(s) for s in self._running)]
+            futures = [p.future for p in (*self._waiting, *(_pending(s) for s in self._running))]
+            futures += [c.future for c in self._side]
             self._waiting.clear()
             self._running = []
-        for p in pending:
-            if not p.future.done():
-                p.future.set_exception(EngineClosed("the edge server is shutting down"))
+            self._side = []
+        for f in futures:
+            if not f.done():
+                f.set_exception(EngineClosed("the edge server is shutting down"))
 
 
 def _pending(state: DenoiseState) -> _Pending:
     p = state.tags["pending"]
     assert isinstance(p, _Pending)
     return p
+
+
+class _BatchedVAE:
+    """The model's VAE, except that ``decode`` goes through :meth:`Engine.run_batched`."""
+
+    def __init__(self, vae: torch.nn.Module, engine: Engine) -> None:
+        self._vae = vae
+        self._engine = engine
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._vae, name)
+
+    def decode(self, z: torch.Tensor, return_dict: bool = True) -> object:
+        from diffusers.models.autoencoders.vae import DecoderOutput
+
+        sample = self._engine.run_batched("vae.decode", lambda x: self._vae.decode(x).sample, z)
+        return DecoderOutput(sample=sample) if return_dict else (sample,)
+
+
+class _PipelineView:
+    """A pipeline whose ``vae`` is batched; everything else is the pipeline's own."""
+
+    def __init__(self, pipe: object, vae: _BatchedVAE) -> None:
+        self._pipe = pipe
+        self.vae = vae
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._pipe, name)
+
+
+def batched_parts(parts: ModelParts, engine: Engine) -> ModelParts:
+    """A view of ``parts`` (same modules, codecs and prompt cache) whose VAE decoder runs batched on
+    ``engine``'s thread: what the ES's per-request :class:`~shared.model_ops.ModelOps` work on."""
+    parts.uncond()  # cache it in the shared object first
+    view = copy.copy(parts)
+    view.pipe = _PipelineView(parts.pipe, _BatchedVAE(parts.pipe.vae, engine))  # type: ignore[assignment]
+    return view

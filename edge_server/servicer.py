@@ -12,7 +12,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import grpc
 import torch
 
-from edge_server.engine import Cancelled, Engine, EngineClosed, QueueFull
+from edge_server.engine import Cancelled, Engine, EngineClosed, QueueFull, batched_parts
 from edge_server.metrics import EdgeMetrics
 from edge_server.power_control import PowerControl
 from edge_server.settings import EdgeSettings
@@ -88,6 +88,7 @@ class EdgeServicer(edge_pb2_grpc.EdgeServiceServicer):
         self.metrics = metrics or EdgeMetrics()
         max_batch = settings.max_concurrency or settings.max_batch  # max_concurrency: the old name
         self.engine = Engine(DenoiseModel.from_parts(parts), max_batch, settings.max_queue, self.metrics)
+        self.ops_parts = batched_parts(parts, self.engine)  # the requests' VAE decodes batch on the engine too
         #: admitted RunSegment calls (a thread each) until their work ends; beyond it RESOURCE_EXHAUSTED
         self.capacity = max_batch + settings.max_queue
         self._pool = ThreadPoolExecutor(self.capacity, thread_name_prefix="meg-segment")
@@ -211,7 +212,7 @@ class EdgeServicer(edge_pb2_grpc.EdgeServiceServicer):
             denoised[0] += 1
             return latent
 
-        ops = ModelOps(self.parts, params, time.monotonic() + budget, denoiser=denoise)
+        ops = ModelOps(self.ops_parts, params, time.monotonic() + budget, denoiser=denoise)
         started = time.perf_counter()
         work: Future[dict[str, object]] = self._pool.submit(run_segment, segment, workspace, ops)
         work.add_done_callback(self._release)

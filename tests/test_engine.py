@@ -257,3 +257,40 @@ def test_rpc_admission_and_cancellation(small_es: tuple[str, object]) -> None:
     assert metrics.requests.labels("FULL-ES", "CANCELLED")._value.get() == 2
     assert metrics.requests.labels("FULL-ES", "RESOURCE_EXHAUSTED")._value.get() == 1
     assert metrics.images.labels("FULL-ES")._value.get() == 1
+
+
+def test_vae_decodes_batch_on_the_engine_and_equal_one_by_one(parts: ModelParts, model: DenoiseModel) -> None:
+    from edge_server.engine import batched_parts
+
+    engine = Engine(model, max_batch=2, max_queue=2)
+    view = batched_parts(parts, engine)
+    vae = parts.pipe.vae
+    sizes: list[int] = []
+    decode = view.pipe.vae.decode
+
+    def counting(x: torch.Tensor) -> torch.Tensor:
+        sizes.append(x.shape[0])
+        return vae.decode(x).sample
+
+    zs = [torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(i)) for i in range(8)]
+    out: dict[int, torch.Tensor] = {}
+    busy = threading.Thread(target=engine.submit, args=(DenoiseJob(cond=parts.embed("x"), steps=60, guidance=7.5),))
+    try:
+        busy.start()  # calls that arrive during a UNet step wait for the next gap and go together
+        threads = [threading.Thread(target=lambda i=i: out.__setitem__(i, engine.run_batched("vae", counting, zs[i])))
+                   for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        busy.join(60)
+        via_view = decode(zs[0]).sample  # what ModelOps.op_decode calls on the view
+    finally:
+        engine.close()
+    assert sum(sizes) == 8 and max(sizes) > 1, sizes
+    with torch.no_grad():
+        for i, z in enumerate(zs):
+            torch.testing.assert_close(out[i], vae.decode(z).sample, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(via_view, vae.decode(zs[0]).sample, rtol=1e-4, atol=1e-5)
+    ops = ModelOps(view, Params())
+    assert ops.parts.geometry == parts.geometry and ops.parts.pipe.unet is parts.pipe.unet

@@ -1,0 +1,203 @@
+"""Serving throughput of one ES under many UEs, side by side in one run (issue 10, DESIGN.md §7).
+
+Arms, all meg-tiny txt2img at 25 DDIM steps (guidance as the model ships), interleaved round by round so that
+machine noise hits every arm alike:
+
+* ``offline-batched``: this process, one diffusers ``StableDiffusionPipeline`` call with 16 prompts
+  (text encoder + DDIM + VAE decode) — the most the model gives on this machine;
+* ``offline-one``: the same pipeline, one prompt per call, one call after another;
+* ``served-N`` (N = 1, 4, 16): N virtual UEs (:mod:`ue_client.load`, closed loop, FULL-ES) through a real
+  ``meg-channel`` (AWGN 20 dB) to a real ``meg-edge`` (its batching engine, max batch 16): images/s and
+  latency p50/p99 of the measured requests (the first round of each arm, one request per UE, is warm-up).
+
+Then the proxy's own ceiling: 64 KiB seeds (16,384 float32) per second that it forwards (``Probe``, echoed by
+the ES, channel applied both ways) with 64 concurrent callers, against the ES's images/s at 16 UEs.
+
+Writes ``benchmarks/results/serving/serving.json`` and ``docs/img/serving.png``. From the repo root:
+``python -m benchmarks.bench_serving [ROUNDS]`` (default 3 rounds; ~4 minutes on 2 CPU cores).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from shared import air
+from shared.model_ops import ModelParts
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "benchmarks" / "results" / "serving" / "serving.json"
+PLOT = ROOT / "docs" / "img" / "serving.png"
+STEPS = 25
+BATCH = 16
+CONCURRENCY = (1, 4, 16)
+#: measured requests per UE per round in the served arms (after one warm-up request per UE)
+PER_UE = {1: 4, 4: 3, 16: 2}
+PROMPTS = ["a red circle", "a blue square", "a green triangle", "two yellow stars", "a purple ring",
+           "an orange cross", "a white diamond", "a small blue circle"]
+
+
+def offline(parts: ModelParts, n_prompts: int, calls: int) -> float:
+    """Images/s of ``calls`` pipeline calls with ``n_prompts`` prompts each (seeded like the ES)."""
+    pipe = parts.fresh_pipeline()
+    size = parts.geometry.image_size
+    t0 = time.perf_counter()
+    for c in range(calls):
+        prompts = [PROMPTS[(c * n_prompts + i) % len(PROMPTS)] for i in range(n_prompts)]
+        with torch.no_grad():
+            pipe(prompt=prompts, num_inference_steps=STEPS, guidance_scale=parts.meg.guidance, height=size,
+                 width=size, generator=[torch.Generator("cpu").manual_seed(c * n_prompts + i) for i in range(n_prompts)],
+                 output_type="pt")
+    return n_prompts * calls / (time.perf_counter() - t0)
+
+
+def served(parts: ModelParts, via: str, ues: int, round_: int) -> dict[str, Any]:
+    from ue_client.edge_client import EdgeClient
+    from ue_client.load import LoadConfig, run_load
+
+    cfg = LoadConfig(via=via, ues=ues, requests=ues * PER_UE[ues], warmup=ues, steps=STEPS, seed=1000 * round_,
+                     ue_id=f"bench{ues}r{round_}-", timeout_s=600)
+    summary, _ = run_load(parts, cfg, lambda ue: EdgeClient(via, timeout_s=600, ue_id=ue))
+    assert summary["ok"] == summary["requests"], summary["errors"]
+    lat = summary["latency_s"]
+    return {"images_per_s": summary["throughput_rps"], "p50_s": lat["p50"], "p99_s": lat["p99"],  # type: ignore[index]
+            "requests": summary["requests"]}
+
+
+async def _probe_ceiling(via: str, callers: int, seconds: float) -> dict[str, float]:
+    import grpc
+
+    from shared.pb import edge_pb2, edge_pb2_grpc
+
+    seed = air.to_air("seed", np.random.default_rng(0).normal(size=16384).astype(np.float32))
+    assert len(seed.data) == 64 * 1024
+    request = edge_pb2.ProbeRequest(tensors=[seed])
+    done = 0
+    async with grpc.aio.insecure_channel(via) as ch:
+        stub = edge_pb2_grpc.EdgeServiceStub(ch)
+        await stub.Probe(request, timeout=30)
+        end = time.perf_counter() + seconds
+
+        async def caller(i: int) -> None:
+            nonlocal done
+            md = (("meg-ue", f"probe{i}"),)
+            while time.perf_counter() < end:
+                await stub.Probe(request, timeout=30, metadata=md)
+                done += 1
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(caller(i) for i in range(callers)))
+        elapsed = time.perf_counter() - t0
+    return {"seeds_per_s": done / elapsed, "calls": done, "seconds": elapsed, "callers": callers}
+
+
+def plot(result: dict[str, Any]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    med = result["median"]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    names = ["offline-one", *(f"served-{n}" for n in CONCURRENCY), "offline-batched"]
+    vals = [med[n]["images_per_s"] for n in names]
+    colors = ["#999999", "#8fb3d9", "#4c72b0", "#2a4d80", "#55a868"]
+    ax1.bar(range(len(names)), vals, color=colors)
+    for i, v in enumerate(vals):
+        ax1.text(i, v, f"{v:.2f}", ha="center", va="bottom", fontsize=8)
+    ax1.set_xticks(range(len(names)), [n.replace("offline-batched", f"offline\nbatch {BATCH}").replace("-", "\n")
+                                       for n in names], fontsize=8)
+    ax1.set(ylabel="images / s", title=f"meg-tiny txt2img, {STEPS} steps (median of {result['rounds']} rounds)")
+    xs = list(CONCURRENCY)
+    ax2.plot(xs, [med[f"served-{n}"]["p50_s"] for n in xs], "o-", label="p50", color="#4c72b0")
+    ax2.plot(xs, [med[f"served-{n}"]["p99_s"] for n in xs], "s--", label="p99", color="#c44e52")
+    ax2.set_xscale("log", base=2)
+    ax2.set_xticks(xs, [str(x) for x in xs])
+    ax2.set(xlabel="concurrent UEs (closed loop, through the proxy)", ylabel="latency (s)", title="served latency")
+    ax2.legend(fontsize=8)
+    fig.tight_layout()
+    PLOT.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(PLOT, dpi=110)
+    plt.close(fig)
+
+
+def _drain(proc: Any) -> None:
+    def run() -> None:
+        with contextlib.suppress(ValueError, OSError):
+            for _ in proc.stdout:
+                pass
+
+    threading.Thread(target=run, daemon=True).start()
+
+
+def main(rounds: int = 3) -> dict[str, Any]:
+    from tests.processes import running, script
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    parts = ModelParts.load(None, "cpu")
+    arms: dict[str, list[dict[str, Any]]] = {}
+    with contextlib.ExitStack() as stack:
+        es_argv = [script("meg-edge"), "serve", "--listen", "127.0.0.1:0", "--max-batch", "16", "--max-queue", "64"]
+        es, es_port = stack.enter_context(running(es_argv, "meg.v1.EdgeService", timeout=300))
+        _drain(es)  # the ES logs a line per request: keep its pipe from filling up
+        ch_argv = [script("meg-channel"), "serve", "--listen", "127.0.0.1:0", "--upstream", f"127.0.0.1:{es_port}",
+                   "--snr-db", "20"]
+        _, ch_port = stack.enter_context(running(ch_argv, "meg.v1.ChannelControl"))
+        via = f"127.0.0.1:{ch_port}"
+        offline(parts, 1, 1)  # warm-up (allocator, first-call costs)
+        for r in range(rounds):
+            order = ["offline-batched", "offline-one", *(f"served-{n}" for n in CONCURRENCY)]
+            if r % 2:
+                order.reverse()
+            for arm in order:
+                if arm == "offline-batched":
+                    res = {"images_per_s": offline(parts, BATCH, 1)}
+                elif arm == "offline-one":
+                    res = {"images_per_s": offline(parts, 1, 4)}
+                else:
+                    res = served(parts, via, int(arm.split("-")[1]), r)
+                arms.setdefault(arm, []).append(res)
+                print(f"round {r} {arm}: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+                                                     for k, v in res.items()), flush=True)
+        probe = [asyncio.run(_probe_ceiling(via, 64, 5.0)) for _ in range(2)]
+    median = {arm: {k: statistics.median(x[k] for x in runs) for k in runs[0]} for arm, runs in arms.items()}
+    ratio_rounds = [
+        {"served16_over_offline_batched": arms["served-16"][i]["images_per_s"] / arms["offline-batched"][i]["images_per_s"],
+         "served16_over_offline_one": arms["served-16"][i]["images_per_s"] / arms["offline-one"][i]["images_per_s"],
+         "served16_over_served1": arms["served-16"][i]["images_per_s"] / arms["served-1"][i]["images_per_s"],
+         "offline_batched_over_one": arms["offline-batched"][i]["images_per_s"] / arms["offline-one"][i]["images_per_s"]}
+        for i in range(rounds)
+    ]
+    ratios = {k: statistics.median(r[k] for r in ratio_rounds) for k in ratio_rounds[0]}
+    proxy = {"seeds_per_s": statistics.median(p["seeds_per_s"] for p in probe), "runs": probe,
+             "over_es_images_per_s_at_16": statistics.median(p["seeds_per_s"] for p in probe)
+             / median["served-16"]["images_per_s"]}
+    result = {
+        "what": f"meg-tiny FULL-ES txt2img, {STEPS} steps; served = through meg-channel (AWGN 20 dB) to meg-edge "
+                "(batching engine, max batch 16); offline = diffusers pipeline in this process",
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
+                    "python": sys.version.split()[0]},
+        "rounds": rounds, "arms": arms, "median": median, "ratios_median_of_rounds": ratios,
+        "ratios_by_round": ratio_rounds, "proxy_ceiling_64KiB": proxy,
+    }
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(json.dumps(result, indent=2) + "\n")
+    plot(result)
+    print(json.dumps({"median": median, "ratios": ratios, "proxy_seeds_per_s": proxy["seeds_per_s"]}, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 3)
