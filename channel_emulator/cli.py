@@ -17,7 +17,13 @@ from shared.channel import IDEAL, ChannelConfigError, ChannelProfile, load_profi
 from shared.grpc_util import run_cli, serve_until_signal, split_hostport, target
 from shared.pb import channel_pb2, channel_pb2_grpc
 from shared.security import (
-    ADMIN_TOKEN_ENV, UE_TOKEN_ENV, TlsFiles, add_tls_flags, describe_auth_error, read_token, secure_channel,
+    ADMIN_TOKEN_ENV,
+    UE_TOKEN_ENV,
+    TlsFiles,
+    add_tls_flags,
+    describe_auth_error,
+    read_token,
+    secure_channel,
     tls_from_args,
 )
 

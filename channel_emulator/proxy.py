@@ -16,13 +16,24 @@ from google.protobuf import message_factory
 from google.protobuf.message import DecodeError, Message
 
 from channel_emulator.link import (
-    DIRECTIONS, MAX_PENDING_BLOCKS, NAME, LinkTable, check_link_name, profile_from_proto, profile_to_proto,
+    DIRECTIONS,
+    MAX_PENDING_BLOCKS,
+    NAME,
+    LinkTable,
+    check_link_name,
+    profile_from_proto,
+    profile_to_proto,
 )
 from channel_emulator.walker import carries_air
 from shared import air
 from shared.channel import ChannelConfigError
 from shared.grpc_util import (
-    RECONNECT_OPTIONS, add_guarded, add_guarded_handlers, add_health_and_reflection, bind, server_options,
+    RECONNECT_OPTIONS,
+    add_guarded,
+    add_guarded_handlers,
+    add_health_and_reflection,
+    bind,
+    server_options,
     set_serving,
 )
 from shared.pb import channel_pb2, channel_pb2_grpc, edge_pb2

@@ -189,7 +189,7 @@ def run_cli(prog: str, body: Callable[[], int], describe: Callable[[BaseExceptio
         except OSError:
             pass
         return 1
-    except Exception as exc:  # noqa: BLE001 - everything expected is described; the rest re-raised
+    except Exception as exc:
         line = describe(exc)
         if line is None:
             raise

@@ -28,9 +28,8 @@ EDGE, CONTROL = "/meg.v1.EdgeService/", "/meg.v1.ChannelControl/"
 
 def _raw(addr: str, method: str, body: bytes) -> grpc.RpcError:
     """Call ``method`` with a raw body (no serializer) and return the error it must end with."""
-    with grpc.insecure_channel(addr) as ch:
-        with pytest.raises(grpc.RpcError) as err:
-            ch.unary_unary(method)(body, timeout=10)
+    with grpc.insecure_channel(addr) as ch, pytest.raises(grpc.RpcError) as err:
+        ch.unary_unary(method)(body, timeout=10)
     return err.value
 
 
@@ -74,7 +73,7 @@ def test_air_rejects_bad_shapes_without_numpy_errors() -> None:
 def test_air_core_does_not_import_torch() -> None:
     code = ("import sys, channel_emulator.proxy, channel_emulator.cli, shared.air; "
             "sys.exit('torch' in sys.modules)")
-    assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
+    assert subprocess.run([sys.executable, "-c", code], timeout=60, check=False).returncode == 0
 
 
 @pytest.mark.parametrize("via", ["es", "proxy"])
@@ -97,9 +96,8 @@ def test_bad_shapes_over_grpc(inproc_stack, via: str) -> None:  # type: ignore[n
 def test_probe_rejects_non_finite(inproc_stack, via: str, value: float) -> None:  # type: ignore[no-untyped-def]
     addr = inproc_stack.es_addr if via == "es" else inproc_stack.proxy_addr
     t = air.to_air("x", np.array([1.0, value, 2.0], np.float32))
-    with grpc.insecure_channel(addr) as ch:
-        with pytest.raises(grpc.RpcError) as err:
-            edge_pb2_grpc.EdgeServiceStub(ch).Probe(edge_pb2.ProbeRequest(tensors=[t]), timeout=10)
+    with grpc.insecure_channel(addr) as ch, pytest.raises(grpc.RpcError) as err:
+        edge_pb2_grpc.EdgeServiceStub(ch).Probe(edge_pb2.ProbeRequest(tensors=[t]), timeout=10)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "NaN or infinite" in err.value.details()
 
 
@@ -195,7 +193,7 @@ def test_port_in_use_is_a_clear_error(inproc_stack) -> None:  # type: ignore[no-
     finally:
         bg.close()
     r = subprocess.run([script("meg-channel"), "serve", "--listen", inproc_stack.proxy_addr, "--upstream", inproc_stack.es_addr],
-                       capture_output=True, text=True, timeout=60)
+                       capture_output=True, text=True, timeout=60, check=False)
     assert r.returncode == 1 and "in use" in r.stderr and "Traceback" not in r.stderr
 
 
@@ -464,7 +462,7 @@ def test_channel_cli_ctrl_c_and_closed_pipe(inproc_stack) -> None:  # type: igno
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         time.sleep(3.0)  # past the imports, inside the call
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
+        _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130 and err.strip() == "meg-channel: interrupted", err
     proc = subprocess.Popen([script("meg-channel"), "profiles", "--via", inproc_stack.proxy_addr],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

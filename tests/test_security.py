@@ -137,10 +137,9 @@ def test_missing_or_wrong_token_is_unauthenticated(secure_stack: SecureStack, pk
 def test_control_service_refuses_the_ue_token(secure_stack: SecureStack, pki: tuple[Path, Path]) -> None:
     good, _ = pki
     for token in (secure_stack.ue_token, None, "guess"):
-        with secure_channel(secure_stack.proxy, _tls(good, "ue"), token) as ch:
-            with pytest.raises(grpc.RpcError) as err:
-                channel_pb2_grpc.ChannelControlStub(ch).SetChannel(
-                    channel_pb2.SetChannelRequest(direction="both", profile="awgn-0"), timeout=10)
+        with secure_channel(secure_stack.proxy, _tls(good, "ue"), token) as ch, pytest.raises(grpc.RpcError) as err:
+            channel_pb2_grpc.ChannelControlStub(ch).SetChannel(
+                channel_pb2.SetChannelRequest(direction="both", profile="awgn-0"), timeout=10)
         assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
@@ -149,16 +148,16 @@ def test_clis_say_one_line_when_not_trusted(secure_stack: SecureStack, pki: tupl
     tls = ["--tls-ca", str(good / "ca.pem"), "--tls-cert", str(good / "ue.pem"), "--tls-key", str(good / "ue.key")]
     env = {k: v for k, v in os.environ.items() if k not in ("MEG_TOKEN", "MEG_ADMIN_TOKEN")}
     r = subprocess.run([script("meg-channel"), "stats", "--via", secure_stack.proxy, *tls, "--admin-token-file", str(good / "ue.token")],
-                       capture_output=True, text=True, timeout=60, env=env)
+                       capture_output=True, text=True, timeout=60, env=env, check=False)
     assert r.returncode == 1 and "not authenticated" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     r = subprocess.run([script("meg-channel"), "stats", "--via", secure_stack.proxy, *tls, "--json"],
-                       capture_output=True, text=True, timeout=60, env={**env, "MEG_ADMIN_TOKEN": secure_stack.admin_token})
+                       capture_output=True, text=True, timeout=60, env={**env, "MEG_ADMIN_TOKEN": secure_stack.admin_token}, check=False)
     assert r.returncode == 0 and '"entries"' in r.stdout, r.stderr
     r = subprocess.run([script("meg-channel"), "stats", "--via", secure_stack.proxy, "--tls-ca", str(evil / "ca.pem")],
-                       capture_output=True, text=True, timeout=60, env=env)
+                       capture_output=True, text=True, timeout=60, env=env, check=False)
     assert r.returncode == 1 and "TLS handshake failed" in r.stderr and "Traceback" not in r.stderr, r.stderr
     r = subprocess.run([script("meg-ue"), "generate", "a red circle", "--via", secure_stack.proxy, *tls, "--model", str(random_model_dir),
-                        "--steps", "2", "--out", str(good / "x.png")], capture_output=True, text=True, timeout=120, env=env)
+                        "--steps", "2", "--out", str(good / "x.png")], capture_output=True, text=True, timeout=120, env=env, check=False)
     assert r.returncode == 1 and "not authenticated" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
@@ -201,10 +200,10 @@ def test_every_hop_over_mtls_with_the_real_daemons(pki: tuple[Path, Path], rando
         tls = ["--tls-ca", str(good / "ca.pem"), "--tls-cert", str(good / "ue.pem"), "--tls-key", str(good / "ue.key")]
         r = subprocess.run([script("meg-ue"), "generate", "a red circle", "--via", f"127.0.0.1:{port}", *tls,
                             "--token-file", str(good / "ue.token"), "--model", str(random_model_dir), "--steps", "2",
-                            "--out", str(tmp_path / "x.png"), "--json"], capture_output=True, text=True, timeout=120)
+                            "--out", str(tmp_path / "x.png"), "--json"], capture_output=True, text=True, timeout=120, check=False)
         assert r.returncode == 0, r.stderr
         r = subprocess.run([script("meg-channel"), "show", "--via", f"127.0.0.1:{port}", *tls,
-                            "--admin-token-file", str(good / "admin.token")], capture_output=True, text=True, timeout=60)
+                            "--admin-token-file", str(good / "admin.token")], capture_output=True, text=True, timeout=60, check=False)
         assert r.returncode == 0 and "ue->es0" in r.stdout, r.stderr
     finally:
         for p in reversed(procs):

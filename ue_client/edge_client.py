@@ -8,7 +8,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Self, TypeVar
 
 import grpc
 
@@ -35,7 +35,8 @@ class EdgeClient:
         upstream ES behind the proxy by name (default: its first). ``tls``: connect with (mutual) TLS;
         ``token``: the bearer token (default: ``$MEG_TOKEN``, none if unset). ``retry``: retry UNAVAILABLE
         with backoff until the call's deadline."""
-        from shared.grpc_util import message_options, target as check_target
+        from shared.grpc_util import message_options
+        from shared.grpc_util import target as check_target
 
         self.target = check_target(target)
         self.timeout_s = timeout_s
@@ -78,7 +79,7 @@ class EdgeClient:
     def close(self) -> None:
         self.channel.close()
 
-    def __enter__(self) -> "EdgeClient":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
