@@ -37,6 +37,12 @@ def _run(argv: Sequence[str], timeout: float = 120, env: dict[str, str] | None =
     return subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
 
 
+def _compose_cli() -> list[str] | None:
+    if shutil.which("docker") and _run(["docker", "compose", "version"], timeout=30).returncode == 0:
+        return ["docker", "compose"]
+    return ["docker-compose"] if shutil.which("docker-compose") else None
+
+
 def _engine() -> tuple[list[str] | None, str]:
     """The compose command to use, or None and why not."""
     if shutil.which("docker") is None:
@@ -47,16 +53,32 @@ def _engine() -> tuple[list[str] | None, str]:
         return None, "no Docker engine answered `docker info` within 30 s"
     if info.returncode != 0:
         return None, f"no Docker engine reachable (`docker info`: {info.stderr.strip().splitlines()[-1:]}); .ci/run starts one"
-    if _run(["docker", "compose", "version"], timeout=30).returncode == 0:
-        return ["docker", "compose"], ""
-    if shutil.which("docker-compose"):
-        return ["docker-compose"], ""
-    return None, "Docker engine found but no Compose (docker compose plugin or docker-compose)"
+    cli = _compose_cli()
+    return (cli, "") if cli else (None, "Docker engine found but no Compose (docker compose plugin or docker-compose)")
 
 
 COMPOSE, WHY_NOT = _engine()
-if COMPOSE is None:
-    pytestmark.append(pytest.mark.skip(reason=WHY_NOT))
+needs_engine = pytest.mark.skipif(COMPOSE is None, reason=WHY_NOT)
+
+
+def test_compose_file_is_valid_with_every_profile(tmp_path: Path) -> None:
+    """`compose config` (no engine needed) accepts the file with all profiles and resolves what we rely on."""
+    cli = _compose_cli()
+    if cli is None:
+        pytest.skip("no Compose CLI (docker compose plugin or docker-compose)")
+    env = {**os.environ, "MEG_OUT": str(tmp_path)}
+    res = _run([*cli, "-f", str(COMPOSE_FILE), "--profile", "multi-es", "--profile", "gpu", "--profile", "cli", "config"], env=env)
+    assert res.returncode == 0, res.stderr
+    import yaml
+
+    services = yaml.safe_load(res.stdout)["services"]
+    assert set(services) == {"es0", "es1", "gpu0", "channel", "ue"}
+    assert services["channel"]["depends_on"]["es0"]["condition"] == "service_healthy"
+    assert services["ue"]["depends_on"]["channel"]["condition"] == "service_healthy"
+    assert services["gpu0"]["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+    assert services["gpu0"]["build"]["args"]["LOCAL_WHEELS"] == "no"  # never the CPU wheel in the GPU image
+    for name in ("es0", "es1", "gpu0", "channel"):
+        assert "shared.healthcheck" in " ".join(services[name]["healthcheck"]["test"])
 
 
 @dataclass
@@ -122,6 +144,7 @@ def _read_png(path: Path) -> np.ndarray:
 def _ensure_base_image(env: dict[str, str]) -> None:
     """scripts/build-base-image.sh: builds the base image when it is missing and no registry serves it
     (it also stocks docker/wheels/ with a local CPU torch wheel when this host's pip has one)."""
+    t0 = time.monotonic()
     have = _run(["docker", "image", "inspect", BASE_IMAGE], timeout=30).returncode == 0
     if not have and _run(["docker", "pull", BASE_IMAGE], timeout=300).returncode == 0:
         have = True
@@ -129,6 +152,7 @@ def _ensure_base_image(env: dict[str, str]) -> None:
         return
     res = _run(["bash", str(ROOT / "scripts" / "build-base-image.sh"), "--tag", BASE_IMAGE], timeout=1800, env=env)
     assert res.returncode == 0, f"build-base-image.sh failed:\n{res.stdout}\n{res.stderr}"
+    print(f"base image: {time.monotonic() - t0:.0f} s ({res.stdout.strip().splitlines()[-1:]})")
 
 
 @pytest.fixture(scope="module")
@@ -149,6 +173,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         s.compose("down", "-v", "--remove-orphans", "--timeout", "20", profiles=["multi-es", "cli"], check=False, timeout=180)
 
 
+@needs_engine
 def test_up_becomes_healthy(stack: Stack) -> None:
     t0 = time.monotonic()
     stack.compose("up", "-d", timeout=600)
@@ -162,6 +187,7 @@ def test_up_becomes_healthy(stack: Stack) -> None:
     assert stack.compose("exec", "-T", "channel", "python", "-c", "import diffusers", check=False).returncode != 0
 
 
+@needs_engine
 def test_ciag_from_the_ue_container(stack: Stack) -> None:
     res = stack.ue("generate", PROMPT, "--protocol", "CIAG", "--via", VIA, "--out", "/out/ciag.png", "--json")
     report = json.loads(res.stdout.strip().splitlines()[-1])
@@ -172,6 +198,7 @@ def test_ciag_from_the_ue_container(stack: Stack) -> None:
     assert int(links[("ue->es0", "uplink")]["rpcs"]) >= 1 and int(links[("ue->es0", "downlink")]["symbols"]) > 0
 
 
+@needs_engine
 def test_swap_profile_from_a_container(stack: Stack) -> None:
     # meg-channel from another container on the compose network (the ue image has the CLI too)
     stack.compose("run", "--rm", "--no-deps", "--entrypoint", "meg-channel", "ue", "set", "downlink", "awgn-minus10",
@@ -190,6 +217,7 @@ def _has_load() -> bool:
         if shutil.which("meg-ue") else False
 
 
+@needs_engine
 def test_load_from_the_ue_container(stack: Stack) -> None:
     if not _has_load():
         pytest.skip("`meg-ue load` is not in this checkout yet")
@@ -200,6 +228,7 @@ def test_load_from_the_ue_container(stack: Stack) -> None:
     assert not summary.get("errors"), summary
 
 
+@needs_engine
 def test_multi_es_profile(stack: Stack) -> None:
     stack.compose("down", "-v", "--remove-orphans", "--timeout", "20", profiles=["multi-es", "cli"], timeout=180)
     t0 = time.monotonic()
@@ -220,6 +249,7 @@ def test_multi_es_profile(stack: Stack) -> None:
     _read_png(stack.out / "uidg.png")
 
 
+@needs_engine
 def test_down_leaves_nothing(stack: Stack) -> None:
     stack.compose("down", "-v", "--remove-orphans", "--timeout", "20", profiles=["multi-es", "cli"], timeout=180)
     assert stack.resources() == {"containers": [], "networks": [], "volumes": []}
