@@ -197,6 +197,13 @@ def test_port_in_use_is_a_clear_error(inproc_stack) -> None:  # type: ignore[no-
     assert r.returncode == 1 and "in use" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_meg_edge_on_a_port_in_use_says_so(inproc_stack, random_model_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    r = subprocess.run([script("meg-edge"), "serve", "--listen", inproc_stack.es_addr, "--model", str(random_model_dir),
+                        "--device", "cpu"], check=False, capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and f"cannot listen on {inproc_stack.es_addr}" in r.stderr and "in use" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
 # -- 7: the proxy reconnects to a restarted ES within ~1 s -----------------------------------------------
 def test_proxy_reconnects_fast_after_es_outage(inproc_stack) -> None:  # type: ignore[no-untyped-def]
     from channel_emulator.link import LinkTable

@@ -208,3 +208,25 @@ def test_every_hop_over_mtls_with_the_real_daemons(pki: tuple[Path, Path], rando
     finally:
         for p in reversed(procs):
             _stop(p)
+
+
+def test_tokens_without_tls_on_loopback(pki: tuple[Path, Path], random_model_dir: Path) -> None:
+    """Plaintext stays possible on loopback, and a token still guards it (sent by a client interceptor)."""
+    from edge_server.server import create_server
+    from edge_server.settings import EdgeSettings
+    from shared.model_ops import ModelParts
+
+    good, _ = pki
+    token = (good / "ue.token").read_text().strip()
+    bg = BackgroundLoop()
+    es, port, _ = bg.run(create_server(EdgeSettings(listen="127.0.0.1:0", token_file=str(good / "ue.token")),  # type: ignore[misc]
+                                       ModelParts.load(str(random_model_dir), "cpu")))
+    try:
+        with EdgeClient(f"127.0.0.1:{port}", timeout_s=30, token=token) as client:
+            assert client.describe().protocols
+        with EdgeClient(f"127.0.0.1:{port}", timeout_s=30, token="") as client, pytest.raises(grpc.RpcError) as err:
+            client.describe()
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED and "needs a bearer token" in err.value.details()
+    finally:
+        bg.run(es.stop(0))
+        bg.close()
