@@ -76,7 +76,8 @@ def crop(x: torch.Tensor, share: Share, latent_width: int) -> torch.Tensor:
 
 def weights(share: Share, latent_width: int, scale: int = 1) -> torch.Tensor:
     """Cross-fade weights ``[s·(x1-x0)]`` of a window: 1 on its core, a linear ramp to ~0 across each
-    overlap with a neighbour (neighbours' weights sum to 1 there). Halo 0: all ones (hard cut)."""
+    overlap with a neighbour (neighbours' weights sum to 1 there while ``2·halo`` ≤ every core's width;
+    :func:`merge` normalises by the sum either way). Halo 0: all ones (hard cut)."""
     x0, x1 = share.window(latent_width)
     c0, c1 = share.core(latent_width)
     cols = (torch.arange(x0 * scale, x1 * scale, dtype=torch.float32) + 0.5) / scale  # column centres, latent units

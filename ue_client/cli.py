@@ -95,30 +95,60 @@ def _describe_link(acc: object) -> str:
 
 def _generate(args: argparse.Namespace) -> int:
     from shared.images import save_png
-    from ue_client.session import generate
+    from ue_client.session import MultiOptions, generate
 
     prompt = check_prompt(args.prompt)
+    spec = PROTOCOLS[args.protocol]
     parts, image_in = _load(args)
-    local = not any(s.actor == "ES" for s in PROTOCOLS[args.protocol].stages.get(args.task, ()))
+    local = not any(s.actor == "ES" for s in spec.stages.get(args.task, ()))
     if not local and not args.via:
         raise ValueError(f"{args.protocol} needs an edge server: give --via HOST:PORT")
-    client = None if local else _client(args, parts)
+    out = Path(args.out)
+    clients: dict[str, object] = {}
+    options = None
+    if spec.multi_es:
+        from ue_client.multi import make_chooser, open_clients
+
+        clients = open_clients(args.via, args.es, parts, args.timeout, args.ue_id)  # type: ignore[assignment,arg-type]
+        options = MultiOptions(pick=make_chooser(args.pick, out), halo=args.overlap, broadcast=args.broadcast,
+                               fallback=args.fallback)
+        client = next(iter(clients.values()))
+    else:
+        if args.es and "," in args.es:
+            raise ValueError(f"{args.protocol} is a single-ES protocol: give one --es name")
+        client = None if local else _client(args, parts)
     try:
-        result = generate(parts, client, prompt, args.protocol, args.task, _params(args), image_in)  # type: ignore[arg-type]
+        result = generate(parts, client, prompt, args.protocol, args.task, _params(args), image_in,  # type: ignore[arg-type]
+                          clients=clients or None, options=options)  # type: ignore[arg-type]
     finally:
-        if client is not None:
-            client.close()  # type: ignore[attr-defined]
-    save_png(result.image, args.out)
+        for c in {id(c): c for c in [client, *clients.values()] if c is not None}.values():
+            c.close()  # type: ignore[attr-defined]
+    save_png(result.image, out)
     if args.save_sketch and result.sketch is not None:
         save_png(result.sketch, args.save_sketch)
-    summary = {**result.summary(), "out": str(args.out), "prompt": prompt, "seed": args.seed, "fc": args.fc or 1.0}
+    summary = {**result.summary(), "out": str(out), "prompt": prompt, "seed": args.seed, "fc": args.fc or 1.0}
+    if result.candidates:
+        from ue_client.multi import write_candidates
+
+        summary["candidate_files"] = write_candidates(out, result)
     if args.json:
         print(json.dumps(summary))
     else:
-        print(f"{result.protocol} {result.task}: wrote {args.out} in {result.seconds:.2f}s (ES {result.es_seconds:.2f}s)")
-        for name, acc in (("uplink", result.uplink), ("downlink", result.downlink)):
-            print(f"  {name:8s} {acc.symbols:>9,d} symbols {acc.payload_bytes:>10,d} B tensors "
-                  f"{acc.text_bytes:>5d} B text  ({_describe_link(acc)})")
+        print(f"{result.protocol} {result.task}: wrote {out} in {result.seconds:.2f}s (ES {result.es_seconds:.2f}s)")
+        if result.fallback_from:
+            print(f"  {result.fallback_from} failed over to {result.protocol}")
+        for es_name, why in result.failed.items():
+            print(f"  {es_name} FAILED: {why}")
+        links = [("", result.uplink, result.downlink)]
+        if result.es is not None:
+            links = [(f"{n} ", u, d) for n, (u, d) in result.es.items()] + [("total ", result.uplink, result.downlink)]
+        for prefix, up, down in links:
+            for name, acc in (("uplink", up), ("downlink", down)):
+                print(f"  {prefix + name:14s} {acc.symbols:>9,d} symbols {acc.payload_bytes:>10,d} B tensors "
+                      f"{acc.text_bytes:>5d} B text  ({_describe_link(acc)})")
+        if result.candidates:
+            print(f"  picked {result.picked} of {', '.join(c.es for c in result.candidates)}; candidates: "
+                  f"{summary['candidate_files']['sheet']}")  # type: ignore[index]
     return 0
 
 
@@ -133,12 +163,14 @@ def _overhead(args: argparse.Namespace) -> int:
         folder = args.model or default_model_path()
         geometry, source = Geometry.from_folder(folder), str(folder)
     fcs = tuple(args.fc) if args.fc else (1.0, *TABLE_II_FCS)
-    rows = overhead_table(geometry, fcs)
+    if args.es_count < 1:
+        raise ValueError(f"--es-count must be at least 1, got {args.es_count}")
+    rows = overhead_table(geometry, fcs, n_es=args.es_count, broadcast=args.broadcast)
     reductions = {
         f"{task} fc={fc:g}": round(reduction_factor(geometry, task, fc), 2) for task in TASKS for fc in fcs
     }
     if args.json:
-        print(json.dumps({"geometry": source, "shape": geometry.__dict__, "table_ii": table_ii(geometry),
+        print(json.dumps({"geometry": source, "shape": geometry.__dict__, "table_ii": table_ii(geometry), "n_es": args.es_count,
                           "rows": [r.as_dict() for r in rows], "full_es_over_ciag": reductions}))
         return 0
     g = geometry
@@ -158,15 +190,26 @@ def _overhead(args: argparse.Namespace) -> int:
 
 def _compare(args: argparse.Namespace) -> int:
     from ue_client.compare import run_compare
+    from ue_client.session import MultiOptions
 
     prompt = check_prompt(args.prompt)
     parts, image_in = _load(args)
-    client = _client(args, parts)
+    clients: dict[str, object] = {}
+    if args.multi_es:
+        from ue_client.multi import open_clients
+
+        clients = open_clients(args.via, args.es, parts, args.timeout, args.ue_id)  # type: ignore[assignment,arg-type]
+        client = next(iter(clients.values()))
+    else:
+        client = _client(args, parts)
+    options = MultiOptions(pick=args.pick or "first", halo=args.overlap, broadcast=args.broadcast)
     try:
         report = run_compare(parts, client, prompt, args.task, _params(args), image_in, Path(args.out),  # type: ignore[arg-type]
-                             args.snr_db, args.via)
+                             args.snr_db, args.via, clients=clients or None, multi_es=args.multi_es,  # type: ignore[arg-type]
+                             options=options)
     finally:
-        client.close()  # type: ignore[attr-defined]
+        for c in {id(c): c for c in [client, *clients.values()]}.values():
+            c.close()  # type: ignore[attr-defined]
     print(json.dumps(report) if args.json else report["table"])
     return 0
 
@@ -184,7 +227,8 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
                                                       "ES's codec rates)")
     p.add_argument("--timeout", type=TIMEOUT, default=120.0, help="deadline of the whole generation, seconds")
     p.add_argument("--ue-id", default="ue", help="this UE's name on the channel proxy (its link is UE->ES)")
-    p.add_argument("--es", help="which edge server behind the proxy (by name; default its first)")
+    p.add_argument("--es", help="which edge server(s) behind the proxy, by name (single-ES protocols: one, default "
+                   "its first; multi-ES: comma-separated, default all of them)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -212,6 +256,15 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--via", type=target, help="HOST:PORT of the channel proxy (or of the ES directly); not for FULL-UE")
     gen.add_argument("--out", default="meg.png", help="PNG to write (default meg.png)")
     gen.add_argument("--save-sketch", help="ESUC: also write the received sketch here")
+    multi = gen.add_argument_group("many edge servers (UIDG, DIUG, DSUC, UIDCG, DCSUC)")
+    multi.add_argument("--pick", help="parallel protocols: first (to arrive), best (least noisy, see docs/multi-es.md), "
+                       "an ES number, or ask (default: ask on a terminal, else first)")
+    multi.add_argument("--overlap", type=int, help="cooperative: latent columns of overlap per window side "
+                       "(default max(1, latent/8); 0 = naive tiling)")
+    multi.add_argument("--broadcast", action="store_true", help="count a seed sent to every ES once in the totals "
+                       "(one broadcast transmission) instead of N unicasts")
+    multi.add_argument("--fallback", action="store_true", help="cooperative: if an ES fails, run the single-ES "
+                       "protocol (UIEG / ESUC) on one that answered instead of failing")
     _model_flags(gen)
     _connection_flags(gen)
     ovh = sub.add_parser("overhead", help="symbols each protocol sends, without generating anything")
@@ -219,11 +272,18 @@ def main(argv: list[str] | None = None) -> int:
     src.add_argument("--model", help="a StableDiffusionPipeline folder (default: embedded meg-tiny)")
     src.add_argument("--geometry", choices=["sd-v1-5"], help="a known model's geometry")
     ovh.add_argument("--fc", type=float, action="append", help="compression rate (repeat; default 1 and Table II's)")
+    ovh.add_argument("--es-count", type=int, default=2, help="multi-ES protocols: how many edge servers (default 2)")
+    ovh.add_argument("--broadcast", action="store_true", help="multi-ES: count a seed sent to every ES once")
     ovh.add_argument("--json", action="store_true")
-    cmp_ = sub.add_parser("compare", help="run every single-ES protocol on one prompt; write a panel and a table")
+    cmp_ = sub.add_parser("compare", help="run every single-ES (or --multi-es) protocol on one prompt; write a panel and a table")
     cmp_.add_argument("prompt")
     cmp_.add_argument("--via", required=True, type=target, help="HOST:PORT of the channel proxy")
-    cmp_.add_argument("--snr-db", type=float, help="set this UE's link to AWGN at this SNR both ways first")
+    cmp_.add_argument("--snr-db", type=float, help="set this UE's link(s) to AWGN at this SNR both ways while it runs "
+                      "(the settings before are put back afterwards)")
+    cmp_.add_argument("--multi-es", action="store_true", help="the multi-ES protocols over the proxy's ESs (--es picks)")
+    cmp_.add_argument("--pick", help="--multi-es: first, best or an ES number (default first)")
+    cmp_.add_argument("--overlap", type=int, help="--multi-es: cooperative overlap (latent columns per side)")
+    cmp_.add_argument("--broadcast", action="store_true", help="--multi-es: count a seed sent to every ES once")
     cmp_.add_argument("--out", required=True, help="folder for panel.png, the images and overhead.json")
     _model_flags(cmp_)
     _connection_flags(cmp_)

@@ -1,10 +1,13 @@
-"""``meg-ue compare``: every single-ES protocol on one prompt through the proxy; a labelled panel and the
-measured accounting beside the predicted one (like paper 1, Figs. 5 and 6). Quality is PSNR against the
-perfectly received image: the same generation (Full-ES, same seed) over an ideal link."""
+"""``meg-ue compare``: every single-ES protocol (``--multi-es``: every multi-ES one, over all the session's
+ESs) of the registry on one prompt through the proxy; a labelled panel and the measured accounting beside
+the predicted one (like paper 1, Figs. 5 and 6). Quality is PSNR against the perfectly received image: the
+same generation (Full-ES, same seed, the first ES) over an ideal link. The links' settings are read before
+and put back afterwards, whatever happens in between."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 import grpc
@@ -16,20 +19,28 @@ from shared.model_ops import ModelParts, Params
 from shared.pb import channel_pb2, channel_pb2_grpc
 from shared.protocols import PROTOCOLS
 from ue_client.overhead import protocol_overhead
-from ue_client.session import EdgeClient, generate
+from ue_client.session import EdgeClient, MultiOptions, generate
 
-#: The single-ES protocols, in the order of paper 1's table.
-SINGLE_ES = ("FULL-UE", "FULL-ES", "UIEG", "EIUG", "CIAG", "ESUC")
+def protocols(task: str, multi_es: bool) -> list[str]:
+    """The registry's protocols for ``task``, single-ES or multi-ES ones, in registry order."""
+    return [name for name, spec in PROTOCOLS.items() if task in spec.stages and spec.multi_es == multi_es]
 
 
-def set_link(proxy: str, link: str, profile: channel_pb2.Profile) -> channel_pb2.Profile:
-    """Set both directions of ``link`` on the proxy; returns the downlink profile it had before."""
+def read_links(proxy: str, links: list[str]) -> dict[str, tuple[channel_pb2.Profile, channel_pb2.Profile]]:
+    """``(uplink, downlink)`` profiles each link has now (the default for a link not seen yet)."""
+    with grpc.insecure_channel(proxy) as ch:
+        now = channel_pb2_grpc.ChannelControlStub(ch).GetChannel(channel_pb2.GetChannelRequest(), timeout=10)
+    known = {ls.link: ls for ls in now.links}
+    return {link: (known.get(link, now.default).uplink, known.get(link, now.default).downlink) for link in links}
+
+
+def set_links(proxy: str, settings: dict[str, tuple[channel_pb2.Profile, channel_pb2.Profile]]) -> None:
+    """Set each link's uplink and downlink profiles."""
     with grpc.insecure_channel(proxy) as ch:
         stub = channel_pb2_grpc.ChannelControlStub(ch)
-        before = stub.GetChannel(channel_pb2.GetChannelRequest(), timeout=10)
-        old = next((ls.downlink for ls in before.links if ls.link == link), before.default.downlink)
-        stub.SetChannel(channel_pb2.SetChannelRequest(link=link, direction="both", custom=profile), timeout=10)
-    return old
+        for link, (up, down) in settings.items():
+            for direction, profile in (("uplink", up), ("downlink", down)):
+                stub.SetChannel(channel_pb2.SetChannelRequest(link=link, direction=direction, custom=profile), timeout=10)
 
 
 def panel(images: dict[str, torch.Tensor], captions: dict[str, str], cell: int = 160) -> Image.Image:
@@ -47,33 +58,34 @@ def panel(images: dict[str, torch.Tensor], captions: dict[str, str], cell: int =
 
 
 def run_compare(parts: ModelParts, client: EdgeClient, prompt: str, task: str, params: Params,
-                image_in: torch.Tensor | None, out: Path, snr_db: float | None, proxy: str) -> dict[str, object]:
+                image_in: torch.Tensor | None, out: Path, snr_db: float | None, proxy: str,
+                clients: Mapping[str, EdgeClient] | None = None, multi_es: bool = False,
+                options: MultiOptions | None = None) -> dict[str, object]:
+    """Run the registry's protocols; ``clients`` (ES name -> client) are the session's ESs for ``multi_es``."""
     out.mkdir(parents=True, exist_ok=True)
-    md = dict(client.metadata)
-    link = f"{md['meg-ue']}->{md.get('meg-es', 'es0')}"
-    # the perfectly received image: Full-ES over an ideal link, same seed
-    before = set_link(proxy, link, channel_pb2.Profile(model="ideal"))
-    reference = generate(parts, client, prompt, "FULL-ES", task, params, image_in).image
-    save_png(reference, out / "reference.png")
-    set_link(proxy, link, before if snr_db is None else channel_pb2.Profile(model="awgn", snr_db=snr_db))
-    images: dict[str, torch.Tensor] = {}
-    captions: dict[str, str] = {}
-    rows = []
-    for name in SINGLE_ES:
-        if task not in PROTOCOLS[name].stages:
-            continue
-        r = generate(parts, None if name == "FULL-UE" else client, prompt, name, task, params, image_in)
-        images[name] = r.image
-        save_png(r.image, out / f"{name.lower()}.png")
-        if r.sketch is not None:
-            save_png(r.sketch, out / f"{name.lower()}-sketch.png")
-        predicted = protocol_overhead(name, task, parts.geometry, params.fc or 1.0)
-        rows.append({**r.summary(), "predicted_total_symbols": predicted.total_symbols})
-        captions[name] = f"{name}\nsymbols {r.uplink.symbols + r.downlink.symbols:,d}"
+    clients = dict(clients or {dict(client.metadata).get("meg-es", "es0"): client})
+    ue_id = dict(client.metadata)["meg-ue"]
+    links = [f"{ue_id}->{name}" for name in clients]
+    before = read_links(proxy, links)
+    ideal = channel_pb2.Profile(model="ideal")
+    try:
+        # the perfectly received image: Full-ES over an ideal link, same seed
+        set_links(proxy, {links[0]: (ideal, ideal)})
+        reference = generate(parts, client, prompt, "FULL-ES", task, params, image_in).image
+        save_png(reference, out / "reference.png")
+        if snr_db is None:
+            set_links(proxy, before)
+        else:
+            awgn = channel_pb2.Profile(model="awgn", snr_db=snr_db)
+            set_links(proxy, {link: (awgn, awgn) for link in links})
+        rows, images, captions = _run_all(parts, client, clients, prompt, task, params, image_in, out, multi_es, options)
+    finally:
+        set_links(proxy, before)
     for row in rows:
         row["psnr_vs_ideal_db"] = round(min(psnr(images[str(row["protocol"])], reference), 100.0), 2)
     panel({"IDEAL LINK": reference, **images}, {"IDEAL LINK": "Full-ES, ideal link\n(reference)", **captions}).save(out / "panel.png")
-    lines = [f"prompt: {prompt!r}  task: {task}  SNR: {'as the proxy is set' if snr_db is None else f'{snr_db:g} dB'}",
+    lines = [f"prompt: {prompt!r}  task: {task}  SNR: {'as the proxy is set' if snr_db is None else f'{snr_db:g} dB'}"
+             + (f"  ESs: {', '.join(clients)}" if multi_es else ""),
              f"{'protocol':8s} {'uplink':>9s} {'downlink':>9s} {'total':>9s} {'text B':>6s} {'seconds':>8s} {'PSNR vs ideal':>14s}"]
     for row in rows:
         up, down = row["uplink"], row["downlink"]  # type: ignore[index]
@@ -83,3 +95,28 @@ def run_compare(parts: ModelParts, client: EdgeClient, prompt: str, task: str, p
     report = {"prompt": prompt, "task": task, "snr_db": snr_db, "rows": rows, "panel": str(out / "panel.png"), "table": table}
     (out / "overhead.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+def _run_all(parts: ModelParts, client: EdgeClient, clients: dict[str, EdgeClient], prompt: str, task: str,
+             params: Params, image_in: torch.Tensor | None, out: Path, multi_es: bool,
+             options: MultiOptions | None) -> tuple[list[dict[str, object]], dict[str, torch.Tensor], dict[str, str]]:
+    images: dict[str, torch.Tensor] = {}
+    captions: dict[str, str] = {}
+    rows = []
+    opts = options or MultiOptions()
+    for name in protocols(task, multi_es):
+        spec = PROTOCOLS[name]
+        r = generate(parts, None if spec.local else client, prompt, name, task, params, image_in,
+                     clients=clients if multi_es else None, options=opts)
+        images[name] = r.image
+        save_png(r.image, out / f"{name.lower()}.png")
+        if r.sketch is not None:
+            save_png(r.sketch, out / f"{name.lower()}-sketch.png")
+        for c in r.candidates:
+            save_png(c.tensor, out / f"{name.lower()}-{c.es}{'-sketch' if c.key == 'sketch' else ''}.png")
+        predicted = protocol_overhead(name, task, parts.geometry, params.fc or 1.0, n_es=len(clients),
+                                      halo=opts.halo, broadcast=opts.broadcast)
+        rows.append({**r.summary(), "predicted_total_symbols": predicted.total_symbols})
+        extra = f" · {r.picked}" if r.picked else ""
+        captions[name] = f"{name}{extra}\nsymbols {r.uplink.symbols + r.downlink.symbols:,d}"
+    return rows, images, captions

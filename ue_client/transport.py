@@ -40,9 +40,14 @@ def pick_names(available: Sequence[str], wanted: str | None) -> list[str]:
     return names
 
 
-def connect(via: str, names: Sequence[str], timeout_s: float = 120.0, ue_id: str = "ue") -> dict[str, EdgeClient]:
-    """One client per named ES, all through the proxy at ``via`` (links ``ue_id->name``)."""
-    return {name: EdgeClient(via, timeout_s=timeout_s, ue_id=ue_id, es_name=name) for name in names}
+def connect(via: str, names: Sequence[str], timeout_s: float = 120.0, ue_id: str = "ue",
+            retry: bool = False) -> dict[str, EdgeClient]:
+    """One client per named ES, all through the proxy at ``via`` (links ``ue_id->name``).
+
+    ``retry`` is off by default: an ES that is down answers UNAVAILABLE at once, and a parallel fan-out
+    goes on with the others instead of retrying it until the deadline (a cooperative one fails by name,
+    or falls back to a single-ES protocol when asked)."""
+    return {name: EdgeClient(via, timeout_s=timeout_s, ue_id=ue_id, es_name=name, retry=retry) for name in names}
 
 
 def fan_out(calls: Mapping[str, Callable[[], object]]) -> dict[str, tuple[object | BaseException, float]]:
