@@ -55,10 +55,12 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--token-file", help="bearer token UEs must send (default: $MEG_TOKEN; none = open)")
     serve.add_argument("--config", help="TOML file with an [edge] table; flags override it")
 
-    rnd = sub.add_parser("make-random-model", help="write a tiny random pipeline folder (tests, demos without weights)")
+    rnd = sub.add_parser("make-random-model", help="write a random pipeline folder (tests, benchmarks, demos without weights)")
     rnd.add_argument("out")
     rnd.add_argument("--seed", type=int, default=0)
-    rnd.add_argument("--image-size", type=int, default=32)
+    rnd.add_argument("--image-size", type=int, help="image side in pixels (default 32; 256 with --size sd-v1-5)")
+    rnd.add_argument("--size", default="tiny", choices=["tiny", "sd-v1-5"],
+                     help="tiny (tests) or sd-v1-5 (SD-v1.5's UNet widths, compute-bound benchmarks)")
 
     sub.add_parser("train-model", help="train meg-tiny (see --help of the subcommand)", add_help=False)
     sub.add_parser("eval-model", help="evaluate a model (see --help of the subcommand)", add_help=False)
@@ -93,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "make-random-model":
         from shared.random_pipeline import save_random_pipeline
 
-        print(save_random_pipeline(args.out, seed=args.seed, image_size=args.image_size))
+        size = args.image_size or (256 if args.size == "sd-v1-5" else 32)
+        print(save_random_pipeline(args.out, seed=args.seed, image_size=size, size=args.size))
         return 0
     try:
         settings = _settings(args)

@@ -115,18 +115,23 @@ def merge(parts: Sequence[torch.Tensor], share_list: Sequence[Share], latent_wid
     return out / total
 
 
-def seam_score(image: torch.Tensor, boundaries: Sequence[int], band: int = 1) -> float:
+def seam_score(image: torch.Tensor, boundaries: Sequence[int], band: int = 1, local: int = 0) -> float:
     """Seam visibility of ``image [1, 3, H, W]``: mean absolute horizontal gradient on the columns next to
     each tile boundary (pixel column ``b`` = the step between ``b-1`` and ``b``, ± ``band``) divided by the
-    mean elsewhere. ~1: the borders look like the rest of the image; > 1: the boundary is an edge."""
+    mean elsewhere — over the whole image, or with ``local > 0`` over the ``local`` steps on each side of
+    the boundary only (an edge that the neighbourhood does not have). ~1: the borders look like the rest
+    of the image; > 1: the boundary is an edge."""
     grad = (image[..., :, 1:] - image[..., :, :-1]).abs().mean(dim=(0, 1, 2))  # [W-1], step j = cols j -> j+1
     mask = torch.zeros_like(grad, dtype=torch.bool)
+    near = torch.zeros_like(grad, dtype=torch.bool)
     for b in boundaries:
         lo, hi = max(0, b - band), min(grad.numel(), b - 1 + band)
         mask[lo:hi] = True
-    if not bool(mask.any()) or bool(mask.all()):
+        near[max(0, lo - local):min(grad.numel(), hi + local)] = True
+    rest = ~mask & near if local > 0 else ~mask
+    if not bool(mask.any()) or not bool(rest.any()):
         raise ValueError(f"boundaries {list(boundaries)} leave no border or no interior in width {image.shape[-1]}")
-    return float(grad[mask].mean() / grad[~mask].mean().clamp_min(1e-8))
+    return float(grad[mask].mean() / grad[rest].mean().clamp_min(1e-8))
 
 
 def boundaries(count: int, latent_width: int, scale: int) -> list[int]:

@@ -1,0 +1,188 @@
+"""Cooperative generation (UIDCG) over the real processes: two `meg-edge` daemons behind one `meg-channel`,
+the UE in this process; everything the ESs send and receive crosses the proxy and is counted on its link.
+
+``seams``  (meg-tiny, the trained model): for several prompts and seeds, the single-ES image (UIEG, one ES)
+           against UIDCG with overlapping windows (the default halo) and against naive tiling (halo 0):
+           PSNR vs the single-ES image and the seam score (mean |horizontal gradient| on the tile border /
+           elsewhere; shared.tiles.seam_score) of each. Writes seams.json and docs/img/multi-es.png.
+``latency`` (a random pipeline with SD-v1.5's UNet widths, `meg-edge make-random-model --size sd-v1-5`,
+           compute-bound): one generation's wall time with 1 ES (UIEG) vs 2 ESs (UIDCG, overlap and naive),
+           arms interleaved and repeated; each ES process pinned to its own core (`taskset -c 0` / `-c 1`,
+           OMP_NUM_THREADS=1), also for the 1-ES arm. Writes latency.json.
+
+    python benchmarks/bench_cooperative.py seams
+    python benchmarks/bench_cooperative.py latency --model /tmp/sd256 --reps 3 --steps 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from shared.images import psnr, save_png  # noqa: E402
+from shared.model_ops import ModelParts, Params  # noqa: E402
+from shared.tiles import boundaries, default_halo, seam_score  # noqa: E402
+from ue_client.session import MultiOptions, generate  # noqa: E402
+from ue_client.transport import connect  # noqa: E402
+
+OUT = ROOT / "benchmarks" / "results" / "multi_es"
+PROMPTS = ["a red circle above a blue square", "a green triangle left of a yellow circle",
+           "a large blue square on a white background", "two small purple circles"]
+
+
+@contextlib.contextmanager
+def two_edges(model: str, pin: bool) -> Iterator[str]:
+    """es0, es1 (pinned to cores 0 and 1 when ``pin``) behind a meg-channel with ideal links; yields its address."""
+    from tests.processes import running, script
+
+    saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    if pin:
+        os.environ.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    try:
+        with contextlib.ExitStack() as stack:
+            ports = []
+            for i, name in enumerate(("es0", "es1")):
+                argv = [script("meg-edge"), "serve", "--listen", "127.0.0.1:0", "--model", model, "--device", "cpu",
+                        "--name", name, "--max-batch", "2"]
+                _, port = stack.enter_context(running((["taskset", "-c", str(i)] if pin else []) + argv,
+                                                      "meg.v1.EdgeService", timeout=600))
+                ports.append(port)
+            proxy = [script("meg-channel"), "serve", "--listen", "127.0.0.1:0", "--upstream", f"es0=127.0.0.1:{ports[0]}",
+                     "--upstream", f"es1=127.0.0.1:{ports[1]}"]
+            _, ch = stack.enter_context(running(proxy, "meg.v1.ChannelControl"))
+            yield f"127.0.0.1:{ch}"
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _arms(parts: ModelParts, via: str, prompt: str, p: Params, halos: tuple[int, ...]) -> dict[str, object]:
+    """One prompt + seed: the single-ES image (UIEG on es0) and UIDCG on es0 + es1 at each overlap halo."""
+    one = connect(via, ["es0"], timeout_s=3600)
+    two = connect(via, ["es0", "es1"], timeout_s=3600)
+    try:
+        out: dict[str, object] = {"single": generate(parts, one["es0"], prompt, "UIEG", "txt2img", p)}
+        for h in halos:
+            out[f"halo {h}"] = generate(parts, None, prompt, "UIDCG", "txt2img", p, clients=two,
+                                        options=MultiOptions(halo=h))
+    finally:
+        for c in [*one.values(), *two.values()]:
+            c.close()
+    return out
+
+
+def _label(arm: str) -> str:
+    return {"single": "1 ES (UIEG)", "halo 0": "naive tiles (halo 0)"}.get(arm, f"UIDCG 2 ES, {arm}")
+
+
+def seams(args: argparse.Namespace) -> dict[str, object]:
+    from ue_client.compare import panel
+
+    parts = ModelParts.load(args.model, "cpu")
+    g = parts.geometry
+    border = boundaries(2, g.latent_size, g.image_size // g.latent_size)
+    halos = (0, 1, 2, 3)
+    rows: list[dict[str, object]] = []
+    pictures: dict[str, torch.Tensor] = {}
+    captions: dict[str, str] = {}
+    with two_edges(args.model or str(ROOT / "shared" / "weights" / "meg-tiny"), pin=False) as via:
+        for k, prompt in enumerate(PROMPTS):
+            for seed in range(args.seeds):
+                res = _arms(parts, via, prompt, Params(seed=seed, steps=args.steps), halos)
+                ref = res["single"].image  # type: ignore[attr-defined]
+                row: dict[str, object] = {"prompt": prompt, "seed": seed}
+                for arm, r in res.items():
+                    img = r.image  # type: ignore[attr-defined]
+                    row[arm] = {"seam_global": round(seam_score(img, border), 3),
+                                "seam_local": round(seam_score(img, border, local=4), 3),
+                                "psnr_vs_single_db": None if arm == "single" else round(psnr(img, ref), 2),
+                                "symbols": r.uplink.symbols + r.downlink.symbols}  # type: ignore[attr-defined]
+                    if seed == 0 and k < 2 and arm in ("single", "halo 0", "halo 2"):
+                        key = f"{k}-{arm}"
+                        pictures[key] = img
+                        captions[key] = f"{_label(arm)}\nseam {row[arm]['seam_local']:.2f}"  # type: ignore[index]
+                    save_png(img, OUT / "images" / f"{k}-{seed}-{arm.replace(' ', '')}.png")
+                rows.append(row)
+    summary: dict[str, dict[str, float]] = {}
+    for arm in ("single", *(f"halo {h}" for h in halos)):
+        summary[arm] = {m: round(statistics.mean([r[arm][m] for r in rows]), 3)  # type: ignore[index]
+                        for m in ("seam_global", "seam_local", "symbols")}
+        if arm != "single":
+            summary[arm]["psnr_vs_single_db"] = round(statistics.mean([r[arm]["psnr_vs_single_db"] for r in rows]), 2)  # type: ignore[index]
+    (ROOT / "docs" / "img").mkdir(parents=True, exist_ok=True)
+    panel(pictures, captions, cell=144).save(ROOT / "docs" / "img" / "multi-es.png")
+    return {"model": args.model or "meg-tiny", "image_size": g.image_size, "latent": g.latent_size,
+            "default_halo": default_halo(g.latent_size), "steps": args.steps or parts.meg.es_steps,
+            "border_columns": border, "n": len(rows), "summary": summary, "rows": rows}
+
+
+def latency(args: argparse.Namespace) -> dict[str, object]:
+    torch.set_num_threads(1)
+    parts = ModelParts.load(args.model, "cpu")
+    g = parts.geometry
+    times: dict[str, list[dict[str, float]]] = {"1 ES (UIEG)": [], "2 ES UIDCG overlap": [], "2 ES UIDCG naive": []}
+    with two_edges(args.model, pin=True) as via:
+        halos = (default_halo(g.latent_size), 0)
+        _arms(parts, via, PROMPTS[0], Params(seed=0, steps=1), halos)  # warm-up: first calls allocate
+        quality = []
+        for rep in range(args.reps):
+            t0 = time.perf_counter()
+            res = _arms(parts, via, PROMPTS[0], Params(seed=rep, steps=args.steps), halos)
+            for name, arm in zip(times, ("single", f"halo {halos[0]}", "halo 0")):
+                r = res[arm]
+                times[name].append({"wall_s": round(r.seconds, 3), "es_s": round(r.es_seconds, 3)})  # type: ignore[attr-defined]
+            quality.append(round(psnr(res[f"halo {halos[0]}"].image, res["single"].image), 2))  # type: ignore[attr-defined]
+            print(f"rep {rep}: {time.perf_counter() - t0:.1f}s "
+                  + ", ".join(f"{n} {t[-1]['wall_s']:.2f}s" for n, t in times.items()), file=sys.stderr)
+    summary = {}
+    for name, ts in times.items():
+        walls = [t["wall_s"] for t in ts]
+        summary[name] = {"wall_s_median": round(statistics.median(walls), 3), "wall_s_min": min(walls),
+                         "wall_s_all": walls, "es_s_all": [t["es_s"] for t in ts]}
+    base = summary["1 ES (UIEG)"]["wall_s_median"]
+    for name in summary:
+        summary[name]["speedup_vs_1_es"] = round(base / summary[name]["wall_s_median"], 2)  # type: ignore[operator]
+    return {"model": args.model, "geometry": g.__dict__, "steps": args.steps, "reps": args.reps,
+            "halo": default_halo(g.latent_size), "pinning": "taskset -c 0 (es0), -c 1 (es1), OMP_NUM_THREADS=1",
+            "order": "per rep: 1 ES, 2 ES overlap, 2 ES naive (interleaved)", "summary": summary,
+            "psnr_overlap_vs_single_db": quality}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("what", choices=["seams", "latency"])
+    ap.add_argument("--model", help="pipeline folder (seams: default meg-tiny; latency: required)")
+    ap.add_argument("--seeds", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=0)
+    ap.add_argument("--reps", type=int, default=3)
+    args = ap.parse_args()
+    if args.what == "latency" and not args.model:
+        ap.error("latency needs --model (make one: meg-edge make-random-model DIR --size sd-v1-5)")
+    started = time.time()
+    report = seams(args) if args.what == "seams" else latency(args)
+    report |= {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
+               "note": "the CPU was shared with other work while this ran", "wall_s": round(time.time() - started, 1)}
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / f"{args.what}.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report.get("summary"), indent=2))
+
+
+if __name__ == "__main__":
+    main()
