@@ -209,7 +209,7 @@ class LinkTable:
                 continue
             profile = d.profile
             noise_seed = int(d.rng.integers(0, 2**63 - 1))
-            lc = profile.coherence_symbols if profile.model in ("rayleigh", "rician") else 0
+            lc = profile.block_length
             blocks = 1 if lc == 0 else math.ceil(x.size / lc)
             fading = d.take_fading(blocks)
             result = transmit(

@@ -1,4 +1,4 @@
-"""``meg-edge``: the edge server daemon and its model tools."""
+"""``meg-edge``: the edge server daemon (the model and power-policy tools moved to ``meg-lab``)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,9 @@ from dataclasses import fields
 from pathlib import Path
 
 from edge_server.settings import EdgeSettings
+
+#: Old subcommands now in ``meg-lab``; ``meg-edge NAME ...`` still runs them there.
+MOVED_TO_LAB = ("train-model", "eval-model", "train-codec", "train-power", "eval-power")
 
 
 def _settings(args: argparse.Namespace) -> EdgeSettings:
@@ -62,36 +65,15 @@ def main(argv: list[str] | None = None) -> int:
     rnd.add_argument("--size", default="tiny", choices=["tiny", "sd-v1-5"],
                      help="tiny (tests) or sd-v1-5 (SD-v1.5's UNet widths, compute-bound benchmarks)")
 
-    sub.add_parser("train-model", help="train meg-tiny (see --help of the subcommand)", add_help=False)
-    sub.add_parser("eval-model", help="evaluate a model (see --help of the subcommand)", add_help=False)
-    sub.add_parser("train-codec", help="train the seed codecs (see --help of the subcommand)", add_help=False)
-    sub.add_parser("train-power", help="train the PPO power policy (see --help of the subcommand)", add_help=False)
-    sub.add_parser("eval-power", help="evaluate power policies (see --help of the subcommand)", add_help=False)
+    for moved in MOVED_TO_LAB:
+        sub.add_parser(moved, help=f"moved: meg-lab {moved} (this spelling forwards to it)")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in MOVED_TO_LAB:
+        from meg_lab.cli import forward
 
-    args, rest = parser.parse_known_args(argv)
+        return forward("meg-edge", argv)
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    if args.command == "train-model":
-        from edge_server.train_model import main as train_main
-
-        return train_main(rest)
-    if args.command == "eval-model":
-        from edge_server.eval_model import main as eval_main
-
-        return eval_main(rest)
-    if args.command == "train-codec":
-        from edge_server.train_codec import main as train_codec_main
-
-        return train_codec_main(rest)
-    if args.command == "train-power":
-        from edge_server.train_power import main as train_power_main
-
-        return train_power_main(rest)
-    if args.command == "eval-power":
-        from edge_server.eval_power import main as eval_power_main
-
-        return eval_power_main(rest)
-    if rest:
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "make-random-model":
         from shared.random_pipeline import save_random_pipeline
 

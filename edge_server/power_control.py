@@ -18,10 +18,10 @@ import numpy as np
 from shared import air
 from shared.pb import air_pb2, channel_pb2, channel_pb2_grpc
 from shared.power import POLICIES
+from shared.power_ppo import DEFAULT_POLICY_PATH
 
 log = logging.getLogger("meg.edge.power")
 POLICY_NAMES = ("none", "uniform", "oracle", "ppo")
-DEFAULT_PPO_PATH = Path(__file__).resolve().parent.parent / "shared" / "weights" / "power" / "ppo_power.zip"
 CSI_DEADLINE_S = 5.0
 
 
@@ -34,9 +34,9 @@ def load_policy(name: str, ppo_path: str | None = None) -> Callable[..., np.ndar
     if name == "ppo":
         from shared.power_ppo import load_ppo_policy
 
-        path = Path(ppo_path) if ppo_path else DEFAULT_PPO_PATH
+        path = Path(ppo_path) if ppo_path else DEFAULT_POLICY_PATH
         if not path.exists():
-            raise FileNotFoundError(f"no PPO power policy at {path}; train one with `meg-edge train-power`")
+            raise FileNotFoundError(f"no PPO power policy at {path}; train one with `meg-lab train-power`")
         return load_ppo_policy(str(path))
     return POLICIES[name]
 

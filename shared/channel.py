@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import math
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import ClassVar, TypeVar
 
 import numpy as np
 
@@ -35,46 +36,80 @@ class ChannelConfigError(ValueError):
 # --- models -------------------------------------------------------------------------------------------
 
 
+#: The channel models by name (toxiproxy-style registry): ``MODELS[name]`` is the model's class; its class
+#: attributes say what it does (``noisy``: adds AWGN; ``fading``: draws a gain per block of the profile's
+#: coherence length). Register a new model with :func:`register`.
+MODELS: dict[str, type[Ideal]] = {}
+
+
+def register(name: str) -> Callable[[type[_M]], type[_M]]:
+    """Class decorator: make a model class known as ``name`` (in :data:`MODELS` and in profiles' ``model``)."""
+    def add(cls: type[_M]) -> type[_M]:
+        cls.name = name
+        MODELS[name] = cls
+        return cls
+
+    return add
+
+
 @dataclass(frozen=True)
 class Ideal:
     """No fading, no noise: ``h = 1``, ``N0 = 0``."""
 
-    noisy = False
+    name: ClassVar[str] = "ideal"
+    noisy: ClassVar[bool] = False
+    fading: ClassVar[bool] = False
+
+    @classmethod
+    def from_profile(cls, profile: ChannelProfile) -> Ideal:
+        """The model object with the profile's parameters (only Rician has one, ``k_factor``)."""
+        return cls()
 
     def generate(self, n_blocks: int, rng: np.random.Generator) -> np.ndarray:
         """Fading amplitudes ``[n_blocks]`` (all ones)."""
         return np.ones(n_blocks)
 
 
+_M = TypeVar("_M", bound=Ideal)
+register("ideal")(Ideal)
+
+
+@register("awgn")
 @dataclass(frozen=True)
 class AWGN(Ideal):
     """Additive white Gaussian noise, no fading (``h = 1``)."""
 
-    noisy = True
+    noisy: ClassVar[bool] = True
 
 
+@register("rayleigh")
 @dataclass(frozen=True)
 class Rayleigh(AWGN):
     """Rayleigh block fading: ``h = |g|``, ``g ~ CN(0, 1)``, so ``E[h²] = 1``; one draw per block."""
+
+    fading: ClassVar[bool] = True
 
     def generate(self, n_blocks: int, rng: np.random.Generator) -> np.ndarray:
         g = rng.normal(0.0, math.sqrt(0.5), size=(n_blocks, 2))
         return np.hypot(g[:, 0], g[:, 1])
 
 
+@register("rician")
 @dataclass(frozen=True)
 class Rician(AWGN):
     """Rician block fading with factor ``K``: ``h = |sqrt(K/(K+1)) + g|``, ``g ~ CN(0, 1/(K+1))``."""
 
+    fading: ClassVar[bool] = True
     k_factor: float = 1.0
+
+    @classmethod
+    def from_profile(cls, profile: ChannelProfile) -> Rician:
+        return cls(profile.k_factor)
 
     def generate(self, n_blocks: int, rng: np.random.Generator) -> np.ndarray:
         los = math.sqrt(self.k_factor / (self.k_factor + 1.0))
         g = rng.normal(0.0, math.sqrt(0.5 / (self.k_factor + 1.0)), size=(n_blocks, 2))
         return np.hypot(los + g[:, 0], g[:, 1])
-
-
-MODELS = ("ideal", "awgn", "rayleigh", "rician")
 
 
 # --- profiles -----------------------------------------------------------------------------------------
@@ -97,7 +132,7 @@ class ChannelProfile:
             raise ChannelConfigError(f"unknown channel model {self.model!r}; known: {', '.join(MODELS)}")
         if not isinstance(self.snr_db, (int, float)) or math.isnan(self.snr_db):
             raise ChannelConfigError(f"SNR must be a number of dB, got {self.snr_db!r}")
-        if self.model != "ideal" and not (-100.0 <= self.snr_db <= 200.0):
+        if self.noisy and not (-100.0 <= self.snr_db <= 200.0):
             raise ChannelConfigError(f"SNR {self.snr_db} dB is outside the supported range [-100, 200] dB")
         if not isinstance(self.coherence_symbols, int) or self.coherence_symbols < 0:
             raise ChannelConfigError(f"coherence length must be a whole number of symbols >= 0, got {self.coherence_symbols!r}")
@@ -109,10 +144,26 @@ class ChannelProfile:
     @property
     def noise_power(self) -> float:
         """N0 for unit signal power (0 for the ideal link)."""
-        return 0.0 if self.model == "ideal" else 10.0 ** (-self.snr_db / 10.0)
+        return 10.0 ** (-self.snr_db / 10.0) if self.noisy else 0.0
+
+    @property
+    def noisy(self) -> bool:
+        """Whether the model adds noise (at ``snr_db``)."""
+        return MODELS[self.model].noisy
+
+    @property
+    def fading(self) -> bool:
+        """Whether the model draws a gain per block of ``coherence_symbols`` (else ``h = 1`` throughout)."""
+        return MODELS[self.model].fading
+
+    @property
+    def block_length(self) -> int:
+        """Fading block length in symbols: ``coherence_symbols`` for a fading model, else 0 (one block)."""
+        return self.coherence_symbols if self.fading else 0
 
     def model_object(self) -> Ideal:
-        return {"ideal": Ideal(), "awgn": AWGN(), "rayleigh": Rayleigh(), "rician": Rician(self.k_factor)}[self.model]
+        """The model of :data:`MODELS` with this profile's parameters."""
+        return MODELS[self.model].from_profile(self)
 
 
 IDEAL = ChannelProfile(name="ideal")
@@ -262,7 +313,7 @@ def transmit(
     lp_counts = np.full(tp, lp, dtype=np.float64)
     lp_counts[-1] = n - lp * (tp - 1)
     energy = float((p * lp_counts).sum())
-    lc = profile.coherence_symbols if profile.model in ("rayleigh", "rician") else 0
+    lc = profile.block_length
     tf = n_blocks(n, lc)
     lc = lc or n
     if fading is None:
@@ -271,7 +322,7 @@ def transmit(
     else:
         h = np.asarray(fading, dtype=np.float64)[:tf]
         h_hat = h if fading_estimate is None else np.asarray(fading_estimate, dtype=np.float64)[:tf]
-    if profile.model == "ideal" and bool(np.all(p > 0)):
+    if not profile.noisy and not profile.fading and bool(np.all(p > 0)):
         return Transmission(xf.copy(), n, tf, energy, math.inf)
     scale = float(np.sqrt(np.dot(flat, flat) / n)) if n else 1.0
     scale = scale if scale > 0 else 1.0

@@ -1,4 +1,4 @@
-"""Image tensors <-> PNG files, and image-quality metrics (torchmetrics)."""
+"""Image tensors <-> PNG files, and PSNR (the one implementation; FID is :mod:`shared.metrics`)."""
 
 from __future__ import annotations
 
@@ -26,8 +26,26 @@ def load_png(path: str | Path, size: int | None = None) -> torch.Tensor:
     return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
 
 
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """PSNR in dB between images in [0, 1] (torchmetrics)."""
-    from torchmetrics.functional.image import peak_signal_noise_ratio
+def psnr_from_mse(mse: np.ndarray | float, data_range: float = 1.0, max_db: float | None = None) -> np.ndarray:
+    """PSNR in dB, ``10 log10(data_range² / mse)``, of mean squared errors (any shape; float64 array).
 
-    return float(peak_signal_noise_ratio(a.float(), b.float(), data_range=1.0))
+    ``data_range`` is the images' peak-to-peak value (1 for ``[0, 1]``, 2 for ``[-1, 1]``); ``max_db`` caps
+    the result (identical images give ``inf`` without it).
+    """
+    m = np.asarray(mse, dtype=np.float64)
+    floor = data_range**2 * 10 ** (-max_db / 10) if max_db is not None else 0.0
+    with np.errstate(divide="ignore"):
+        return 10 * np.log10(data_range**2 / np.maximum(m, floor))
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0, per_image: bool = False,
+         max_db: float | None = None) -> float:
+    """PSNR in dB between image tensors ``[B, 3, H, W]`` (any equal shapes) whose values span ``data_range``.
+
+    ``per_image=False``: one MSE over every pixel of the batch (torchmetrics' ``peak_signal_noise_ratio``);
+    ``True``: the mean over the batch of per-image PSNRs. ``max_db``: see :func:`psnr_from_mse`.
+    """
+    diff = a.detach().float().cpu() - b.detach().float().cpu()
+    sq = diff.square().double()
+    mse = sq.flatten(1).mean(1).numpy() if per_image else float(sq.mean())
+    return float(np.mean(psnr_from_mse(mse, data_range, max_db)))

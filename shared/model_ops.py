@@ -242,10 +242,9 @@ class ModelOps:
     @torch.no_grad()
     def op_decode(self, latent: torch.Tensor) -> tuple[torch.Tensor]:
         """VAE decoder: latent ``[1, C, h, h]`` -> image ``[1, 3, H, H]`` in [0, 1] (float32, CPU)."""
-        vae = self.parts.pipe.vae
-        z = latent.to(self.parts.device, vae.dtype) / vae.config.scaling_factor
-        image = vae.decode(z).sample
-        return (((image.float() + 1) / 2).clamp(0, 1).cpu(),)
+        from shared.vae import decode, to_unit
+
+        return (to_unit(decode(self.parts.pipe.vae, latent)),)
 
     # --- S, K (ESUC) -----------------------------------------------------------------------------------
     def op_sketch(self, image: torch.Tensor) -> tuple[torch.Tensor]:

@@ -20,14 +20,17 @@ The action ``a_t ∈ [0, 1]`` becomes ``p_t = a_t · p_max`` with ``p_max = P_MA
 power" rule). The last block ignores its action and takes what is left, up to ``p_max``
 (:func:`action_to_power`). The energy constraint ``Σ L_t p_t ≤ budget · n`` therefore always holds.
 
-The same two functions are used by the training environment (``edge_server.power_env``) and by
+The same two functions are used by the training environment (``meg_lab.power_env``) and by
 :func:`load_ppo_policy`, which turns a saved stable-baselines3 PPO file into a plain function with the
-signature of :func:`shared.power.uniform` for the daemon. The policy's network is copied into NumPy once,
-so a call costs a few tens of microseconds per block and never touches torch's thread pool.
+signature of :func:`shared.power.uniform` for the daemon. The file is read without stable-baselines3
+(:func:`read_policy_file`: the zip's JSON and the policy's ``state_dict``), so the daemon's
+``--power-policy ppo`` needs only the base install; the network is copied into NumPy once, so a call costs
+a few tens of microseconds per block and never touches torch's thread pool.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -44,7 +47,7 @@ OBS_HIGH = np.array([4.0, 2.0, 8.0, 1.0, 16.0, 1.0, 1.0, 5.0], dtype=np.float32)
 DEFAULT_SNR_DB = 10.0
 DEFAULT_COHERENCE = 16
 
-#: Where ``meg-edge train-power`` writes the policy by default.
+#: The shipped policy: where ``meg-lab train-power`` writes by default and what ``--power-policy ppo`` loads.
 DEFAULT_POLICY_PATH = Path(__file__).resolve().parent / "weights" / "power" / "ppo_power.zip"
 
 
@@ -87,47 +90,76 @@ def action_to_power(action: float, t: int, sizes: np.ndarray, energy_left: float
     return float(max(0.0, min(a * p_max, room)))
 
 
+#: ``policy_kwargs`` a policy file may carry: the MlpPolicy defaults otherwise (tanh, no SDE, no squashing).
+_KNOWN_POLICY_KWARGS = frozenset({"net_arch", "log_std_init", "ortho_init"})
+
+
+def read_policy_file(path: str | Path) -> tuple[list[tuple[np.ndarray, np.ndarray]], dict[str, float]]:
+    """Read a stable-baselines3 ``PPO.save`` zip without stable-baselines3: the actor's layers and the
+    ``meg_power`` training settings.
+
+    The zip holds ``data`` (JSON: the algorithm's attributes, ``meg_power`` among them) and ``policy.pth``
+    (the policy's ``state_dict``). The actor of an ``MlpPolicy`` is ``action_net(policy_net(obs))`` with
+    ``policy_net`` = Linear, Tanh, Linear, Tanh, ... (``mlp_extractor.policy_net.{0,2,..}``). Returns the
+    layers as ``(W [out, in], b [out])`` float64 pairs, tanh between them and none after the last, and the
+    metadata. Raises ``ValueError`` for a file whose policy this reader cannot reproduce exactly (another
+    policy class, a custom activation, gSDE).
+    """
+    import io
+    import json
+    import zipfile
+
+    import torch
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            data = json.loads(z.read("data"))
+            state = torch.load(io.BytesIO(z.read("policy.pth")), map_location="cpu", weights_only=True)
+    except (OSError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path} is not a stable-baselines3 PPO file: {exc}") from None
+    kwargs = data.get("policy_kwargs", {})
+    cls = data.get("policy_class", {})
+    if (not isinstance(kwargs, dict) or ":serialized:" in kwargs or set(kwargs) - _KNOWN_POLICY_KWARGS
+            or data.get("use_sde") or cls.get("__module__") != "stable_baselines3.common.policies"):
+        raise ValueError(f"{path}: only a default MlpPolicy (tanh, no gSDE) can be loaded; policy_kwargs {kwargs!r}")
+    prefix = "mlp_extractor.policy_net."
+    hidden = sorted(int(k.split(".")[2]) for k in state if k.startswith(prefix) and k.endswith(".weight"))
+    names = [f"mlp_extractor.policy_net.{i}" for i in hidden] + ["action_net"]
+    layers = [(state[f"{n}.weight"].double().numpy(), state[f"{n}.bias"].double().numpy()) for n in names]
+    for (w, _), (w_next, _) in itertools.pairwise(layers):
+        if w.shape[0] != w_next.shape[1]:
+            raise ValueError(f"{path}: policy layers do not chain ({w.shape} then {w_next.shape})")
+    if layers[0][0].shape[1] != OBS_DIM or layers[-1][0].shape[0] != 1:
+        raise ValueError(f"{path}: the policy maps {layers[0][0].shape[1]} -> {layers[-1][0].shape[0]}, "
+                         f"not the observation ({OBS_DIM}) -> one action")
+    meta = data.get("meg_power", {})
+    return layers, dict(meta) if isinstance(meta, dict) else {}
+
+
 class _NumpyActor:
-    """The deterministic actor of an SB3 ``MlpPolicy`` (``action_net(policy_net(obs))``) in NumPy."""
+    """The deterministic actor of an SB3 ``MlpPolicy``: ``tanh`` after every layer but the last, in NumPy."""
 
-    def __init__(self, policy) -> None:  # noqa: ANN001
-        import torch.nn as nn
-
-        self.layers: list[tuple[np.ndarray, np.ndarray, str]] = []
-        act = "identity"
-        seq = list(policy.mlp_extractor.policy_net) + [policy.action_net]
-        for i, mod in enumerate(seq):
-            if isinstance(mod, nn.Linear):
-                nxt = seq[i + 1] if i + 1 < len(seq) else None
-                act = {nn.Tanh: "tanh", nn.ReLU: "relu"}.get(type(nxt), "identity") if nxt is not None else "identity"
-                if nxt is not None and act == "identity" and not isinstance(nxt, nn.Linear):
-                    raise ValueError(f"unsupported activation {type(nxt).__name__} in the PPO policy")
-                self.layers.append((mod.weight.detach().cpu().numpy().astype(np.float64),
-                                    mod.bias.detach().cpu().numpy().astype(np.float64), act))
+    def __init__(self, layers: list[tuple[np.ndarray, np.ndarray]]) -> None:
+        self.layers = layers
 
     def __call__(self, obs: np.ndarray) -> float:
         v = obs.astype(np.float64)
-        for w, b, act in self.layers:
+        for i, (w, b) in enumerate(self.layers):
             v = w @ v + b
-            if act == "tanh":
+            if i < len(self.layers) - 1:
                 v = np.tanh(v)
-            elif act == "relu":
-                v = np.maximum(v, 0.0)
         return float(v[0])
 
 
 def policy_metadata(path: str | Path) -> dict[str, float]:
     """The settings a saved policy was trained with (``snr_db``, ``coherence``, ``p_max_factor``, ...)."""
-    from stable_baselines3 import PPO
-
-    model = PPO.load(str(path), device="cpu")
-    return dict(getattr(model, "meg_power", {}))
+    return read_policy_file(path)[1]
 
 
 def load_ppo_policy(
     path: str | Path = DEFAULT_POLICY_PATH, snr_db: float | None = None
 ) -> Callable[[np.ndarray, np.ndarray, int, float], np.ndarray]:
-    """Load a PPO file saved by ``edge_server.train_power`` as a causal power policy.
+    """Load a PPO file saved by ``meg-lab train-power`` as a causal power policy.
 
     Returns ``policy(x, h, block_length, budget) -> p [T]`` (the signature of :func:`shared.power.uniform`):
     ``x`` the seed's flat real symbols ``[n]``, ``h`` the CSI amplitudes ``[T]`` (``T = ceil(n / L)``),
@@ -135,13 +167,9 @@ def load_ppo_policy(
     to ``t``; ``p >= 0``, ``p <= P_MAX_FACTOR · budget`` and ``Σ L_t p_t <= budget · n``. ``snr_db`` is
     the link SNR the observation reports (default: the SNR the policy was trained at).
     """
-    from stable_baselines3 import PPO
-
-    model = PPO.load(str(path), device="cpu")
-    meta = dict(getattr(model, "meg_power", {}))
+    layers, meta = read_policy_file(path)
     snr = float(meta.get("snr_db", DEFAULT_SNR_DB)) if snr_db is None else float(snr_db)
-    actor = _NumpyActor(model.policy)
-    del model
+    actor = _NumpyActor(layers)
 
     def policy(x: np.ndarray, h: np.ndarray, block_length: int, budget: float) -> np.ndarray:
         flat = np.asarray(x, dtype=np.float64).reshape(-1)

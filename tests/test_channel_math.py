@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 
 from shared.channel import (
-    IDEAL, ChannelConfigError, ChannelProfile, Rayleigh, Rician, load_profiles, n_blocks, transmit,
+    IDEAL,
+    ChannelConfigError,
+    ChannelProfile,
+    Rayleigh,
+    Rician,
+    load_profiles,
+    n_blocks,
+    transmit,
 )
 
 
@@ -112,3 +119,35 @@ def test_profiles_file(tmp_path: Path) -> None:
     assert book.get("city") == ChannelProfile("city", "rayleigh", 5.0, 64, 0.0, 0.1)
     assert book.links["default"] == {"uplink": "awgn-30", "downlink": "city"}
     assert "ideal" in book.profiles  # built-ins stay
+
+
+def test_models_are_a_registry_with_properties() -> None:
+    from dataclasses import dataclass
+    from typing import ClassVar
+
+    from shared.channel import AWGN, MODELS, register
+
+    assert list(MODELS)[:4] == ["ideal", "awgn", "rayleigh", "rician"]
+    assert {n for n, m in MODELS.items() if m.fading} >= {"rayleigh", "rician"}
+    assert not MODELS["awgn"].fading and MODELS["awgn"].noisy and not MODELS["ideal"].noisy
+    rayleigh = ChannelProfile(model="rayleigh", snr_db=10.0, coherence_symbols=16)
+    assert rayleigh.fading and rayleigh.block_length == 16 and isinstance(rayleigh.model_object(), Rayleigh)
+    assert ChannelProfile(model="awgn", snr_db=10.0, coherence_symbols=16).block_length == 0
+    assert ChannelProfile(model="rician", snr_db=0.0, k_factor=3.0).model_object() == Rician(3.0)
+
+    @register("test-deep-fade")
+    @dataclass(frozen=True)
+    class DeepFade(AWGN):  # every block faded to 1/10: a new model is one class, found by name
+        fading: ClassVar[bool] = True
+
+        def generate(self, n_blocks: int, rng: np.random.Generator) -> np.ndarray:
+            return np.full(n_blocks, 0.1)
+
+    try:
+        out = transmit(np.ones(64), ChannelProfile(model="test-deep-fade", snr_db=30.0, coherence_symbols=16),
+                       np.random.default_rng(0))
+        assert out.blocks == 4 and out.effective_snr_db == pytest.approx(10.0)
+    finally:
+        del MODELS["test-deep-fade"]
+    with pytest.raises(ChannelConfigError, match="test-deep-fade"):
+        ChannelProfile(model="test-deep-fade", snr_db=30.0)

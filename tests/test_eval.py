@@ -1,4 +1,4 @@
-"""`meg-ue eval --quick`: the CSV's schema, the plots, and the trends every scheme must show."""
+"""`meg-lab eval --quick`: the CSV's schema, the plots, and the trends every scheme must show."""
 
 from __future__ import annotations
 
@@ -10,21 +10,21 @@ from pathlib import Path
 
 import numpy as np
 
+from meg_lab.evaluate import COLUMNS
 from tests.processes import script
-from ue_client.evaluate import COLUMNS
 
 
 def test_eval_quick(random_model_dir: Path, tmp_path: Path) -> None:
     model = tmp_path / "model"
     shutil.copytree(random_model_dir, model)
     # a briefly trained codec: the random model's fixture codec is untrained
-    t = subprocess.run([script("meg-edge"), "train-codec", "--model", str(model), "--generated", "64", "--encoded", "192",
+    t = subprocess.run([script("meg-lab"), "train-codec", "--model", str(model), "--generated", "64", "--encoded", "192",
                         "--steps", "400", "--fc", "0.5", "--design", "residual", "--hidden", "64"],
-                       capture_output=True, text=True, timeout=300)
+                       check=False, capture_output=True, text=True, timeout=300)
     assert t.returncode == 0, t.stderr[-3000:]
     out = tmp_path / "eval"
-    r = subprocess.run([script("meg-ue"), "eval", "--quick", "--model", str(model), "--out", str(out)],
-                       capture_output=True, text=True, timeout=600)
+    r = subprocess.run([script("meg-lab"), "eval", "--quick", "--model", str(model), "--out", str(out)],
+                       check=False, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     for name in ("results.csv", "psnr_vs_snr.png", "fid_vs_snr.png", "psnr_fc_snr.png", "fid_fc_snr.png", "table_ii.md"):
         assert (out / name).stat().st_size > 0, name

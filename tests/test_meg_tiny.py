@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import os
+import numpy as np
+import pytest
+import torch
 
-os.environ["HF_HUB_OFFLINE"] = "1"
-os.environ["TRANSFORMERS_OFFLINE"] = "1"
-
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-from shared import meg_tiny, shapes  # noqa: E402
-from shared.model_loader import MEG_TINY_DIR  # noqa: E402
+from shared import meg_tiny, shapes
+from shared.model_loader import MEG_TINY_DIR
 
 
 def test_shapes_deterministic_and_streams_disjoint() -> None:
@@ -105,7 +100,7 @@ def test_shipped_model_loads_offline_and_generates() -> None:
 @shipped
 def test_shipped_classifier_reads_captions_from_renders() -> None:
     """The attribute CNN shipped beside meg-tiny recovers shape and colour of held-out single-shape renders."""
-    from edge_server.eval_model import SHIPPED_CLASSIFIER, classifier_accuracy, load_or_train_classifier
+    from meg_lab.eval_model import SHIPPED_CLASSIFIER, classifier_accuracy, load_or_train_classifier
 
     if not SHIPPED_CLASSIFIER.exists():
         pytest.skip("no shipped attribute classifier")

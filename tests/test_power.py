@@ -3,25 +3,22 @@
 from __future__ import annotations
 
 import csv
-import os
 import time
 import warnings
 from pathlib import Path
 
-os.environ["HF_HUB_OFFLINE"] = "1"
+import numpy as np
+import pytest
+import torch
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-from shared.power import P_MAX_FACTOR, block_sizes, oracle, uniform  # noqa: E402
+from shared.power import P_MAX_FACTOR, block_sizes, oracle, uniform
 
 COHERENCE = 8  # the random model's latents are 4x4x4 = 64 symbols -> T = 8 blocks
 
 
 @pytest.fixture(scope="module")
-def latent_set(random_model_dir: Path):  # noqa: ANN201
-    from edge_server.power_env import make_latent_set
+def latent_set(random_model_dir: Path):
+    from meg_lab.power_env import make_latent_set
     from shared.model_loader import load_pipeline
 
     torch.set_num_threads(1)
@@ -31,7 +28,7 @@ def latent_set(random_model_dir: Path):  # noqa: ANN201
 
 @pytest.fixture(scope="module")
 def trained_policy(random_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from edge_server.train_power import main
+    from meg_lab.train_power import main
 
     out = tmp_path_factory.mktemp("ppo") / "ppo.zip"
     rc = main(["--model", str(random_model_dir), "--out", str(out), "--timesteps", "512", "--coherence",
@@ -40,11 +37,11 @@ def trained_policy(random_model_dir: Path, tmp_path_factory: pytest.TempPathFact
     return out
 
 
-def test_check_env_passes(latent_set) -> None:  # noqa: ANN001
+def test_check_env_passes(latent_set) -> None:
     from gymnasium.utils.env_checker import check_env
     from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
-    from edge_server.power_env import PowerEnv
+    from meg_lab.power_env import PowerEnv
 
     env = PowerEnv(latent_set, coherence=COHERENCE)
     with warnings.catch_warnings():
@@ -54,8 +51,8 @@ def test_check_env_passes(latent_set) -> None:  # noqa: ANN001
     assert env.T == 8 and env.n == 64
 
 
-def test_episode_respects_budget_and_last_block_takes_the_rest(latent_set) -> None:  # noqa: ANN001
-    from edge_server.power_env import PowerEnv
+def test_episode_respects_budget_and_last_block_takes_the_rest(latent_set) -> None:
+    from meg_lab.power_env import PowerEnv
 
     env = PowerEnv(latent_set, coherence=COHERENCE, budgets=[0.5])
     env.reset(seed=1)
@@ -77,8 +74,8 @@ def test_episode_respects_budget_and_last_block_takes_the_rest(latent_set) -> No
         assert np.isfinite(reward) and info["psnr"] > 0
 
 
-def test_oracle_beats_uniform_in_env(latent_set) -> None:  # noqa: ANN001
-    from edge_server.power_env import PowerEnv
+def test_oracle_beats_uniform_in_env(latent_set) -> None:
+    from meg_lab.power_env import PowerEnv
 
     env = PowerEnv(latent_set, snr_db=10.0, coherence=COHERENCE, budgets=[0.5])
     env.reset(seed=123)
@@ -115,6 +112,39 @@ def test_trained_policy_contract(trained_policy: Path) -> None:
     assert (policy(x, h, COHERENCE, 0.0) == 0).all()
 
 
+def test_policy_file_is_read_without_sb3_and_acts_as_sb3_does(trained_policy: Path) -> None:
+    """The daemon reads the zip itself (base install, no stable-baselines3); its NumPy actor must give the
+    action SB3's own deterministic policy gives, for the shipped file and a freshly trained one."""
+    import json
+    import subprocess
+    import sys
+
+    from stable_baselines3 import PPO
+
+    from shared.power_ppo import DEFAULT_POLICY_PATH, OBS_DIM, _NumpyActor, read_policy_file
+
+    obs = np.random.default_rng(5).uniform(-1, 2, size=(64, OBS_DIM)).astype(np.float32)
+    for path in (DEFAULT_POLICY_PATH, trained_policy):
+        layers, meta = read_policy_file(path)
+        model = PPO.load(str(path), device="cpu")
+        assert meta == model.meg_power
+        with torch.no_grad():
+            expected = model.policy.get_distribution(torch.from_numpy(obs)).distribution.mean[:, 0].numpy()
+        actor = _NumpyActor(layers)
+        np.testing.assert_allclose([actor(o) for o in obs], expected, atol=1e-5)
+    # with stable-baselines3 and gymnasium made unimportable, the live policy still loads
+    code = ("import sys; sys.modules['stable_baselines3'] = None; sys.modules['gymnasium'] = None\n"
+            "from edge_server.power_control import load_policy\n"
+            "import numpy as np; h = np.linspace(0.2, 2.0, 16)\n"
+            "import json; print(json.dumps(load_policy('ppo')(np.ones(256), h, 16, 1.0).tolist()))")
+    r = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    from shared.power_ppo import load_ppo_policy
+
+    expected_p = load_ppo_policy(DEFAULT_POLICY_PATH)(np.ones(256), np.linspace(0.2, 2.0, 16), 16, 1.0)
+    assert np.array_equal(np.array(json.loads(r.stdout)), expected_p) and expected_p.sum() > 0
+
+
 def test_policy_is_fast_for_sixteen_blocks(trained_policy: Path) -> None:
     from shared.power_ppo import load_ppo_policy
 
@@ -128,7 +158,7 @@ def test_policy_is_fast_for_sixteen_blocks(trained_policy: Path) -> None:
 
 
 def test_eval_quick_writes_csv_and_plot(random_model_dir: Path, trained_policy: Path, tmp_path: Path) -> None:
-    from edge_server.eval_power import COLUMNS, main
+    from meg_lab.eval_power import COLUMNS, main
 
     out = tmp_path / "eval"
     rc = main(["--quick", "--model", str(random_model_dir), "--policy", str(trained_policy), "--out", str(out),

@@ -287,17 +287,16 @@ def main(argv: list[str] | None = None) -> int:
     cmp_.add_argument("--out", required=True, help="folder for panel.png, the images and overhead.json")
     _model_flags(cmp_)
     _connection_flags(cmp_)
-    sub.add_parser("eval", help="PSNR/FID vs SNR per scheme (paper 2, Figs. 6-9); see eval --help", add_help=False)
+    sub.add_parser("eval", help="moved: meg-lab eval (this spelling forwards to it)")
     from ue_client.load import add_load_parser
 
     add_load_parser(sub, _model_flags)
-    args, rest = parser.parse_known_args(argv)
-    if args.command == "eval":
-        from ue_client.evaluate import main as eval_main
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "eval":
+        from meg_lab.cli import forward
 
-        return eval_main(rest)
-    if rest:
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        return forward("meg-ue", argv)
+    args = parser.parse_args(argv)
     if getattr(args, "task", "x") is None:
         args.task = "img2img" if args.image else "txt2img"
     if getattr(args, "task", None) == "img2img" and not args.image:

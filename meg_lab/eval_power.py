@@ -1,4 +1,4 @@
-"""``eval_power``: image quality vs power budget for the PPO, uniform and oracle power allocations.
+"""``meg-lab eval-power``: image quality vs power budget for the PPO, uniform and oracle power allocations.
 
 Seeds are VAE-encoded renders of the ``eval`` stream of ``shared.shapes`` (disjoint from training). Each
 seed is sent ``--draws`` times over Rayleigh block fading at ``--snr-db`` with coherence ``--coherence``;
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import sys
 import time
 from pathlib import Path
@@ -26,10 +25,10 @@ COLUMNS = ("snr_db", "coherence", "budget", "policy", "psnr", "psnr_sem", "mse",
            "energy_ratio", "dropped")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    """The flags of ``meg-lab eval-power``."""
     from shared.power_ppo import DEFAULT_COHERENCE, DEFAULT_POLICY_PATH, DEFAULT_SNR_DB
 
-    ap = argparse.ArgumentParser(prog="eval_power", description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default=None, help="StableDiffusionPipeline folder (default: the embedded meg-tiny)")
     ap.add_argument("--policy", default=str(DEFAULT_POLICY_PATH), help="PPO policy file (.zip); '' to skip PPO")
     ap.add_argument("--out", default="benchmarks/results/power", help="folder for results.csv and power.png")
@@ -42,17 +41,16 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-fid", action="store_true", help="skip FID")
-    return ap
 
 
-def evaluate(args: argparse.Namespace, log=print) -> list[dict]:  # noqa: ANN001
+def evaluate(args: argparse.Namespace, log=print) -> list[dict]:
     import torch
 
-    from edge_server.power_env import PowerEnv, make_latent_set, psnr
-    from edge_server.train_power import default_model
+    from meg_lab.power_env import PowerEnv, image_psnr, make_latent_set
+    from meg_lab.train_power import default_model
     from shared.channel import Rayleigh
-    from shared.model_loader import load_pipeline
     from shared.metrics import FID
+    from shared.model_loader import load_pipeline
     from shared.power import oracle, uniform
 
     torch.set_num_threads(max(1, args.threads))
@@ -86,7 +84,7 @@ def evaluate(args: argparse.Namespace, log=print) -> list[dict]:  # noqa: ANN001
                 mses.append(float(torch.mean((img[0] - data.perfect[i]) ** 2)))
                 if k < images:
                     first.append(img[0])
-            ps = psnr(np.array(mses))
+            ps = image_psnr(np.array(mses))
             row = {
                 "snr_db": args.snr_db, "coherence": args.coherence, "budget": budget, "policy": name,
                 "psnr": round(float(ps.mean()), 4), "psnr_sem": round(float(ps.std(ddof=1) / np.sqrt(len(ps))), 4),
@@ -133,8 +131,14 @@ def plot(rows: list[dict], path: Path, title: str = "") -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    args = build_parser().parse_args(argv)
+    """``meg-lab eval-power ARGS`` as a function."""
+    ap = argparse.ArgumentParser(prog="meg-lab eval-power", description=__doc__.split("\n\n")[0])
+    add_arguments(ap)
+    return run(ap.parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Evaluate every policy at every budget; write ``results.csv`` and ``power.png`` into ``args.out``."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = evaluate(args)

@@ -13,19 +13,24 @@ Reward (only at the end, 0 before): PSNR-based. ``reward="psnr"`` (default) give
 ``(PSNR(policy) − PSNR(uniform)) / 10`` where the uniform allocation sees the same seed, fading and noise
 (common random numbers): the uniform term does not depend on the actions, so the optimal policy is that of
 ``−distortion`` in dB, but the reward's variance is much lower. ``reward="psnr_abs"`` gives ``PSNR / 10 − 2``.
-PSNR uses images in ``[-1, 1]`` (peak-to-peak 2): ``10 log10(4 / MSE)``.
+PSNR uses images in ``[-1, 1]`` (peak-to-peak 2): ``10 log10(4 / MSE)``, capped at :data:`MAX_PSNR`
+(:func:`shared.images.psnr_from_mse`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
+from typing import ClassVar
 
 import gymnasium as gym
 import numpy as np
 import torch
 
+from shared import vae as vae_lib
 from shared.channel import ChannelProfile, Rayleigh, transmit
+from shared.images import psnr_from_mse
 from shared.power import block_sizes, uniform
 from shared.power_ppo import OBS_DIM, OBS_HIGH, OBS_LOW, action_to_power, observation
 
@@ -39,10 +44,8 @@ SeedEncode = Callable[[np.ndarray], np.ndarray]  # latent [C, H, W] -> flat real
 SeedDecode = Callable[[np.ndarray], np.ndarray]  # received symbols [n] -> latent [C, H, W]
 
 
-def psnr(mse: np.ndarray | float) -> np.ndarray:
-    """PSNR in dB of images in ``[-1, 1]`` (capped at :data:`MAX_PSNR`)."""
-    mse = np.maximum(np.asarray(mse, dtype=np.float64), 4.0 * 10 ** (-MAX_PSNR / 10))
-    return 10.0 * np.log10(4.0 / mse)
+#: PSNR in dB of image MSEs (images in ``[-1, 1]``), capped at :data:`MAX_PSNR`.
+image_psnr = partial(psnr_from_mse, data_range=2.0, max_db=MAX_PSNR)
 
 
 @dataclass
@@ -56,21 +59,13 @@ class LatentSet:
     decode_images: Callable[[torch.Tensor], torch.Tensor]
 
 
-def vae_decoder(pipe) -> Callable[[torch.Tensor], torch.Tensor]:  # noqa: ANN001
-    """``z (scaled) -> pipe.vae.decode(z / scaling_factor).sample`` clamped to ``[-1, 1]``, no grad, fp32."""
-    vae = pipe.vae
-    sf = float(vae.config.scaling_factor)
-
-    @torch.no_grad()
-    def decode(z: torch.Tensor) -> torch.Tensor:
-        z = z.to(device=vae.device, dtype=vae.dtype)
-        return vae.decode(z / sf).sample.float().clamp(-1, 1).cpu()
-
-    return decode
+def vae_decoder(pipe) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Scaled latents ``[B, C, H, W]`` -> images in ``[-1, 1]`` with ``pipe``'s VAE (:func:`shared.vae.decode`)."""
+    return partial(vae_lib.decode, pipe.vae)
 
 
 @torch.no_grad()
-def make_latent_set(pipe, count: int, stream: str = "train", seed: int = 0, batch: int = 32) -> LatentSet:  # noqa: ANN001
+def make_latent_set(pipe, count: int, stream: str = "train", seed: int = 0, batch: int = 32) -> LatentSet:
     """Seeds = VAE-encoded procedural renders (``shared.shapes``, the meg-tiny data) of one stream: the
     posterior means times ``scaling_factor``; their decodes are the perfectly received images."""
     from shared.shapes import batch as shapes_batch
@@ -102,7 +97,7 @@ class PowerEnv(gym.Env):
     the latent's values are the symbols).
     """
 
-    metadata = {"render_modes": []}
+    metadata: ClassVar[dict[str, list[str]]] = {"render_modes": []}
 
     def __init__(
         self,
@@ -152,7 +147,7 @@ class PowerEnv(gym.Env):
         self._reset_episode(idx, float(budget), np.asarray(h, dtype=np.float64), int(noise_seed))
         return self._obs()
 
-    def reset(self, *, seed: int | None = None, options: dict | None = None):  # noqa: ANN201
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
         rng = self.np_random
         idx = int(rng.integers(len(self.symbols)))
@@ -165,7 +160,7 @@ class PowerEnv(gym.Env):
         self._reset_episode(idx, budget, h, int(rng.integers(2**62)))
         return self._obs(), {}
 
-    def step(self, action):  # noqa: ANN001, ANN201
+    def step(self, action):
         a = float(np.asarray(action, dtype=np.float64).reshape(-1)[0])
         t = self.t
         p_t = action_to_power(a, t, self.sizes, self.energy_left, self.budget)
@@ -176,11 +171,11 @@ class PowerEnv(gym.Env):
             return self._obs(), 0.0, False, False, {}
         if self.reward_kind == "psnr":
             mine, base = self.score_allocations([self.p, uniform(self.x, self.h, self.coherence, self.budget)])
-            info = {"mse": mine, "psnr": float(psnr(mine)), "psnr_uniform": float(psnr(base))}
+            info = {"mse": mine, "psnr": float(image_psnr(mine)), "psnr_uniform": float(image_psnr(base))}
             reward = (info["psnr"] - info["psnr_uniform"]) / 10.0
         else:
             mse = self.score_allocations([self.p])[0]
-            info = {"mse": mse, "psnr": float(psnr(mse))}
+            info = {"mse": mse, "psnr": float(image_psnr(mse))}
             reward = info["psnr"] / 10.0 - 2.0
         info["p"] = self.p.copy()
         return self._obs(), float(reward), True, False, info

@@ -1,4 +1,4 @@
-"""Train meg-tiny, the embedded default text-to-image model, from scratch on this CPU (``meg-edge train-model``).
+"""Train meg-tiny, the embedded default text-to-image model, from scratch on this CPU (``meg-lab train-model``).
 
 Stage 1 trains the VAE (``AutoencoderKL``, factor 8, 4 latent channels) on procedurally rendered shapes
 (:mod:`shared.shapes`, generated on the fly) with MSE + 0.1 L1 + a small KL term. Its latent scaling factor
@@ -20,21 +20,17 @@ import argparse
 import copy
 import json
 import math
-import os
 import shutil
 import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+import torch
+import torch.nn.functional as F
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from shared import meg_tiny, shapes  # noqa: E402
-from shared.model_loader import MEG_TINY_DIR, MegConfig, minilm_dir  # noqa: E402
+from shared import meg_tiny, shapes
+from shared.images import psnr
+from shared.model_loader import MEG_TINY_DIR, MegConfig, minilm_dir
 
 
 def _log(msg: str) -> None:
@@ -47,12 +43,6 @@ def _lr_at(step: int, total: int, base: float, warmup: int) -> float:
         return base * (step + 1) / warmup
     p = (step - warmup) / max(1, total - warmup)
     return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * p)))
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """PSNR in dB between image batches in ``[-1, 1]`` (computed on the ``[0, 1]`` scale, mean over batch)."""
-    mse = ((a.clamp(-1, 1) - b.clamp(-1, 1)) / 2).pow(2).flatten(1).mean(1)
-    return float((10 * torch.log10(1.0 / mse.clamp_min(1e-10))).mean())
 
 
 # ----------------------------------------------------------------------------------------------- stage 1
@@ -85,7 +75,8 @@ def train_vae(args: argparse.Namespace) -> torch.nn.Module:
                 vae.eval()
                 rec = vae.decode(vae.encode(val).latent_dist.mode()).sample
                 vae.train()
-            _log(f"vae step {step + 1}/{args.vae_steps} loss {loss.item():.5f} val PSNR {psnr(rec, val):.2f} dB "
+            val_db = psnr(rec.clamp(-1, 1), val, data_range=2.0, per_image=True)
+            _log(f"vae step {step + 1}/{args.vae_steps} loss {loss.item():.5f} val PSNR {val_db:.2f} dB "
                  f"({time.time() - t0:.0f} s)")
     vae.eval().requires_grad_(False)
     return vae
@@ -98,7 +89,7 @@ class PromptCache:
     """MiniLM prompt embeddings ``[16, 384]`` computed once per caption string (through the pipeline's own
     ``encode_prompt`` so training sees exactly what inference feeds the UNet)."""
 
-    def __init__(self, pipe) -> None:  # noqa: ANN001
+    def __init__(self, pipe) -> None:
         self.pipe = pipe
         self.table: dict[str, torch.Tensor] = {}
 
@@ -115,7 +106,7 @@ class PromptCache:
         return torch.stack([self.table[c] for c in captions])
 
 
-def build_pipeline(vae, unet):  # noqa: ANN001, ANN201
+def build_pipeline(vae, unet):
     """A ``StableDiffusionPipeline`` with the packaged MiniLM encoder, tokenizer capped at 16 tokens."""
     from diffusers import StableDiffusionPipeline
     from transformers import BertModel, BertTokenizerFast
@@ -133,7 +124,7 @@ def build_pipeline(vae, unet):  # noqa: ANN001, ANN201
 
 
 @torch.no_grad()
-def make_pool(args: argparse.Namespace, vae, cache: PromptCache) -> tuple[torch.Tensor, list[str], float]:  # noqa: ANN001
+def make_pool(args: argparse.Namespace, vae, cache: PromptCache) -> tuple[torch.Tensor, list[str], float]:
     """Render ``args.pool`` training scenes, encode them to latent means ``[N, 4, 8, 8]`` and their captions."""
     t0 = time.time()
     latents, captions = [], []
@@ -152,8 +143,8 @@ def make_pool(args: argparse.Namespace, vae, cache: PromptCache) -> tuple[torch.
     return lat, captions, 1.0 / std
 
 
-def train_unet(args: argparse.Namespace, pipe, lat: torch.Tensor, captions: list[str], cache: PromptCache,  # noqa: ANN001, ANN201
-               snapshot=None):  # noqa: ANN001
+def train_unet(args: argparse.Namespace, pipe, lat: torch.Tensor, captions: list[str], cache: PromptCache,
+               snapshot=None):
     torch.manual_seed(args.seed + 1)
     unet = meg_tiny.build_unet(tuple(args.unet_channels), args.layers_per_block)
     ema = copy.deepcopy(unet).requires_grad_(False)
@@ -207,7 +198,7 @@ def train_unet(args: argparse.Namespace, pipe, lat: torch.Tensor, captions: list
 # ----------------------------------------------------------------------------------------------- save
 
 
-def save(out: Path, pipe, unet, meg: MegConfig, info: dict) -> None:  # noqa: ANN001
+def save(out: Path, pipe, unet, meg: MegConfig, info: dict) -> None:
     """Write the pipeline folder: fp16 copies of ``unet`` and ``pipe.vae``, the scheduler, model_index.json
     (listing the MiniLM text_encoder/tokenizer, which are then removed), meg.json and train_info.json."""
     from diffusers import StableDiffusionPipeline
@@ -229,14 +220,14 @@ def save(out: Path, pipe, unet, meg: MegConfig, info: dict) -> None:  # noqa: AN
     _log(f"saved {out} ({size / 1e6:.1f} MB)")
 
 
-def _load_vae(folder: Path):  # noqa: ANN202
+def _load_vae(folder: Path):
     from diffusers import AutoencoderKL
 
     return AutoencoderKL.from_pretrained(folder / "vae", local_files_only=True, dtype=torch.float32).eval().requires_grad_(False)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="meg-edge train-model", description=__doc__.split("\n\n")[0])
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of ``meg-lab train-model``."""
     p.add_argument("--out", type=Path, default=MEG_TINY_DIR, help="output pipeline folder (default: the shipped one)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own)")
@@ -264,11 +255,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-every", type=int, default=250)
     p.add_argument("--snapshot-every", type=int, default=0,
                    help="also write the EMA UNet to --out every N UNet steps (to evaluate during training)")
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """``meg-lab train-model ARGS`` as a function."""
+    p = argparse.ArgumentParser(prog="meg-lab train-model", description=__doc__.split("\n\n")[0])
+    add_arguments(p)
+    return run(p.parse_args(argv), argv)
+
+
+def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
+    """Train (both stages) and write the pipeline folder ``args.out``."""
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(True, warn_only=True)
@@ -283,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     _, val = shapes.batch(args.seed, 0, 256, stream="eval")
     with torch.no_grad():
         rec = torch.cat([vae.decode(vae.encode(val[i:i + 64]).latent_dist.mode()).sample for i in range(0, 256, 64)])
-    vae_psnr = psnr(rec, val)
+    vae_psnr = psnr(rec.clamp(-1, 1), val, data_range=2.0, per_image=True)
     _log(f"VAE reconstruction PSNR on 256 held-out renders: {vae_psnr:.2f} dB")
     placeholder = meg_tiny.build_unet(tuple(args.unet_channels), args.layers_per_block)
     pipe = build_pipeline(vae, placeholder)
@@ -295,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     meg = MegConfig(max_tokens=meg_tiny.MAX_TOKENS, es_steps=args.es_steps, ue_steps=args.ue_steps,
                     guidance=args.guidance, image_size=meg_tiny.IMAGE_SIZE)
 
-    def snapshot(ema, step: int) -> None:  # noqa: ANN001
+    def snapshot(ema, step: int) -> None:
         save(args.out, pipe, ema, meg, {"snapshot_unet_step": step})
 
     unet = train_unet(args, pipe, lat, captions, cache, snapshot)

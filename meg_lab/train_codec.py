@@ -1,4 +1,4 @@
-"""``meg-edge train-codec``: train the seed codecs (both designs, every fc) on latents made by the model.
+"""``meg-lab train-codec``: train the seed codecs (both designs, every fc) on latents made by the model.
 
 Latent set: the model's own generated latents for training-stream captions (what EIUG/CIAG seeds carry)
 plus VAE latents of rendered scenes (what img2img task seeds carry), generated on the fly, never stored.
@@ -74,7 +74,14 @@ def train_one(cfg: CodecConfig, train: torch.Tensor, val: torch.Tensor, steps: i
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="meg-edge train-codec", description=__doc__)
+    """``meg-lab train-codec ARGS`` as a function."""
+    parser = argparse.ArgumentParser(prog="meg-lab train-codec", description=__doc__)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of ``meg-lab train-codec``."""
     parser.add_argument("--model", help="StableDiffusionPipeline folder (default: the embedded meg-tiny)")
     parser.add_argument("--out", help="codec folder (default: <model>/codec)")
     parser.add_argument("--generated", type=int, default=1024, help="generated latents in the set")
@@ -86,7 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--design", choices=DESIGNS, action="append", help="default: both")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
-    args = parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train every (design, fc) codec and write them with ``report.json``."""
     if args.threads:
         torch.set_num_threads(args.threads)
     model = Path(args.model) if args.model else default_model_path()

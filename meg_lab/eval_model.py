@@ -1,4 +1,4 @@
-"""Evaluate a text-to-image pipeline on the procedural shapes task (``meg-edge eval-model``).
+"""Evaluate a text-to-image pipeline on the procedural shapes task (``meg-lab eval-model``).
 
 Held-out captions come from the ``eval`` stream of :mod:`shared.shapes` (never used in training).
 
@@ -21,24 +21,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import textwrap
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch import nn  # noqa: E402
-
-from shared import shapes  # noqa: E402
-from shared.metrics import TFInception, to_uint8  # noqa: E402
-from shared.metrics import TorchmetricsFID as FID  # noqa: E402
-
+from shared import shapes
+from shared.images import psnr
+from shared.metrics import TFInception, to_uint8
+from shared.metrics import TorchmetricsFID as FID
 
 #: The attribute classifier shipped beside meg-tiny (0.6 MB; ``train_classifier(0, 600)``).
 SHIPPED_CLASSIFIER = Path(__file__).resolve().parent.parent / "shared" / "weights" / "meg-tiny" / "attribute_cnn.safetensors"
@@ -149,7 +145,7 @@ def train_classifier(seed: int = 0, steps: int = 600, batch_size: int = 64, pool
 
 
 @torch.no_grad()
-def generate(pipe, prompts: list[str], steps: int, guidance: float, seed: int, size: int = 64,  # noqa: ANN001
+def generate(pipe, prompts: list[str], steps: int, guidance: float, seed: int, size: int = 64,
              batch_size: int = 50) -> torch.Tensor:
     """Images ``[N, 3, size, size]`` in ``[-1, 1]`` for ``prompts`` (DDIM, classifier-free guidance)."""
     out = []
@@ -161,7 +157,7 @@ def generate(pipe, prompts: list[str], steps: int, guidance: float, seed: int, s
     return torch.cat(out)
 
 
-def random_init_pipeline(like, seed: int = 0):  # noqa: ANN001, ANN201
+def random_init_pipeline(like, seed: int = 0):
     """A meg-tiny of the same architecture as ``like`` with random weights (the FID's 'untrained' row)."""
     from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
 
@@ -204,7 +200,6 @@ def save_grid(path: Path, images: torch.Tensor, prompts: list[str], cols: int = 
 
 def evaluate(model: Path | None, n: int, seed: int, out_grid: Path | None, random_baseline: bool = True,
              classifier_steps: int = 600, classifier: Path | None = None) -> dict:
-    from edge_server.train_model import psnr
     from shared.model_loader import load_pipeline
 
     t0 = time.time()
@@ -254,7 +249,7 @@ def evaluate(model: Path | None, n: int, seed: int, out_grid: Path | None, rando
     with torch.no_grad():
         vae = pipe.vae
         rec = torch.cat([vae.decode(vae.encode(gt[i:i + 50]).latent_dist.mode()).sample for i in range(0, n, 50)])
-    res["vae_psnr_db"] = round(psnr(rec, gt), 2)
+    res["vae_psnr_db"] = round(psnr(rec.clamp(-1, 1), gt, data_range=2.0, per_image=True), 2)
     res["seconds"] = round(time.time() - t0)
     return res
 
@@ -283,8 +278,8 @@ def format_table(res: dict) -> str:
     return "\n".join(f"{k:<{w}}  {v}" for k, v in rows)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="meg-edge eval-model", description=__doc__.split("\n\n")[0])
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of ``meg-lab eval-model``."""
     p.add_argument("--model", type=Path, default=None, help="pipeline folder (default: the shipped meg-tiny)")
     p.add_argument("--n", type=int, default=200, help="held-out captions per measurement (default 200)")
     p.add_argument("--seed", type=int, default=0)
@@ -296,11 +291,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classifier", type=Path, default=None,
                    help="attribute CNN weights (safetensors): loaded if the file exists, else trained and saved "
                         "there (default: the copy shipped beside meg-tiny, else trained on the fly)")
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """``meg-lab eval-model ARGS`` as a function."""
+    p = argparse.ArgumentParser(prog="meg-lab eval-model", description=__doc__.split("\n\n")[0])
+    add_arguments(p)
+    return run(p.parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Evaluate and print the table (or JSON)."""
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.n < 16:

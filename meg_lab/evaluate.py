@@ -1,4 +1,4 @@
-"""``meg-ue eval``: paper 2's evaluation (§V, Figs. 6–9, Table II) — PSNR and FID against the perfectly
+"""``meg-lab eval``: paper 2's evaluation (§V, Figs. 6–9, Table II) — PSNR and FID against the perfectly
 received image, over SNR × scheme × channel.
 
 Schemes, all sending one generated result over the same channel function the proxy uses
@@ -25,13 +25,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from shared.channel import ChannelProfile, transmit
+from shared import vae
+from shared.channel import MODELS, ChannelProfile, transmit
 from shared.codec import FCS, SeedCodec, load_codecs
+from shared.images import psnr
 from shared.model_loader import default_model_path
 from shared.model_ops import ModelParts
 
 COLUMNS = ("channel", "snr_db", "scheme", "design", "fc", "symbols", "psnr_db", "fid", "n")
-COHERENCE = 64  # Rayleigh block length in symbols
+COHERENCE = 64  # fading block length in symbols
 
 
 @dataclass(frozen=True)
@@ -64,23 +66,14 @@ def reference_set(parts: ModelParts, n: int, seed: int) -> tuple[list[str], torc
     return prompts, lat, decode(parts, lat)
 
 
-@torch.no_grad()
 def decode(parts: ModelParts, latents: torch.Tensor) -> torch.Tensor:
-    vae = parts.pipe.vae
-    out = [vae.decode(latents[i:i + 32].to(parts.device, vae.dtype) / vae.config.scaling_factor).sample
-           for i in range(0, latents.shape[0], 32)]
-    return ((torch.cat(out).float().cpu() + 1) / 2).clamp(0, 1)
+    """Scaled latents ``[B, C, h, h]`` -> images ``[B, 3, H, H]`` in [0, 1] (the UE's D)."""
+    return vae.to_unit(vae.decode(parts.pipe.vae, latents))
 
 
 def send_each(x: torch.Tensor, profile: ChannelProfile, rng: np.random.Generator) -> torch.Tensor:
     """Send every item of the batch ``[B, ...]`` as its own transmission; returns what was received."""
     return torch.stack([torch.from_numpy(transmit(item.numpy(), profile, rng).received) for item in x])
-
-
-def psnr_each(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Mean over the batch of per-image PSNR (dB) for images in [0, 1] (capped at 100 dB)."""
-    mse = ((a - b) ** 2).flatten(1).mean(1).clamp_min(1e-10)
-    return float((10 * torch.log10(1.0 / mse)).clamp(max=100).mean())
 
 
 def run(model: Path, out: Path, sweep: Sweep, seed: int = 0) -> list[dict[str, object]]:
@@ -100,7 +93,7 @@ def run(model: Path, out: Path, sweep: Sweep, seed: int = 0) -> list[dict[str, o
     rows: list[dict[str, object]] = []
     for channel in sweep.channels:
         for snr in sweep.snrs:
-            profile = ChannelProfile(model=channel, snr_db=snr, coherence_symbols=COHERENCE if channel == "rayleigh" else 0)
+            profile = ChannelProfile(model=channel, snr_db=snr, coherence_symbols=COHERENCE if MODELS[channel].fading else 0)
             for scheme, design, fc in schemes:
                 rng = np.random.default_rng([seed, int(snr * 10) + 1000, len(rows)])
                 if scheme == "centralized":
@@ -114,7 +107,7 @@ def run(model: Path, out: Path, sweep: Sweep, seed: int = 0) -> list[dict[str, o
                     received, symbols = decode(parts, z), s[0].numel()
                 rows.append({
                     "channel": channel, "snr_db": snr, "scheme": scheme, "design": design or "-", "fc": fc,
-                    "symbols": int(symbols), "psnr_db": round(psnr_each(received, images), 3),
+                    "symbols": int(symbols), "psnr_db": round(psnr(received, images, per_image=True, max_db=100.0), 3),
                     "fid": round(fid(received * 2 - 1), 3) if fid else float("nan"), "n": sweep.n,
                 })
         print(f"{channel}: done in {time.perf_counter() - t0:.0f}s", flush=True)
@@ -162,7 +155,7 @@ def plot(rows: list[dict[str, object]], out: Path) -> None:
                     continue
                 name = scheme if scheme in ("centralized", "raw-latent") else f"{scheme} fc={fc:g}"
                 ax.plot(*zip(*pts), **_style(scheme, fc), marker="o", ms=3, label=name)
-            ax.set_title(f"{ch.upper()}" + (f" (block fading, L={COHERENCE})" if ch == "rayleigh" else ""))
+            ax.set_title(f"{ch.upper()}" + (f" (block fading, L={COHERENCE})" if MODELS[ch].fading else ""))
             ax.set_xlabel("SNR (dB)")
             ax.set_ylabel(ylabel)
             ax.grid(alpha=0.3)
@@ -207,14 +200,24 @@ def write_table_ii(parts: ModelParts, codecs: dict[str, dict[float, SeedCodec]],
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="meg-ue eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """``meg-lab eval ARGS`` as a function."""
+    parser = argparse.ArgumentParser(prog="meg-lab eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    return run_cli(parser.parse_args(argv))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of ``meg-lab eval``."""
     parser.add_argument("--out", required=True, help="folder for results.csv, plots and table_ii.md")
     parser.add_argument("--model", help="StableDiffusionPipeline folder with codec/ (default: embedded meg-tiny)")
     parser.add_argument("--quick", action="store_true", help="8 prompts, 5 SNRs, fc 0.5 (about a minute)")
     parser.add_argument("--n", type=int, help="prompts per cell (default 48)")
     parser.add_argument("--no-fid", action="store_true", help="PSNR only")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    """Run the sweep of the parsed flags and write everything into ``args.out``."""
     sweep = QUICK if args.quick else FULL
     if args.n:
         sweep = Sweep(args.n, sweep.snrs, sweep.fcs, sweep.channels, sweep.fid)

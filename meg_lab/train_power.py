@@ -1,6 +1,6 @@
-"""``meg-edge train-power``: train the PPO power controller (paper 2, Alg. 3) with stable-baselines3.
+"""``meg-lab train-power``: train the PPO power controller (paper 2, Alg. 3) with stable-baselines3.
 
-The environment is :class:`edge_server.power_env.PowerEnv` (one seed download per episode over Rayleigh
+The environment is :class:`meg_lab.power_env.PowerEnv` (one seed download per episode over Rayleigh
 block fading at ``--snr-db``, budgets drawn log-uniformly over [0.2, 5] unless ``--budget`` fixes one),
 the seeds are VAE-encoded procedural renders of the ``train`` stream of ``shared.shapes``, and the reward is
 the PSNR gain over uniform power (same fading and noise). The saved file is an ordinary SB3 ``PPO`` zip
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -29,8 +28,8 @@ def default_model() -> str | None:
     return str(MEG_TINY_DIR) if (MEG_TINY_DIR / "model_index.json").exists() else None
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="meg-edge train-power", description=__doc__.split("\n\n")[0])
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    """The flags of ``meg-lab train-power``."""
     ap.add_argument("--model", default=None, help="StableDiffusionPipeline folder (default: the embedded meg-tiny)")
     ap.add_argument("--out", default=str(DEFAULT_POLICY_PATH), help="policy file to write (.zip)")
     ap.add_argument("--timesteps", type=int, default=400_000, help="environment steps (one per fading block)")
@@ -47,17 +46,16 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
     ap.add_argument("--device", default="cpu", help="device of the VAE decoder (the PPO net stays on CPU)")
-    return ap
 
 
-def train(args: argparse.Namespace, log=print) -> Path:  # noqa: ANN001
+def train(args: argparse.Namespace, log=print) -> Path:
     import numpy as np
     import torch
     from stable_baselines3 import PPO
     from stable_baselines3.common.logger import Logger
     from stable_baselines3.common.monitor import Monitor
 
-    from edge_server.power_env import PowerEnv, make_latent_set
+    from meg_lab.power_env import PowerEnv, make_latent_set
     from shared.model_loader import load_pipeline
 
     torch.set_num_threads(max(1, args.threads))
@@ -77,7 +75,7 @@ def train(args: argparse.Namespace, log=print) -> Path:  # noqa: ANN001
         "MlpPolicy", env, seed=args.seed, device="cpu", verbose=0,
         n_steps=args.n_steps, batch_size=256, n_epochs=10, learning_rate=args.lr, gamma=1.0, gae_lambda=0.95,
         clip_range=0.2, ent_coef=0.0,
-        policy_kwargs=dict(net_arch=dict(pi=[64, 64], vf=[64, 64]), log_std_init=args.log_std),
+        policy_kwargs={"net_arch": {"pi": [64, 64], "vf": [64, 64]}, "log_std_init": args.log_std},
     )
     model.set_logger(Logger(folder=None, output_formats=[]))  # no SB3 log folders in /tmp
     with torch.no_grad():  # start at uniform power: mean action a = 1 / P_MAX_FACTOR -> p = budget
@@ -109,8 +107,14 @@ def train(args: argparse.Namespace, log=print) -> Path:  # noqa: ANN001
 
 
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    args = build_parser().parse_args(argv)
+    """``meg-lab train-power ARGS`` as a function."""
+    ap = argparse.ArgumentParser(prog="meg-lab train-power", description=__doc__.split("\n\n")[0])
+    add_arguments(ap)
+    return run(ap.parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train and save the policy of the parsed flags."""
     train(args)
     return 0
 
