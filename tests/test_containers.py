@@ -34,7 +34,7 @@ pytestmark = [pytest.mark.container, pytest.mark.timeout(3600)]
 
 
 def _run(argv: Sequence[str], timeout: float = 120, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+    return subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT, check=False)
 
 
 def _compose_cli() -> list[str] | None:
@@ -59,6 +59,18 @@ def _engine() -> tuple[list[str] | None, str]:
 
 COMPOSE, WHY_NOT = _engine()
 needs_engine = pytest.mark.skipif(COMPOSE is None, reason=WHY_NOT)
+
+
+def test_healthcheck_exit_codes() -> None:
+    """`python -m shared.healthcheck` (the compose health checks): 0 serving, 1 unknown service, 2 unreachable."""
+    from shared.healthcheck import main
+    from tests.processes import running, script
+
+    with running([script("meg-channel"), "serve", "--listen", "127.0.0.1:0", "--upstream", "es0=127.0.0.1:1"]) as (_, port):
+        assert main([f"127.0.0.1:{port}"]) == 0
+        assert main([f"127.0.0.1:{port}", "--service", "no.such.Service"]) == 1
+    assert main([f"127.0.0.1:{port}", "--timeout", "2"]) == 2  # stopped
+    assert main([f"127.0.0.1:{port}", "--tls-ca", "/no/such/ca.pem"]) == 2  # one line, no traceback
 
 
 def test_compose_file_is_valid_with_every_profile(tmp_path: Path) -> None:
@@ -89,9 +101,15 @@ class Stack:
     out: Path
     env: dict[str, str]
 
+    #: override files on top of docker-compose.yml (the TLS step adds docker/compose.tls.yml)
+    overrides: tuple[Path, ...] = ()
+
     def compose(self, *args: str, profiles: Sequence[str] = (), timeout: float = 300,
                 check: bool = True) -> subprocess.CompletedProcess[str]:
-        argv = [*COMPOSE, "-f", str(COMPOSE_FILE), "-p", self.project]  # type: ignore[misc]
+        argv = [*COMPOSE, "-f", str(COMPOSE_FILE)]  # type: ignore[misc]
+        for f in self.overrides:
+            argv += ["-f", str(f)]
+        argv += ["-p", self.project]
         for p in profiles:
             argv += ["--profile", p]
         res = _run([*argv, *args], timeout=timeout, env=self.env)
@@ -119,9 +137,10 @@ class Stack:
                 raise AssertionError(f"not healthy after {timeout} s: {pending}")
             time.sleep(2)
 
-    def ue(self, *args: str, timeout: float = 300, profiles: Sequence[str] = ()) -> subprocess.CompletedProcess[str]:
+    def ue(self, *args: str, timeout: float = 300, profiles: Sequence[str] = (),
+           check: bool = True) -> subprocess.CompletedProcess[str]:
         """`compose run --rm ue ARGS` (the one-shot UE CLI container)."""
-        return self.compose("run", "--rm", "ue", *args, profiles=(*profiles, "cli"), timeout=timeout)
+        return self.compose("run", "--rm", "ue", *args, profiles=(*profiles, "cli"), timeout=timeout, check=check)
 
     def resources(self) -> dict[str, list[str]]:
         """Containers (any state), networks and volumes of this project still on the engine."""
@@ -213,7 +232,7 @@ def test_swap_profile_from_a_container(stack: Stack) -> None:
 
 
 def _has_load() -> bool:
-    return subprocess.run(["meg-ue", "load", "--help"], capture_output=True, timeout=120).returncode == 0 \
+    return subprocess.run(["meg-ue", "load", "--help"], capture_output=True, timeout=120, check=False).returncode == 0 \
         if shutil.which("meg-ue") else False
 
 
@@ -247,6 +266,44 @@ def test_multi_es_profile(stack: Stack) -> None:
     stack.ue("generate", PROMPT, "--protocol", "UIDG", "--via", VIA, "--es", "es0,es1", "--out", "/out/uidg.png",
              profiles=["multi-es"])
     _read_png(stack.out / "uidg.png")
+
+
+def _has_tls() -> bool:
+    if not (ROOT / "scripts" / "make-dev-certs.sh").is_file() or not shutil.which("meg-edge"):
+        return False
+    help_ = subprocess.run(["meg-edge", "serve", "--help"], capture_output=True, text=True, timeout=120, check=False)
+    return "--tls-cert" in help_.stdout
+
+
+@needs_engine
+def test_tls_and_tokens_override(stack: Stack, tmp_path: Path) -> None:
+    """docker/compose.tls.yml: mutual TLS on every hop, UE and admin tokens, TLS health checks."""
+    if not _has_tls():
+        pytest.skip("TLS/token flags or scripts/make-dev-certs.sh are not in this checkout yet")
+    certs = tmp_path / "certs"
+    res = _run(["bash", str(ROOT / "scripts" / "make-dev-certs.sh"), str(certs), "es0", "es1", "gpu0", "channel"])
+    assert res.returncode == 0, res.stderr
+    certs.chmod(0o755)
+    for f in certs.iterdir():
+        f.chmod(0o644)  # a throwaway test CA: readable by the containers' uid
+    stack.compose("down", "-v", "--remove-orphans", "--timeout", "20", profiles=["multi-es", "cli"], timeout=180)
+    stack.overrides = (ROOT / "docker" / "compose.tls.yml",)
+    stack.env["MEG_CERTS"] = str(certs)
+    stack.compose("up", "-d", timeout=600)
+    stack.wait_healthy(["es0", "channel"])  # the TLS health checks pass
+    tls = ["--tls-ca", "/certs/ca.pem", "--tls-cert", "/certs/ue.pem", "--tls-key", "/certs/ue.key"]
+    stack.ue("generate", PROMPT, "--protocol", "CIAG", "--via", VIA, *tls, "--token-file", "/certs/ue.token",
+             "--out", "/out/tls.png")
+    _read_png(stack.out / "tls.png")
+    no_token = stack.ue("generate", PROMPT, "--protocol", "CIAG", "--via", VIA, *tls, "--out", "/out/x.png", check=False)
+    assert no_token.returncode != 0 and "not authenticated" in (no_token.stdout + no_token.stderr).lower()
+    plaintext = stack.ue("generate", PROMPT, "--protocol", "CIAG", "--via", VIA, "--token-file", "/certs/ue.token",
+                         "--out", "/out/x.png", check=False)
+    assert plaintext.returncode != 0
+    ctl = ["run", "--rm", "--no-deps", "--entrypoint", "meg-channel", "ue", "set", "downlink", "awgn-0", "--via", VIA, *tls]
+    ue_as_admin = stack.compose(*ctl, "--admin-token-file", "/certs/ue.token", profiles=["cli"], check=False)
+    assert ue_as_admin.returncode != 0 and "not authenticated" in (ue_as_admin.stdout + ue_as_admin.stderr).lower()
+    stack.compose(*ctl, "--admin-token-file", "/certs/admin.token", profiles=["cli"])
 
 
 @needs_engine
