@@ -52,7 +52,8 @@ def _engine() -> tuple[list[str] | None, str]:
     except subprocess.TimeoutExpired:
         return None, "no Docker engine answered `docker info` within 30 s"
     if info.returncode != 0:
-        return None, f"no Docker engine reachable (`docker info`: {info.stderr.strip().splitlines()[-1:]}); .ci/run starts one"
+        last = (info.stderr.strip().splitlines() or ["no output"])[-1]
+        return None, f"no Docker engine reachable (`docker info`: {last}); .ci/run starts one"
     cli = _compose_cli()
     return (cli, "") if cli else (None, "Docker engine found but no Compose (docker compose plugin or docker-compose)")
 
