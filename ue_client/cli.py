@@ -290,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("eval", help="moved: meg-lab eval (this spelling forwards to it)")
     from ue_client.load import add_load_parser
 
-    add_load_parser(sub, _model_flags)
+    add_load_parser(sub, lambda p: (_model_flags(p), _connection_flags(p)))
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] == "eval":
         from meg_lab.cli import forward

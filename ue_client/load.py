@@ -331,11 +331,15 @@ def write_outputs(out: Path, summary: dict[str, object], records: list[RequestRe
         w.writerow(names)
         for r in records:
             w.writerow([round(v, 6) if isinstance(v, float) else v for v in (getattr(r, n) for n in names)])
-    paths += plot(out, records)
+    try:
+        paths += plot(out, records)
+    except ImportError:  # matplotlib is the `plots` extra
+        print("meg-ue load: no plots (matplotlib is not installed: pip install 'meg[plots]')", file=sys.stderr)
     return paths
 
 
 def plot(out: Path, records: list[RequestRecord]) -> list[Path]:
+    """``latency.png`` and ``timeline.png``; raises ImportError without matplotlib."""
     import matplotlib
 
     matplotlib.use("Agg")
