@@ -35,7 +35,7 @@ import torch  # noqa: E402
 
 from shared.images import psnr, save_png  # noqa: E402
 from shared.model_ops import ModelParts, Params  # noqa: E402
-from shared.tiles import boundaries, default_halo, seam_score  # noqa: E402
+from shared.tiles import Share, boundaries, default_halo, seam_score  # noqa: E402
 from ue_client.session import MultiOptions, generate  # noqa: E402
 from ue_client.transport import connect  # noqa: E402
 
@@ -45,8 +45,9 @@ PROMPTS = ["a red circle above a blue square", "a green triangle left of a yello
 
 
 @contextlib.contextmanager
-def two_edges(model: str, pin: bool) -> Iterator[str]:
-    """es0, es1 (pinned to cores 0 and 1 when ``pin``) behind a meg-channel with ideal links; yields its address."""
+def two_edges(model: str, pin: bool) -> Iterator[tuple[str, list[int]]]:
+    """es0, es1 (pinned to cores 0 and 1 when ``pin``) behind a meg-channel with ideal links; yields its
+    address and the two ES process ids."""
     from tests.processes import running, script
 
     saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
@@ -54,17 +55,18 @@ def two_edges(model: str, pin: bool) -> Iterator[str]:
         os.environ.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     try:
         with contextlib.ExitStack() as stack:
-            ports = []
+            ports, pids = [], []
             for i, name in enumerate(("es0", "es1")):
                 argv = [script("meg-edge"), "serve", "--listen", "127.0.0.1:0", "--model", model, "--device", "cpu",
                         "--name", name, "--max-batch", "2"]
-                _, port = stack.enter_context(running((["taskset", "-c", str(i)] if pin else []) + argv,
-                                                      "meg.v1.EdgeService", timeout=600))
+                proc, port = stack.enter_context(running((["taskset", "-c", str(i)] if pin else []) + argv,
+                                                         "meg.v1.EdgeService", timeout=600))
                 ports.append(port)
+                pids.append(proc.pid)  # taskset execs the daemon: same process
             proxy = [script("meg-channel"), "serve", "--listen", "127.0.0.1:0", "--upstream", f"es0=127.0.0.1:{ports[0]}",
                      "--upstream", f"es1=127.0.0.1:{ports[1]}"]
             _, ch = stack.enter_context(running(proxy, "meg.v1.ChannelControl"))
-            yield f"127.0.0.1:{ch}"
+            yield f"127.0.0.1:{ch}", pids
     finally:
         for k, v in saved.items():
             if v is None:
@@ -102,7 +104,7 @@ def seams(args: argparse.Namespace) -> dict[str, object]:
     rows: list[dict[str, object]] = []
     pictures: dict[str, torch.Tensor] = {}
     captions: dict[str, str] = {}
-    with two_edges(args.model or str(ROOT / "shared" / "weights" / "meg-tiny"), pin=False) as via:
+    with two_edges(args.model or str(ROOT / "shared" / "weights" / "meg-tiny"), pin=False) as (via, _):
         for k, prompt in enumerate(PROMPTS):
             for seed in range(args.seeds):
                 res = _arms(parts, via, prompt, Params(seed=seed, steps=args.steps), halos)
@@ -133,36 +135,67 @@ def seams(args: argparse.Namespace) -> dict[str, object]:
             "border_columns": border, "n": len(rows), "summary": summary, "rows": rows}
 
 
+def cpu_seconds(pid: int) -> float:
+    """user + system CPU seconds a process has used (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def latency(args: argparse.Namespace) -> dict[str, object]:
+    """Per arm and rep: the UE's wall time, and each ES process's CPU seconds for that generation. Each ES is
+    one thread on its own core, so its CPU seconds are what it would take on an idle core: the cooperative
+    generation's *uncontended* latency is max over ESs of their CPU seconds + the UE's own work; on this
+    shared machine the wall time also holds the waiting for other people's processes."""
     torch.set_num_threads(1)
     parts = ModelParts.load(args.model, "cpu")
     g = parts.geometry
-    times: dict[str, list[dict[str, float]]] = {"1 ES (UIEG)": [], "2 ES UIDCG overlap": [], "2 ES UIDCG naive": []}
-    with two_edges(args.model, pin=True) as via:
-        halos = (default_halo(g.latent_size), 0)
-        _arms(parts, via, PROMPTS[0], Params(seed=0, steps=1), halos)  # warm-up: first calls allocate
-        quality = []
-        for rep in range(args.reps):
-            t0 = time.perf_counter()
-            res = _arms(parts, via, PROMPTS[0], Params(seed=rep, steps=args.steps), halos)
-            for name, arm in zip(times, ("single", f"halo {halos[0]}", "halo 0")):
-                r = res[arm]
-                times[name].append({"wall_s": round(r.seconds, 3), "es_s": round(r.es_seconds, 3)})  # type: ignore[attr-defined]
-            quality.append(round(psnr(res[f"halo {halos[0]}"].image, res["single"].image), 2))  # type: ignore[attr-defined]
-            print(f"rep {rep}: {time.perf_counter() - t0:.1f}s "
-                  + ", ".join(f"{n} {t[-1]['wall_s']:.2f}s" for n, t in times.items()), file=sys.stderr)
-    summary = {}
+    halo = default_halo(g.latent_size)
+    arms = {"1 ES (UIEG)": ("UIEG", ["es0"], None), f"2 ES UIDCG halo {halo}": ("UIDCG", ["es0", "es1"], halo),
+            "2 ES UIDCG naive (halo 0)": ("UIDCG", ["es0", "es1"], 0)}
+    times: dict[str, list[dict[str, float]]] = {name: [] for name in arms}
+    images: dict[str, torch.Tensor] = {}
+    quality: list[float] = []
+    with two_edges(args.model, pin=True) as (via, pids):
+        clients = connect(via, ["es0", "es1"], timeout_s=3600)
+        try:
+            def run(name: str, p: Params) -> dict[str, float]:
+                protocol, names, h = arms[name]
+                before = [cpu_seconds(pid) for pid in pids]
+                ue0 = time.process_time()
+                r = generate(parts, clients["es0"], PROMPTS[0], protocol, "txt2img", p,
+                             clients={n: clients[n] for n in names}, options=MultiOptions(halo=h))
+                ue = time.process_time() - ue0
+                es_cpu = [cpu_seconds(pid) - b for pid, b in zip(pids, before)]
+                images[name] = r.image
+                return {"wall_s": round(r.seconds, 3), "es_cpu_s": [round(c, 2) for c in es_cpu],
+                        "ue_cpu_s": round(ue, 3), "uncontended_s": round(max(es_cpu) + ue, 3)}
+
+            for name in arms:  # warm-up: first calls of each shape allocate
+                run(name, Params(seed=0, steps=1))
+            for rep in range(args.reps):
+                for name in arms:  # interleaved: every rep runs each arm once
+                    times[name].append(run(name, Params(seed=rep, steps=args.steps)))
+                quality.append(round(psnr(images[list(arms)[1]], images[list(arms)[0]]), 2))
+                print(f"rep {rep}: " + ", ".join(f"{n} wall {t[-1]['wall_s']:.1f}s cpu {t[-1]['uncontended_s']:.1f}s"
+                                                 for n, t in times.items()), file=sys.stderr)
+        finally:
+            for c in clients.values():
+                c.close()
+    summary: dict[str, dict[str, object]] = {}
     for name, ts in times.items():
         walls = [t["wall_s"] for t in ts]
-        summary[name] = {"wall_s_median": round(statistics.median(walls), 3), "wall_s_min": min(walls),
-                         "wall_s_all": walls, "es_s_all": [t["es_s"] for t in ts]}
-    base = summary["1 ES (UIEG)"]["wall_s_median"]
-    for name in summary:
-        summary[name]["speedup_vs_1_es"] = round(base / summary[name]["wall_s_median"], 2)  # type: ignore[operator]
-    return {"model": args.model, "geometry": g.__dict__, "steps": args.steps, "reps": args.reps,
-            "halo": default_halo(g.latent_size), "pinning": "taskset -c 0 (es0), -c 1 (es1), OMP_NUM_THREADS=1",
-            "order": "per rep: 1 ES, 2 ES overlap, 2 ES naive (interleaved)", "summary": summary,
-            "psnr_overlap_vs_single_db": quality}
+        unc = [t["uncontended_s"] for t in ts]
+        summary[name] = {"wall_s_median": round(statistics.median(walls), 2), "wall_s_all": walls,  # type: ignore[arg-type]
+                         "uncontended_s_median": round(statistics.median(unc), 2), "uncontended_s_all": unc}  # type: ignore[arg-type]
+    base = list(summary.values())[0]
+    for row in summary.values():
+        row["speedup_wall"] = round(base["wall_s_median"] / row["wall_s_median"], 2)  # type: ignore[operator]
+        row["speedup_uncontended"] = round(base["uncontended_s_median"] / row["uncontended_s_median"], 2)  # type: ignore[operator]
+    return {"model": args.model, "geometry": g.__dict__, "steps": args.steps, "reps": args.reps, "halo": halo,
+            "window_columns": [list(Share(i, 2, halo).window(g.latent_size)) for i in range(2)],
+            "pinning": "taskset -c 0 (es0), -c 1 (es1), OMP_NUM_THREADS=1 in both arms; UE unpinned, 1 thread",
+            "order": "warm-up, then per rep: each arm once (interleaved)", "summary": summary, "runs": times,
+            "psnr_halo_vs_single_db": quality}
 
 
 def main() -> None:
