@@ -66,7 +66,7 @@ def test_open_loop_overload_gets_resource_exhausted_fast(random_model_dir: Path,
     """Poisson arrivals far above what a max-batch-2, max-queue-2 ES serves: the excess is refused at once,
     the rest served, and every request ends (none hangs)."""
     s = _load(random_model_dir, proxy_addr, tmp_path, "--ues", "16", "--requests", "40", "--rate", "200",
-              "--steps", "150", "--timeout", "120")
+              "--steps", "60", "--timeout", "120")
     errors = s["errors"]
     assert set(errors) == {"RESOURCE_EXHAUSTED"}, errors  # type: ignore[arg-type]
     assert s["ok"] >= 4 and s["ok"] + errors["RESOURCE_EXHAUSTED"] == 40  # type: ignore[index]
