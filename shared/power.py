@@ -10,7 +10,7 @@ live daemon call the very same code.
 - :func:`oracle`: non-causal, knows every ``h_t``: minimises the zero-forcing MSE ``Σ_t L_t N0 / (h_t² p_t)``
   under the budget, giving ``p_t ∝ 1 / h_t`` (capped at ``p_max``, the excess re-spread) — an oracle the
   papers never compare against.
-- PPO (``shared.power_ppo``, trained by ``meg-edge train-power``): causal, decides ``p_t`` from ``h_t``, the
+- PPO (``shared.power_ppo``, trained by ``meg-lab train-power``): causal, decides ``p_t`` from ``h_t``, the
   block's signal statistics and the budget left.
 """
 

