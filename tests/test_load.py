@@ -31,7 +31,7 @@ def _load(random_model_dir: Path, via: str, out: Path, *flags: str) -> dict[str,
     argv = [script("meg-ue"), "load", "--via", via, "--model", str(random_model_dir), "--out", str(out), "--json",
             *flags]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300, check=False)
     assert done.returncode == 0, done.stderr
     assert "req/s" in done.stderr  # the progress line
     return json.loads(done.stdout)
