@@ -108,3 +108,19 @@ def test_es_rejects_a_bad_share(inproc_stack: object) -> None:
             stub.RunSegment(edge_pb2.SegmentRequest(protocol="ESUC", segment=0, task="txt2img", prompt="a red circle",
                                                     share=edge_pb2.Share(index=0, count=2)), timeout=30)
         assert single.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "single-ES" in single.value.details()
+
+
+def test_ask_shows_a_contact_sheet_then_takes_the_answer(monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> None:
+    from pathlib import Path
+
+    from ue_client.multi import ask
+    from ue_client.pick import chooser
+
+    answers = iter(["7", "x", "1"])  # out of range, not a number, then a choice
+    monkeypatch.setattr("builtins.input", lambda _prompt="": next(answers))
+    sketches = [Candidate(f"es{i}", i, "sketch", torch.rand(1, 3, 16, 16), 0.1 * i) for i in range(3)]
+    out = Path(str(tmp_path)) / "dsuc.png"
+    assert ask(out)(sketches) == 1
+    assert (out.parent / "dsuc-candidates.png").exists()
+    with pytest.raises(ValueError, match="first, best or an ES number"):
+        chooser("worst")
