@@ -35,9 +35,10 @@ from shared import shapes
 from shared.images import psnr
 from shared.metrics import TFInception, to_uint8
 from shared.metrics import TorchmetricsFID as FID
+from shared.model_loader import MEG_TINY_DIR
 
 #: The attribute classifier shipped beside meg-tiny (0.6 MB; ``train_classifier(0, 600)``).
-SHIPPED_CLASSIFIER = Path(__file__).resolve().parent.parent / "shared" / "weights" / "meg-tiny" / "attribute_cnn.safetensors"
+SHIPPED_CLASSIFIER = MEG_TINY_DIR / "attribute_cnn.safetensors"
 
 
 def _log(msg: str) -> None:
