@@ -41,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--max-batch", type=int, help="requests the batching engine denoises together (default 16)")
     serve.add_argument("--max-queue", type=int, help="requests waiting beyond those; more get RESOURCE_EXHAUSTED at "
                                                      "once (default 64)")
+    serve.add_argument("--orphan-grace-s", type=float, help="a generation whose callers all went away waits this "
+                       "long for a retry (same request_id) before it stops (default 3; 0 = stop at once)")
     serve.add_argument("--max-concurrency", type=int, help=argparse.SUPPRESS)  # old name of --max-batch
     serve.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on http://HOST:PORT/metrics "
                                                         "(HOST from --listen; 0 = any free port)")

@@ -3,8 +3,9 @@
 A UE retries a ``RunSegment`` that failed ``UNAVAILABLE`` (the proxy or the ES restarted mid-call) under the
 same ``request_id``. The retry must not generate twice, so the ES keeps each result for ``ttl_s`` and
 answers a repeat from the cache; a repeat that arrives while the first is still running waits for that
-same run. The run is an asyncio task of its own, shielded from its first caller: when that caller goes away
-(its connection dropped with the proxy), the generation finishes anyway and its result waits for the retry.
+same run. The run is an asyncio task of its own, shielded from its callers: when the last caller goes away
+(its connection dropped with the proxy, or the UE cancelled), the run waits ``orphan_grace_s`` for a retry
+to join it and is cancelled if none does (its compute then stops at the engine's next step).
 
 Wiring (in ``EdgeServicer.RunSegment``)::
 
@@ -62,6 +63,8 @@ class _Entry(Generic[T]):
     task: asyncio.Task[T]
     done_at: float | None = None  # when the result was stored (None while running)
     size: int = 0
+    waiters: int = 0  # callers awaiting the run now
+    orphan_timer: asyncio.TimerHandle | None = None
 
 
 class ResultCache(Generic[T]):
@@ -71,8 +74,11 @@ class ResultCache(Generic[T]):
 
     def __init__(self, ttl_s: float = 300.0, max_entries: int = 1024, max_bytes: int = 256 << 20,
                  size_of: Callable[[T], int] = lambda r: int(getattr(r, "ByteSize", lambda: 0)()),
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, orphan_grace_s: float = 3.0) -> None:
+        """``orphan_grace_s``: how long a run whose every caller went away waits for a retry before it is
+        cancelled (0: at once)."""
         self.ttl_s, self.max_entries, self.max_bytes = ttl_s, max_entries, max_bytes
+        self.orphan_grace_s = orphan_grace_s
         self.size_of, self.clock = size_of, clock
         self._entries: OrderedDict[Hashable, _Entry[T]] = OrderedDict()
         self._bytes = 0
@@ -106,7 +112,7 @@ class ResultCache(Generic[T]):
                 self.joins += 1
             else:
                 self.hits += 1
-            return await asyncio.shield(entry.task)
+            return await self._wait(entry)
         self.runs += 1
         # one line per computation actually started (tests/test_faults.py counts them per request)
         log.info("run %s", " ".join(map(str, key)) if isinstance(key, tuple) else key)
@@ -114,7 +120,28 @@ class ResultCache(Generic[T]):
         entry = _Entry(fp, task)
         self._entries[key] = entry
         task.add_done_callback(lambda t: self._finished(key, entry, t))
-        return await asyncio.shield(task)
+        return await self._wait(entry)
+
+    async def _wait(self, entry: _Entry[T]) -> T:
+        """Await ``entry``'s run as one of its callers; the last caller to leave starts the orphan timer."""
+        if entry.orphan_timer is not None:
+            entry.orphan_timer.cancel()
+            entry.orphan_timer = None
+        entry.waiters += 1
+        try:
+            return await asyncio.shield(entry.task)
+        finally:
+            entry.waiters -= 1
+            if entry.waiters == 0 and not entry.task.done():
+                entry.orphan_timer = asyncio.get_running_loop().call_later(
+                    self.orphan_grace_s, self._cancel_orphan, entry)
+
+    @staticmethod
+    def _cancel_orphan(entry: _Entry[T]) -> None:
+        entry.orphan_timer = None
+        if entry.waiters == 0 and not entry.task.done():
+            log.info("cancelling a run nobody waits for")
+            entry.task.cancel()
 
     def _finished(self, key: Hashable, entry: _Entry[T], task: asyncio.Task[T]) -> None:
         if self._entries.get(key) is not entry:

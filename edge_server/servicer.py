@@ -14,6 +14,7 @@ import torch
 
 from edge_server.engine import Cancelled, Engine, EngineClosed, QueueFull, batched_parts
 from edge_server.metrics import EdgeMetrics
+from edge_server.idempotency import IdempotencyConflict, ResultCache, fingerprint, request_key
 from edge_server.power_control import PowerControl
 from edge_server.settings import EdgeSettings
 from shared import air
@@ -75,6 +76,12 @@ def check_segment(request: edge_pb2.SegmentRequest) -> Segment:
     return segment
 
 
+class _Abort(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
 class EdgeServicer(edge_pb2_grpc.EdgeServiceServicer):
     """Thin: every protocol goes through :meth:`RunSegment` and :func:`shared.protocols.run_segment`."""
 
@@ -86,6 +93,7 @@ class EdgeServicer(edge_pb2_grpc.EdgeServiceServicer):
         self.settings = settings
         self.power = power
         self.metrics = metrics or EdgeMetrics()
+        self.results: ResultCache[edge_pb2.SegmentResponse] = ResultCache(orphan_grace_s=settings.orphan_grace_s)
         max_batch = settings.max_concurrency or settings.max_batch  # max_concurrency: the old name
         self.engine = Engine(DenoiseModel.from_parts(parts), max_batch, settings.max_queue, self.metrics)
         self.ops_parts = batched_parts(parts, self.engine)  # the requests' VAE decodes batch on the engine too
@@ -187,67 +195,79 @@ class EdgeServicer(edge_pb2_grpc.EdgeServiceServicer):
         try:
             segment = check_segment(request)
             params = check_params(request.params)
-            if not self.parts.has_codec(params.fc):
-                raise RequestError(f"this model ships no seed codec for fc={params.fc:g}; use fc=1")
+            carries_seed = bool(SEED_KEYS & {*segment.receives, *segment.returns})
+            if carries_seed and not self.parts.has_codec(params.fc):  # fc means nothing where no seed crosses
+                raise RequestError(air.unsupported_rate_message(params.fc, self.parts.codec_rates()))
             workspace = self._workspace(request, segment, params.fc)
         except RequestError as exc:
             self.metrics.finished(request.protocol.upper() or "-", "INVALID_ARGUMENT")
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        protocol = request.protocol.upper()
-        remaining = context.time_remaining()
-        budget = self.settings.default_deadline_s if remaining is None else remaining
-        if not self._admit():
-            self.metrics.finished(protocol, "RESOURCE_EXHAUSTED")
-            queued, running = self.engine.depth()
-            await context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"the edge server is at capacity: {self.capacity} requests admitted ({running} denoising, {queued} "
-                f"queued; --max-batch {self.engine.max_batch}, --max-queue {self.engine.max_queue}); retry later",
+        remaining0 = context.time_remaining()
+        md0 = dict(context.invocation_metadata() or ())
+
+        async def compute() -> edge_pb2.SegmentResponse:
+            protocol = request.protocol.upper()
+            remaining = remaining0
+            budget = self.settings.default_deadline_s if remaining is None else remaining
+            if not self._admit():
+                self.metrics.finished(protocol, "RESOURCE_EXHAUSTED")
+                queued, running = self.engine.depth()
+                raise _Abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"the edge server is at capacity: {self.capacity} requests admitted ({running} denoising, {queued} "
+                    f"queued; --max-batch {self.engine.max_batch}, --max-queue {self.engine.max_queue}); retry later",
+                )
+            cancel = threading.Event()  # set when the RPC goes away: the engine drops the job at its next step
+            denoised = [0]
+
+            def denoise(job: DenoiseJob) -> torch.Tensor:
+                latent = self.engine.submit(job, cancel)
+                denoised[0] += 1
+                return latent
+
+            ops = ModelOps(self.ops_parts, params, time.monotonic() + budget, denoiser=denoise)
+            started = time.perf_counter()
+            work: Future[dict[str, object]] = self._pool.submit(run_segment, segment, workspace, ops)
+            work.add_done_callback(self._release)
+            status, message = grpc.StatusCode.OK, ""
+            try:
+                out = await asyncio.wrap_future(work)
+            except asyncio.CancelledError:
+                cancel.set()
+                self.metrics.finished(protocol, "CANCELLED")
+                raise
+            except DeadlineExceeded as exc:
+                status, message = grpc.StatusCode.DEADLINE_EXCEEDED, str(exc)
+            except QueueFull as exc:
+                status, message = grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
+            except (EngineClosed, Cancelled) as exc:
+                status, message = grpc.StatusCode.UNAVAILABLE, str(exc)
+            except ValueError as exc:  # a job that cannot run (e.g. img2img with no step at its strength)
+                status, message = grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+            if status != grpc.StatusCode.OK:
+                self.metrics.finished(protocol, status.name)
+                raise _Abort(status, message)
+            seconds = time.perf_counter() - started
+            self.metrics.finished(protocol, "OK", seconds, denoised[0])
+            log.info(
+                "%s %s seg %d req %s: %.2fs", request.protocol.upper(), request.task or "txt2img",
+                segment.index, request.request_id or "-", seconds,
             )
-        cancel = threading.Event()  # set when the RPC goes away: the engine drops the job at its next step
-        denoised = [0]
+            tensors = [air.to_air(k, v) for k, v in out.items() if isinstance(v, torch.Tensor)]
+            if self.power is not None:
+                md = md0
+                for t in tensors:
+                    if t.name in SEED_KEYS:
+                        await self.power.allocate(t, str(md.get("meg-ue", "ue")), md.get("meg-channel-control"))
+            return edge_pb2.SegmentResponse(
+                tensors=tensors,
+                uplink_seen=[t.applied for t in request.tensors if t.HasField("applied")],
+                es_seconds=seconds,
+            )
 
-        def denoise(job: DenoiseJob) -> torch.Tensor:
-            latent = self.engine.submit(job, cancel)
-            denoised[0] += 1
-            return latent
-
-        ops = ModelOps(self.ops_parts, params, time.monotonic() + budget, denoiser=denoise)
-        started = time.perf_counter()
-        work: Future[dict[str, object]] = self._pool.submit(run_segment, segment, workspace, ops)
-        work.add_done_callback(self._release)
-        status, message = grpc.StatusCode.OK, ""
         try:
-            out = await asyncio.wrap_future(work)
-        except asyncio.CancelledError:
-            cancel.set()
-            self.metrics.finished(protocol, "CANCELLED")
-            raise
-        except DeadlineExceeded as exc:
-            status, message = grpc.StatusCode.DEADLINE_EXCEEDED, str(exc)
-        except QueueFull as exc:
-            status, message = grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
-        except (EngineClosed, Cancelled) as exc:
-            status, message = grpc.StatusCode.UNAVAILABLE, str(exc)
-        except ValueError as exc:  # a job that cannot run (e.g. img2img with no step at its strength)
-            status, message = grpc.StatusCode.INVALID_ARGUMENT, str(exc)
-        if status != grpc.StatusCode.OK:
-            self.metrics.finished(protocol, status.name)
-            await context.abort(status, message)
-        seconds = time.perf_counter() - started
-        self.metrics.finished(protocol, "OK", seconds, denoised[0])
-        log.info(
-            "%s %s seg %d req %s: %.2fs", request.protocol.upper(), request.task or "txt2img",
-            segment.index, request.request_id or "-", seconds,
-        )
-        tensors = [air.to_air(k, v) for k, v in out.items() if isinstance(v, torch.Tensor)]
-        if self.power is not None:
-            md = dict(context.invocation_metadata() or ())
-            for t in tensors:
-                if t.name in SEED_KEYS:
-                    await self.power.allocate(t, str(md.get("meg-ue", "ue")), md.get("meg-channel-control"))
-        return edge_pb2.SegmentResponse(
-            tensors=tensors,
-            uplink_seen=[t.applied for t in request.tensors if t.HasField("applied")],
-            es_seconds=seconds,
-        )
+            return await self.results.run(request_key(request), fingerprint(request), compute)
+        except _Abort as exc:
+            await context.abort(exc.code, exc.message)
+        except IdempotencyConflict as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))

@@ -14,6 +14,7 @@ class EdgeSettings:
     device: str = "auto"  # auto | cpu | cuda
     max_batch: int = 16  # requests denoised together by the batching engine (edge_server/engine.py)
     max_queue: int = 64  # requests waiting beyond those; more get RESOURCE_EXHAUSTED at once
+    orphan_grace_s: float = 3.0  # a run whose every caller went away waits this long for a retry, then stops
     max_concurrency: int = 0  # deprecated alias of max_batch (0 = unset; replaced by the engine)
     metrics_port: int | None = None  # serve Prometheus metrics on this port (0 = any free port)
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES

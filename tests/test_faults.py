@@ -1,10 +1,9 @@
 """Faults heal: the real ES and proxy processes are killed (SIGKILL) and restarted on the same ports while
 a few UEs generate concurrently. Every request is answered (the UE retries UNAVAILABLE with backoff under
 the same request_id; the proxy reconnects to the restarted ES within ~1 s), and no ES incarnation runs a
-segment of one request twice: its log has one completion line per request_id and segment, and, once
-``RunSegment`` goes through :mod:`edge_server.idempotency`, one computation start ("run ID PROTOCOL TASK
-SEGMENT SHARE", logged by the cache) per request_id and segment — a retry is answered from the run already
-going or done. Until then that last check is an expected failure (xfail)."""
+segment of one request twice: its log has one completion line per request_id and segment, and one
+computation start ("run ID PROTOCOL TASK SEGMENT SHARE", logged by :mod:`edge_server.idempotency`) per
+request_id and segment — a retry is answered from the run already going or done."""
 
 from __future__ import annotations
 
@@ -120,8 +119,7 @@ def test_kill_and_restart_es_and_proxy_under_load(random_model_dir: Path) -> Non
             twice = {k: n for k, n in done.items() if n > 1}
             assert not twice, f"segments run twice by one ES: {twice}"
         starts = [Counter(STARTED.findall("".join(incarnation))) for incarnation in es.runs]
-        if not any(starts):
-            pytest.xfail("RunSegment does not go through edge_server.idempotency yet (no 'run ...' lines in the ES log)")
+        assert any(starts), "RunSegment did not go through edge_server.idempotency (no 'run ...' lines in the ES log)"
         for started in starts:
             twice = {k: n for k, n in started.items() if n > 1}
             assert not twice, f"computations started twice by one ES for one request: {twice}"
