@@ -11,6 +11,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from edge_server.settings import EdgeSettings
+from shared.grpc_util import run_cli
 
 #: Old subcommands now in ``meg-lab``; ``meg-edge NAME ...`` still runs them there.
 MOVED_TO_LAB = ("train-model", "eval-model", "train-codec", "train-power", "eval-power")
@@ -82,15 +83,15 @@ def main(argv: list[str] | None = None) -> int:
         size = args.image_size or (256 if args.size == "sd-v1-5" else 32)
         print(save_random_pipeline(args.out, seed=args.seed, image_size=size, size=args.size))
         return 0
-    try:
+
+    def body() -> int:
         settings = _settings(args)
         from edge_server.server import serve as serve_forever
 
         asyncio.run(serve_forever(settings))
-    except (OSError, ValueError, RuntimeError) as exc:
-        print(f"meg-edge: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+        return 0
+
+    return run_cli("meg-edge", body, lambda exc: str(exc) if isinstance(exc, (OSError, ValueError, RuntimeError)) else None)
 
 
 if __name__ == "__main__":

@@ -13,8 +13,8 @@ import grpc
 import torch
 
 from edge_server.engine import Cancelled, Engine, EngineClosed, QueueFull, batched_parts
-from edge_server.metrics import EdgeMetrics
 from edge_server.idempotency import IdempotencyConflict, ResultCache, fingerprint, request_key
+from edge_server.metrics import EdgeMetrics
 from edge_server.power_control import PowerControl
 from edge_server.settings import EdgeSettings
 from shared import air
@@ -22,10 +22,18 @@ from shared.denoise import DenoiseModel
 from shared.geometry import SEED_KEYS
 from shared.model_ops import DeadlineExceeded, DenoiseJob, ModelOps, ModelParts, Params
 from shared.pb import edge_pb2, edge_pb2_grpc
-from shared.tiles import Share, ShareError
 from shared.protocols import (
-    PROTOCOLS, TASKS, TEXT_KEYS, ProtocolError, Segment, check_prompt, get_protocol, plan, run_segment,
+    PROTOCOLS,
+    TASKS,
+    TEXT_KEYS,
+    ProtocolError,
+    Segment,
+    check_prompt,
+    get_protocol,
+    plan,
+    run_segment,
 )
+from shared.tiles import Share, ShareError
 
 log = logging.getLogger("meg.edge")
 #: DDIM steps allowed (the 1000 training timesteps minus the offset bound it).

@@ -34,5 +34,5 @@ def test_settings_from_toml_under_flags(tmp_path: Path) -> None:
 def test_serve_with_bad_settings_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cfg = tmp_path / "edge.toml"
     cfg.write_text('[edge]\nlisten_on = "x"\n')
-    assert main(["serve", "--config", str(cfg)]) == 2
+    assert main(["serve", "--config", str(cfg)]) == 1  # runtime errors exit 1 in every MEG CLI
     assert "unknown settings" in capsys.readouterr().err
