@@ -21,6 +21,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -29,8 +30,9 @@ from shared import vae
 from shared.channel import MODELS, ChannelProfile, transmit
 from shared.codec import FCS, SeedCodec, load_codecs
 from shared.images import psnr
-from shared.model_loader import default_model_path
-from shared.model_ops import ModelParts
+
+if TYPE_CHECKING:
+    from shared.model_ops import ModelParts
 
 COLUMNS = ("channel", "snr_db", "scheme", "design", "fc", "symbols", "psnr_db", "fid", "n")
 COHERENCE = 64  # fading block length in symbols
@@ -78,6 +80,8 @@ def send_each(x: torch.Tensor, profile: ChannelProfile, rng: np.random.Generator
 
 def run(model: Path, out: Path, sweep: Sweep, seed: int = 0) -> list[dict[str, object]]:
     t0 = time.perf_counter()
+    from shared.model_ops import ModelParts
+
     parts = ModelParts.load(str(model))
     codecs: dict[str, dict[float, SeedCodec]] = {d: load_codecs(model / "codec", d) for d in ("paper", "residual")}
     prompts, latents, images = reference_set(parts, sweep.n, seed)
@@ -223,6 +227,8 @@ def run_cli(args: argparse.Namespace) -> int:
         sweep = Sweep(args.n, sweep.snrs, sweep.fcs, sweep.channels, sweep.fid)
     if args.no_fid:
         sweep = Sweep(sweep.n, sweep.snrs, sweep.fcs, sweep.channels, False)
+    from shared.model_loader import default_model_path
+
     model = Path(args.model) if args.model else default_model_path()
     run(model, Path(args.out), sweep, args.seed)
     print(f"wrote {args.out}/results.csv and plots")
