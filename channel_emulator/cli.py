@@ -13,7 +13,7 @@ import grpc
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
-from shared.channel import IDEAL, ChannelConfigError, ChannelProfile, load_profiles
+from shared.channel import IDEAL, MODELS, ChannelConfigError, ChannelProfile, load_profiles
 from shared.grpc_util import run_cli, serve_until_signal, split_hostport, target
 from shared.pb import channel_pb2, channel_pb2_grpc
 from shared.security import (
@@ -84,7 +84,7 @@ def _fmt_profile(p: dict[str, object]) -> str:
     if model == "ideal":
         return f"{name}ideal"
     extra = ""
-    if model in ("rayleigh", "rician"):
+    if model in MODELS and MODELS[model].fading:
         extra += f", coherence {p.get('coherence_symbols', 0)} symbols"
     if model == "rician":
         extra += f", K {p.get('k_factor')}"

@@ -202,7 +202,7 @@ class ChannelControlServicer(channel_pb2_grpc.ChannelControlServicer):
                                 f"symbols={request.symbols} is more than a tensor may hold ({air.MAX_VALUES})")
         d = self.table.links[request.link][request.direction]
         p = d.profile
-        lc = p.coherence_symbols if p.model in ("rayleigh", "rician") else 0
+        lc = p.block_length
         blocks = int(request.blocks) or ((1 if lc == 0 else -(-int(request.symbols) // lc)) if request.symbols else 0)
         if not 1 <= blocks <= MAX_CSI_BLOCKS:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
