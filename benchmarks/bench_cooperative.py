@@ -31,13 +31,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
+import torch
 
-from shared.images import psnr, save_png  # noqa: E402
-from shared.model_ops import ModelParts, Params  # noqa: E402
-from shared.tiles import Share, boundaries, default_halo, seam_score  # noqa: E402
-from ue_client.session import MultiOptions, generate  # noqa: E402
-from ue_client.transport import connect  # noqa: E402
+from shared.images import psnr, save_png
+from shared.model_ops import ModelParts, Params
+from shared.tiles import Share, boundaries, default_halo, seam_score
+from ue_client.session import MultiOptions, generate
+from ue_client.transport import connect
 
 OUT = ROOT / "benchmarks" / "results" / "multi_es"
 PROMPTS = ["a red circle above a blue square", "a green triangle left of a yellow circle",
@@ -177,7 +177,7 @@ def latency(args: argparse.Namespace) -> dict[str, object]:
             for rep in range(args.reps):
                 for name in order[rep % 3:] + order[:rep % 3]:  # interleaved, the order rotating per rep
                     times[name].append(run(name, Params(seed=rep, steps=args.steps)))
-                quality.append(round(psnr(images[list(arms)[1]], images[list(arms)[0]]), 2))
+                quality.append(round(psnr(images[order[1]], images[order[0]]), 2))
                 print(f"rep {rep}: " + ", ".join(f"{n} wall {t[-1]['wall_s']:.1f}s cpu {t[-1]['uncontended_s']:.1f}s"
                                                  for n, t in times.items()), file=sys.stderr)
         finally:
@@ -189,7 +189,7 @@ def latency(args: argparse.Namespace) -> dict[str, object]:
         unc = [t["uncontended_s"] for t in ts]
         summary[name] = {"wall_s_median": round(statistics.median(walls), 2), "wall_s_all": walls,  # type: ignore[arg-type]
                          "uncontended_s_median": round(statistics.median(unc), 2), "uncontended_s_all": unc}  # type: ignore[arg-type]
-    base = list(summary.values())[0]
+    base = next(iter(summary.values()))
     for row in summary.values():
         row["speedup_wall"] = round(base["wall_s_median"] / row["wall_s_median"], 2)  # type: ignore[operator]
         row["speedup_uncontended"] = round(base["uncontended_s_median"] / row["uncontended_s_median"], 2)  # type: ignore[operator]

@@ -53,7 +53,7 @@ class Geometry:
         """Real symbols of a seed at compression rate ``fc`` (paper 2, Table II: round(fc·N))."""
         return self.latent_values if fc in (0.0, 1.0) else max(1, round(fc * self.latent_values))
 
-    def shape_of(self, key: str, fc: float = 1.0, share: "Share | None" = None) -> tuple[int, ...]:
+    def shape_of(self, key: str, fc: float = 1.0, share: Share | None = None) -> tuple[int, ...]:
         """Expected shape of workspace tensor ``key`` at compression rate ``fc`` (KeyError if unknown);
         a ``*_part`` key needs the ``share`` whose window it is."""
         if key in PART_OF:
@@ -80,14 +80,14 @@ class Geometry:
             raise KeyError(f"no shape is known for workspace key {key!r}")
         return shapes[key]
 
-    def symbols(self, key: str, fc: float = 1.0, share: "Share | None" = None) -> int:
+    def symbols(self, key: str, fc: float = 1.0, share: Share | None = None) -> int:
         n = 1
         for d in self.shape_of(key, fc, share):
             n *= d
         return n
 
     @classmethod
-    def from_folder(cls, folder: str | Path) -> "Geometry":
+    def from_folder(cls, folder: str | Path) -> Geometry:
         """Read a StableDiffusionPipeline folder's configs (no weights loaded)."""
         from shared.model_loader import MegConfig, minilm_dir
 

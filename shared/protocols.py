@@ -25,7 +25,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol as TypingProtocol
+from typing import Literal
+from typing import Protocol as TypingProtocol
 
 Actor = Literal["UE", "ES"]
 Fan = Literal["one", "each", "share", "gather"]

@@ -22,15 +22,14 @@ from transformers import BertConfig, BertModel, BertTokenizerFast
 
 from shared.model_loader import MegConfig, minilm_dir
 
-
 #: UNet shapes and text width per size preset (see the module doc).
 SIZES: dict[str, dict[str, object]] = {
-    "tiny": dict(block_out_channels=(16, 32), norm_num_groups=8, attention_head_dim=4, hidden=32, max_tokens=8,
-                 down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                 up_block_types=("UpBlock2D", "CrossAttnUpBlock2D")),
-    "sd-v1-5": dict(block_out_channels=(320, 640, 1280, 1280), norm_num_groups=32, attention_head_dim=8, hidden=768,
-                    max_tokens=77, down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-                    up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3),
+    "tiny": {"block_out_channels": (16, 32), "norm_num_groups": 8, "attention_head_dim": 4, "hidden": 32,
+             "max_tokens": 8, "down_block_types": ("CrossAttnDownBlock2D", "DownBlock2D"),
+             "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D")},
+    "sd-v1-5": {"block_out_channels": (320, 640, 1280, 1280), "norm_num_groups": 32, "attention_head_dim": 8,
+                "hidden": 768, "max_tokens": 77, "down_block_types": ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+                "up_block_types": ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3},
 }
 
 

@@ -31,7 +31,7 @@ class Share:
     count: int
     halo: int = 0
 
-    def check(self, latent_width: int) -> "Share":
+    def check(self, latent_width: int) -> Share:
         """Raise :class:`ShareError` unless this share is a valid window of a ``latent_width``-column latent."""
         if self.count < 1 or not 0 <= self.index < self.count:
             raise ShareError(f"share index {self.index} of {self.count} is not a valid ES share")

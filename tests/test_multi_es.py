@@ -97,7 +97,7 @@ def test_best_picks_the_least_noisy_candidate() -> None:
 def test_es_rejects_a_bad_share(inproc_stack: object) -> None:
     with grpc.insecure_channel(inproc_stack.es_addr) as ch:  # type: ignore[attr-defined]
         stub = edge_pb2_grpc.EdgeServiceStub(ch)
-        base = dict(protocol="DCSUC", segment=0, task="txt2img", prompt="a red circle")
+        base = {"protocol": "DCSUC", "segment": 0, "task": "txt2img", "prompt": "a red circle"}
         with pytest.raises(grpc.RpcError) as missing:
             stub.RunSegment(edge_pb2.SegmentRequest(**base), timeout=30)
         assert missing.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "share" in missing.value.details()

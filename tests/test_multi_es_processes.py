@@ -116,7 +116,7 @@ def _ue(two_es: TwoES, tmp_path: Path, *extra: str, capsys: pytest.CaptureFixtur
     if command == "generate":
         argv += ["--out", str(tmp_path / "out.png")]
     if capsys is None:
-        r = subprocess.run([script("meg-ue"), *argv], capture_output=True, text=True, timeout=180)
+        r = subprocess.run([script("meg-ue"), *argv], capture_output=True, text=True, timeout=180, check=False)
         return r.returncode, r.stdout, r.stderr
     from ue_client.cli import main
 

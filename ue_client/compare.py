@@ -21,6 +21,7 @@ from shared.protocols import PROTOCOLS
 from ue_client.overhead import protocol_overhead
 from ue_client.session import EdgeClient, MultiOptions, generate
 
+
 def protocols(task: str, multi_es: bool) -> list[str]:
     """The registry's protocols for ``task``, single-ES or multi-ES ones, in registry order."""
     return [name for name, spec in PROTOCOLS.items() if task in spec.stages and spec.multi_es == multi_es]

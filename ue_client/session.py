@@ -15,9 +15,9 @@ import torch
 from shared import air
 from shared.model_ops import ModelOps, ModelParts, Params
 from shared.pb import air_pb2, edge_pb2
-from ue_client.edge_client import EdgeClient, GeometryMismatch, check_geometry  # noqa: F401  (re-exported)
 from shared.protocols import TEXT_KEYS, Segment, get_protocol, plan, run_protocol, seed_of
 from shared.tiles import Share, default_halo
+from ue_client.edge_client import EdgeClient, GeometryMismatch, check_geometry  # noqa: F401  (re-exported)
 from ue_client.pick import Candidate, Chooser
 from ue_client.transport import EdgeFailure, fan_out
 
@@ -45,7 +45,7 @@ class LinkAccount:
         self.energy += applied.energy
 
 
-def _total(accounts: "Mapping[str, LinkAccount]") -> LinkAccount:
+def _total(accounts: Mapping[str, LinkAccount]) -> LinkAccount:
     out = LinkAccount()
     for a in accounts.values():
         out.transmissions += a.transmissions
@@ -69,7 +69,7 @@ class MultiOptions:
     when an ES of a cooperative protocol fails, run its single-ES fallback on the first ES that answered.
     """
 
-    pick: "Chooser | str | int" = "first"
+    pick: Chooser | str | int = "first"
     halo: int | None = None
     broadcast: bool = False
     fallback: bool = False
@@ -116,7 +116,7 @@ class GenerationResult:
 class _UEOps:
     """The UE's ops: the model's, plus ``pick`` (a person's or a policy's choice among candidates)."""
 
-    def __init__(self, ops: ModelOps, choose: "Chooser", arrivals: dict[int, tuple[str, float]],
+    def __init__(self, ops: ModelOps, choose: Chooser, arrivals: dict[int, tuple[str, float]],
                  chosen: list[Candidate], picked: list[str]) -> None:
         self.ops, self.choose, self.arrivals, self.chosen, self.picked = ops, choose, arrivals, chosen, picked
 
@@ -233,7 +233,7 @@ def generate(
     ops = _UEOps(ModelOps(parts, params, deadline), choose, arrivals, chosen, picked)
     try:
         run_protocol(segments, workspace, ops, remote, share_list)
-    except EdgeFailure as exc:
+    except EdgeFailure:
         if not (spec.cooperative and opts.fallback and spec.fallback):
             raise
         alive = [n for n in names if n not in failed]
