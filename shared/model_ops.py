@@ -261,14 +261,14 @@ class ModelOps:
         return self.op_decode(latent)
 
     # --- cooperative windows (UIDCG, DCSUC; the split is shared.tiles) ---------------------------------
-    def op_window(self, x: torch.Tensor, share: "Share") -> tuple[torch.Tensor]:
+    def op_window(self, x: torch.Tensor, share: Share) -> tuple[torch.Tensor]:
         """Share's column window of a tensor aligned with the latent: ``[1, c, s·h, s·w] -> [1, c, s·h,
         s·(x1-x0)]`` (the latent itself at s = 1, the input pixels at s = 8)."""
         from shared.tiles import crop
 
         return (crop(x, share, self.parts.geometry.latent_size),)
 
-    def op_denoise_window(self, cond: torch.Tensor, share: "Share",
+    def op_denoise_window(self, cond: torch.Tensor, share: Share,
                           init_part: torch.Tensor | None = None) -> tuple[torch.Tensor]:
         """ES budget on share's window: ``-> latent_part [1, C, h, x1-x0]``. txt2img starts from the window's
         crop of the seeded full-latent noise ``[1, C, h, h]`` (the single-ES image's starting noise, so
@@ -286,7 +286,7 @@ class ModelOps:
         full = randn_tensor(shape, generator=torch.Generator("cpu").manual_seed(p.seed), dtype=self.parts.pipe.unet.dtype)
         return (self._denoise(cond, None, steps, p.strength, noise=crop(full, share, g.latent_size)),)
 
-    def op_merge(self, parts: list[torch.Tensor], shares: list["Share"]) -> tuple[torch.Tensor]:
+    def op_merge(self, parts: list[torch.Tensor], shares: list[Share]) -> tuple[torch.Tensor]:
         """UE gather: cross-fade the windows ``[1, c, s·h, s·(x1_i-x0_i)]`` into ``[1, c, s·h, s·h]``."""
         from shared.tiles import merge
 
