@@ -69,7 +69,8 @@ def ask(out: Path) -> Chooser:
         for i, c in enumerate(cands):
             print(f"  [{i}] from {c.es}, arrived after {c.seconds:.2f}s", file=sys.stderr)
         while True:
-            answer = input(f"pick 0-{len(cands) - 1} [0]: ").strip() or "0"
+            print(f"pick 0-{len(cands) - 1} [0]: ", end="", file=sys.stderr, flush=True)  # stdout may be --json
+            answer = input().strip() or "0"
             if answer.isdigit() and int(answer) < len(cands):
                 return int(answer)
             print(f"type a number from 0 to {len(cands) - 1}", file=sys.stderr)
