@@ -214,7 +214,7 @@ def main() -> None:
     started = time.time()
     report = seams(args) if args.what == "seams" else latency(args)
     report |= {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
-               "note": "the CPU was shared with other work while this ran", "wall_s": round(time.time() - started, 1)}
+               "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()], "wall_s": round(time.time() - started, 1)}
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / f"{args.what}.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report.get("summary"), indent=2))
