@@ -18,17 +18,18 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import grpc  # noqa: E402
-import numpy as np  # noqa: E402
+import grpc
+import numpy as np
 
-from shared import air  # noqa: E402
-from shared.channel import ChannelProfile, transmit  # noqa: E402
-from shared.random_pipeline import save_random_pipeline  # noqa: E402
-from shared.pb import edge_pb2, edge_pb2_grpc  # noqa: E402
+from shared import air
+from shared.channel import ChannelProfile, transmit
+from shared.pb import edge_pb2, edge_pb2_grpc
+from shared.random_pipeline import save_random_pipeline
 
 OUT = Path(__file__).resolve().parent / "results" / "channel.json"
 
@@ -36,7 +37,7 @@ OUT = Path(__file__).resolve().parent / "results" / "channel.json"
 def _latencies(n_calls: int) -> dict[str, object]:
     """Real processes, as deployed: one ``meg-edge`` (tiny random model; ``Probe`` needs none) and one
     ``meg-channel`` per channel variant in front of it; this process is the UE (sync gRPC client)."""
-    from tests.processes import running, script
+    from shared.procs import running, script
 
     with tempfile.TemporaryDirectory() as tmp:
         model = save_random_pipeline(Path(tmp) / "model")
@@ -44,7 +45,7 @@ def _latencies(n_calls: int) -> dict[str, object]:
             _, es_port = stack.enter_context(running([script("meg-edge"), "serve", "--listen", "127.0.0.1:0", "--model", str(model)], "meg.v1.EdgeService"))
             ports = {"direct": es_port}
             for name, flags in {"ideal": [], "awgn": ["--snr-db", "10"],
-                                "rayleigh": ["--snr-db", "10", "--model", "rayleigh", "--coherence", "256"]}.items():
+                                "rayleigh": ["--snr-db", "10", "--channel-model", "rayleigh", "--coherence", "256"]}.items():
                 argv = [script("meg-channel"), "serve", "--listen", "127.0.0.1:0", "--upstream", f"127.0.0.1:{es_port}", *flags]
                 _, ports[f"proxy-{name}"] = stack.enter_context(running(argv, "meg.v1.ChannelControl"))
             channels = {k: grpc.insecure_channel(f"127.0.0.1:{p}") for k, p in ports.items()}
@@ -100,14 +101,14 @@ def _throughput(n: int = 4_000_000, repeats: int = 5) -> dict[str, float]:
         "rician_L256": ChannelProfile(model="rician", snr_db=10.0, coherence_symbols=256, k_factor=5.0),
     }.items():
         rng = np.random.default_rng(1)
-        best = min(_timed(lambda: transmit(x, prof, rng)) for _ in range(repeats))
+        best = min(_timed(lambda p=prof, r=rng: transmit(x, p, r)) for _ in range(repeats))
         out[name] = round(n / best / 1e6, 1)
     return out
 
 
-def _timed(fn: object) -> float:
+def _timed(fn: Callable[[], object]) -> float:
     t0 = time.perf_counter()
-    fn()  # type: ignore[operator]
+    fn()
     return time.perf_counter() - t0
 
 

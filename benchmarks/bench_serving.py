@@ -171,9 +171,8 @@ def _drain(proc: Any) -> None:
 
 
 def main(rounds: int = 5) -> dict[str, Any]:
-    from tests.processes import running, script
+    from shared.procs import running, script
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     parts = ModelParts.load(None, "cpu")
     arms: dict[str, list[dict[str, Any]]] = {}
     with contextlib.ExitStack() as stack:

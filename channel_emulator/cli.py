@@ -14,7 +14,9 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from shared.channel import IDEAL, MODELS, ChannelConfigError, ChannelProfile, load_profiles
+from shared.cliconf import DeprecatedAlias, parse, plain
 from shared.grpc_util import run_cli, serve_until_signal, split_hostport, target
+from shared.logs import add_log_flag, setup
 from shared.pb import channel_pb2, channel_pb2_grpc
 from shared.security import (
     ADMIN_TOKEN_ENV,
@@ -51,7 +53,7 @@ def _direction_profile(args: argparse.Namespace, direction: str, book: object) -
     snr = args.snr_db if snr is None else snr
     if snr is None:
         return IDEAL
-    return ChannelProfile(model=args.model, snr_db=snr, coherence_symbols=args.coherence, k_factor=args.k_factor,
+    return ChannelProfile(model=args.channel_model, snr_db=snr, coherence_symbols=args.coherence, k_factor=args.k_factor,
                           csi_error=args.csi_error)
 
 
@@ -153,7 +155,7 @@ def _control(args: argparse.Namespace) -> int:
             if args.profile:
                 req.profile = args.profile
             elif args.snr_db is not None:
-                req.custom.CopyFrom(channel_pb2.Profile(model=args.model, snr_db=args.snr_db, coherence_symbols=args.coherence,
+                req.custom.CopyFrom(channel_pb2.Profile(model=args.channel_model, snr_db=args.snr_db, coherence_symbols=args.coherence,
                                                         k_factor=args.k_factor, csi_error=args.csi_error))
             else:
                 raise ValueError("set needs a PROFILE name or --snr-db")
@@ -167,14 +169,16 @@ def _control(args: argparse.Namespace) -> int:
 
 
 def _custom_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="awgn", help="ideal | awgn | rayleigh | rician (default awgn)")
+    p.add_argument("--channel-model", default="awgn", help="ideal | awgn | rayleigh | rician (default awgn)")
+    p.add_argument("--model", dest="channel_model", action=DeprecatedAlias, new="--channel-model", help=argparse.SUPPRESS)
     p.add_argument("--coherence", type=int, default=256, help="fading block length in symbols (default 256)")
     p.add_argument("--k-factor", type=float, default=0.0, help="Rician K (linear)")
     p.add_argument("--csi-error", type=float, default=0.0, help="std of the CSI estimation error")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="meg-channel", description=__doc__)
+    parser = argparse.ArgumentParser(prog="meg-channel", description=plain(__doc__))
+    add_log_flag(parser, "info")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the channel proxy in front of one or more edge servers")
     serve.add_argument("--listen", default="127.0.0.1:50052", help="HOST:PORT to bind (port 0 = any free port)")
@@ -185,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
                                            "(default: the listen address)")
     serve.add_argument("--uplink-profile", help="named profile of every uplink")
     serve.add_argument("--downlink-profile", help="named profile of every downlink")
-    serve.add_argument("--snr-db", type=float, help="SNR of both directions with --model (default: ideal link)")
+    serve.add_argument("--snr-db", type=float, help="SNR of both directions with --channel-model (default: ideal link)")
     serve.add_argument("--uplink-snr-db", type=float, help="uplink SNR, overrides --snr-db")
     serve.add_argument("--downlink-snr-db", type=float, help="downlink SNR, overrides --snr-db")
     _custom_flags(serve)
@@ -223,8 +227,8 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--link", default="ue->es0")
             p.add_argument("--direction", default="downlink", choices=["uplink", "downlink"])
             p.add_argument("--blocks", type=int, default=4)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    args = parse(parser, argv)
+    setup(args.log_level)
 
     def body() -> int:
         if args.command == "serve":

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 import tomllib
 from dataclasses import fields
 from pathlib import Path
 
 from edge_server.settings import EdgeSettings
+from shared.cliconf import parse, plain
 from shared.grpc_util import run_cli
+from shared.logs import add_log_flag, setup
 
 #: Old subcommands now in ``meg-lab``; ``meg-edge NAME ...`` still runs them there.
 MOVED_TO_LAB = ("train-model", "eval-model", "train-codec", "train-power", "eval-power")
@@ -32,7 +33,8 @@ def _settings(args: argparse.Namespace) -> EdgeSettings:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="meg-edge", description=__doc__)
+    parser = argparse.ArgumentParser(prog="meg-edge", description=plain(__doc__))
+    add_log_flag(parser, "info")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the edge server daemon")
@@ -59,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--tls-key", help="PEM private key of --tls-cert")
     serve.add_argument("--tls-ca", help="PEM CA: require client certificates signed by it (mutual TLS)")
     serve.add_argument("--token-file", help="bearer token UEs must send (default: $MEG_TOKEN; none = open)")
-    serve.add_argument("--config", help="TOML file with an [edge] table; flags override it")
+    serve.add_argument("--config", help="TOML file with an [edge] table; MEG_* variables and flags override it")
 
     rnd = sub.add_parser("make-random-model", help="write a random pipeline folder (tests, benchmarks, demos without weights)")
     rnd.add_argument("out")
@@ -75,8 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         from meg_lab.cli import forward
 
         return forward("meg-edge", argv)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    args = parse(parser, argv)
+    setup(args.log_level)
     if args.command == "make-random-model":
         from shared.random_pipeline import save_random_pipeline
 

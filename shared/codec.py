@@ -42,7 +42,7 @@ class CodecConfig:
     train_snr_db: float
 
     @classmethod
-    def make(cls, n: int, fc: float, design: str, hidden: int = 512, train_snr_db: float = 20.0) -> "CodecConfig":
+    def make(cls, n: int, fc: float, design: str, hidden: int = 512, train_snr_db: float = 20.0) -> CodecConfig:
         if design not in DESIGNS:
             raise ValueError(f"unknown codec design {design!r}; known: {DESIGNS}")
         return cls(n, max(1, round(fc * n)), hidden, design, fc, train_snr_db)

@@ -27,7 +27,7 @@ CROSS_ATTENTION_DIM = 384
 VAE_CHANNELS: tuple[int, ...] = (16, 32, 64, 64)
 UNET_CHANNELS: tuple[int, ...] = (64, 128, 128)
 
-_BETAS = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+_BETAS = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
 
 
 def build_vae(channels: tuple[int, ...] = VAE_CHANNELS, scaling_factor: float = 1.0) -> AutoencoderKL:

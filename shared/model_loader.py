@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, asdict, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import diffusers
@@ -47,7 +47,7 @@ class MegConfig:
     image_size: int | None = None
 
     @classmethod
-    def read(cls, folder: Path) -> "MegConfig":
+    def read(cls, folder: Path) -> MegConfig:
         path = folder / "meg.json"
         if not path.exists():
             return cls()

@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-os.environ["HF_HUB_OFFLINE"] = "1"
-os.environ["TRANSFORMERS_OFFLINE"] = "1"
+import pytest
 
-import pytest  # noqa: E402
-
-from shared.random_pipeline import save_random_pipeline  # noqa: E402
+import shared  # noqa: F401 - Hugging Face offline for the tests and their subprocesses (one home: shared/__init__.py)
+from shared.random_pipeline import save_random_pipeline
 
 
 @pytest.fixture(scope="session")

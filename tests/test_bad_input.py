@@ -53,15 +53,15 @@ def _bad_tensor(parts: ModelParts, how: str) -> object:
 
 
 CASES = {
-    "unknown protocol": (dict(protocol="NOPE"), "unknown protocol 'NOPE'"),
-    "unknown task": (dict(task="video"), "unknown task 'video'"),
-    "UE segment": (dict(segment=0), "not an ES segment"),
-    "segment out of range": (dict(segment=99), "not an ES segment"),
-    "prompt where none is sent": (dict(prompt="a red circle"), "does not send the prompt"),
-    "steps": (dict(params=edge_pb2.GenerationParams(steps=100000)), "steps must be at most"),
-    "guidance NaN": (dict(params=edge_pb2.GenerationParams(guidance=math.nan)), "guidance must be"),
-    "fc": (dict(params=edge_pb2.GenerationParams(fc=3.0)), "fc must be"),
-    "strength": (dict(params=edge_pb2.GenerationParams(strength=-1)), "strength must be"),
+    "unknown protocol": ({"protocol": "NOPE"}, "unknown protocol 'NOPE'"),
+    "unknown task": ({"task": "video"}, "unknown task 'video'"),
+    "UE segment": ({"segment": 0}, "not an ES segment"),
+    "segment out of range": ({"segment": 99}, "not an ES segment"),
+    "prompt where none is sent": ({"prompt": "a red circle"}, "does not send the prompt"),
+    "steps": ({"params": edge_pb2.GenerationParams(steps=100000)}, "steps must be at most"),
+    "guidance NaN": ({"params": edge_pb2.GenerationParams(guidance=math.nan)}, "guidance must be"),
+    "fc": ({"params": edge_pb2.GenerationParams(fc=3.0)}, "fc must be"),
+    "strength": ({"params": edge_pb2.GenerationParams(strength=-1)}, "strength must be"),
 }
 TENSOR_CASES = {
     "shape": "expected shape", "dtype": "dtype 'float64'", "bytes": "needs", "nan": "NaN or infinite",

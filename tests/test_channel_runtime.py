@@ -16,7 +16,7 @@ from shared import air
 from shared.images import psnr
 from shared.model_ops import Params
 from shared.pb import channel_pb2, channel_pb2_grpc, edge_pb2, edge_pb2_grpc
-from tests.processes import running, script
+from shared.procs import running, script
 from ue_client.session import EdgeClient, generate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -118,7 +118,7 @@ def test_proxy_process_with_profiles_file_and_cli(random_model_dir: Path, tmp_pa
             via = f"127.0.0.1:{ch_port}"
 
             def cli(*args: str) -> dict:
-                r = subprocess.run([script("meg-channel"), *args, "--via", via, "--json"], capture_output=True, text=True, timeout=60)
+                r = subprocess.run([script("meg-channel"), *args, "--via", via, "--json"], capture_output=True, text=True, timeout=60, check=False)
                 assert r.returncode == 0, r.stderr
                 return json.loads(r.stdout)
 
@@ -127,7 +127,7 @@ def test_proxy_process_with_profiles_file_and_cli(random_model_dir: Path, tmp_pa
             for ue in ("phone1", "phone2"):
                 r = subprocess.run([script("meg-ue"), "generate", "a red circle", "--via", via, "--model", str(random_model_dir),
                                     "--steps", "2", "--ue-id", ue, "--out", str(tmp_path / f"{ue}.png"), "--json"],
-                                   capture_output=True, text=True, timeout=120)
+                                   capture_output=True, text=True, timeout=120, check=False)
                 assert r.returncode == 0, r.stderr
                 rep = json.loads(r.stdout)
                 if ue == "phone1":  # [links.default]
@@ -140,7 +140,7 @@ def test_proxy_process_with_profiles_file_and_cli(random_model_dir: Path, tmp_pa
             assert {ls["link"]: ls for ls in cli("show")["links"]}["phone1->es0"]["downlink"]["model"] == "rician"
             stats = cli("stats")["entries"]
             assert {(e["link"], e["direction"]) for e in stats} >= {("phone1->es0", "uplink"), ("phone2->es0", "downlink")}
-            bad = subprocess.run([script("meg-channel"), "set", "both", "no-such", "--via", via], capture_output=True, text=True, timeout=60)
+            bad = subprocess.run([script("meg-channel"), "set", "both", "no-such", "--via", via], capture_output=True, text=True, timeout=60, check=False)
             assert bad.returncode != 0 and "unknown profile 'no-such'" in bad.stderr and "Traceback" not in bad.stderr
             csi = cli("csi", "--link", "phone1->es0", "--blocks", "3")
             assert len(csi["gains"]) == 3 and csi["model"] == "rician"
@@ -155,5 +155,5 @@ def test_malformed_profiles_file_is_a_clear_error(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text("[profiles.x]\nmodel = 'awgn'\nsnr_db = 'loud'\n")
     r = subprocess.run([script("meg-channel"), "serve", "--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:1",
-                        "--profiles", str(bad)], capture_output=True, text=True, timeout=60)
+                        "--profiles", str(bad)], capture_output=True, text=True, timeout=60, check=False)
     assert r.returncode == 1 and "bad.toml" in r.stderr and "Traceback" not in r.stderr

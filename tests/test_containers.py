@@ -65,7 +65,7 @@ needs_engine = pytest.mark.skipif(COMPOSE is None, reason=WHY_NOT)
 def test_healthcheck_exit_codes() -> None:
     """`python -m shared.healthcheck` (the compose health checks): 0 serving, 1 unknown service, 2 unreachable."""
     from shared.healthcheck import main
-    from tests.processes import running, script
+    from shared.procs import running, script
 
     with running([script("meg-channel"), "serve", "--listen", "127.0.0.1:0", "--upstream", "es0=127.0.0.1:1"]) as (_, port):
         assert main([f"127.0.0.1:{port}"]) == 0

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from shared.pb import channel_pb2, channel_pb2_grpc
-from tests.processes import running, script
+from shared.procs import running, script
 
 
 def test_ciag_generation_through_three_processes(random_model_dir: Path, tmp_path: Path) -> None:
@@ -26,7 +26,7 @@ def test_ciag_generation_through_three_processes(random_model_dir: Path, tmp_pat
                 [script("meg-ue"), "generate", "a small red circle above a blue square", "--protocol", "CIAG",
                  "--via", f"127.0.0.1:{ch_port}", "--model", model, "--out", str(out), "--seed", "3",
                  "--steps", "3", "--ue-id", "phone1", "--json"],
-                capture_output=True, text=True, timeout=180,
+                capture_output=True, text=True, timeout=180, check=False,
             )
             assert ue.returncode == 0, ue.stderr
             report = json.loads(ue.stdout.strip().splitlines()[-1])
@@ -55,12 +55,12 @@ def test_cli_errors_are_one_clear_line(random_model_dir: Path, tmp_path: Path) -
     unreachable = subprocess.run(
         [script("meg-ue"), "generate", "a red circle", "--via", "127.0.0.1:1", "--model", str(random_model_dir),
          "--out", str(tmp_path / "x.png")],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True, text=True, timeout=120, check=False,
     )
     assert unreachable.returncode != 0
     assert "cannot reach the edge server at 127.0.0.1:1" in unreachable.stderr
     assert "Traceback" not in unreachable.stderr
-    empty = subprocess.run([script("meg-ue"), "generate", "  ", "--via", "127.0.0.1:1"], capture_output=True, text=True, timeout=60)
+    empty = subprocess.run([script("meg-ue"), "generate", "  ", "--via", "127.0.0.1:1"], capture_output=True, text=True, timeout=60, check=False)
     assert empty.returncode != 0 and "prompt is empty" in empty.stderr and "Traceback" not in empty.stderr
-    proxy = subprocess.run([script("meg-channel"), "show", "--via", "127.0.0.1:1"], capture_output=True, text=True, timeout=60)
+    proxy = subprocess.run([script("meg-channel"), "show", "--via", "127.0.0.1:1"], capture_output=True, text=True, timeout=60, check=False)
     assert proxy.returncode != 0 and "cannot reach the channel proxy" in proxy.stderr and "Traceback" not in proxy.stderr

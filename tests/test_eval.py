@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from meg_lab.evaluate import COLUMNS
-from tests.processes import script
+from shared.procs import script
 
 
 def test_eval_quick(random_model_dir: Path, tmp_path: Path) -> None:

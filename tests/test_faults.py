@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from shared.model_ops import ModelParts, Params
-from tests.processes import script
+from shared.procs import script
 from ue_client.edge_client import EdgeClient
 from ue_client.session import generate
 
@@ -37,7 +37,7 @@ class Daemon:
 
     def start(self) -> None:
         argv = [a.replace("{port}", str(self.port)) for a in self.argv]
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         lines: list[str] = []
         self.runs.append(lines)

@@ -20,8 +20,8 @@ import pytest
 
 from shared import air
 from shared.pb import air_pb2, channel_pb2, channel_pb2_grpc, edge_pb2, edge_pb2_grpc
+from shared.procs import script
 from tests.conftest import BackgroundLoop
-from tests.processes import script
 
 EDGE, CONTROL = "/meg.v1.EdgeService/", "/meg.v1.ChannelControl/"
 

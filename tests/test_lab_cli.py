@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from meg_lab.cli import main as lab_main
-from tests.processes import script
+from shared.procs import script
 
 #: subcommand -> a flag its --help must list (the tool's own flags, not a pass-through stub)
 COMMANDS = {

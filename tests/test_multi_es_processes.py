@@ -16,8 +16,8 @@ from PIL import Image
 
 from shared.model_ops import ModelParts, Params
 from shared.pb import channel_pb2, channel_pb2_grpc
+from shared.procs import running, script
 from shared.protocols import PROTOCOLS
-from tests.processes import running, script
 from ue_client.session import MultiOptions, generate
 from ue_client.transport import connect, discover
 

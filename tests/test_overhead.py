@@ -6,7 +6,7 @@ import json
 import subprocess
 
 from shared.geometry import SD_V1_5
-from tests.processes import script
+from shared.procs import script
 from ue_client.overhead import overhead_table, reduction_factor, table_ii
 
 
@@ -30,7 +30,7 @@ def test_protocol_structure_like_fig_6() -> None:
 
 def test_overhead_cli_json() -> None:
     r = subprocess.run([script("meg-ue"), "overhead", "--geometry", "sd-v1-5", "--fc", "0.5", "--json"],
-                       capture_output=True, text=True, timeout=120)
+                       capture_output=True, text=True, timeout=120, check=False)
     assert r.returncode == 0, r.stderr
     data = json.loads(r.stdout)
     assert data["table_ii"]["seed fc=0.5"] == 8192

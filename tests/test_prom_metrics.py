@@ -14,13 +14,13 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.processes import script
+from shared.procs import script
 
 
 @contextmanager
 def serving(argv: list[str]) -> Iterator[tuple[int, int]]:
     """Run a daemon that logs its metrics port and prints ``listening on port N``; yield (port, metrics port)."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     lines: list[str] = []
     try:

@@ -18,9 +18,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from shared.model_ops import Params
 from shared.pb import channel_pb2, channel_pb2_grpc, edge_pb2, edge_pb2_grpc
+from shared.procs import script
 from shared.security import TlsFiles, describe_auth_error, secure_channel
 from tests.conftest import BackgroundLoop
-from tests.processes import script
 from ue_client.edge_client import EdgeClient
 from ue_client.session import generate
 
@@ -162,7 +162,7 @@ def test_clis_say_one_line_when_not_trusted(secure_stack: SecureStack, pki: tupl
 
 
 def _start(argv: list[str]) -> tuple[subprocess.Popen, int]:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     assert proc.stdout is not None
     lines = []

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import grpc
 
+from shared.cliconf import parse, plain
 from shared.grpc_util import run_cli, target
+from shared.logs import add_log_flag, setup
 from shared.protocols import PROTOCOLS, TASKS, check_prompt
 from shared.security import UE_TOKEN_ENV, add_tls_flags, describe_auth_error, read_token, tls_from_args
 
@@ -87,9 +89,9 @@ def _check_fc(args: argparse.Namespace, remote: object) -> None:
 
 
 def _describe_link(acc: object) -> str:
-    channel, snr = getattr(acc, "channel"), getattr(acc, "snr_db")
+    channel, snr = acc.channel, acc.snr_db
     if channel is None:
-        return "direct link" if getattr(acc, "transmissions") else "nothing sent"
+        return "direct link" if acc.transmissions else "nothing sent"
     return channel + (f" {snr:g} dB" if snr is not None else "")
 
 
@@ -154,12 +156,13 @@ def _generate(args: argparse.Namespace) -> int:
 
 def _overhead(args: argparse.Namespace) -> int:
     from shared.geometry import GEOMETRIES, Geometry
-    from shared.model_loader import default_model_path
     from ue_client.overhead import TABLE_II_FCS, format_table, overhead_table, reduction_factor, table_ii
 
     if args.geometry:
         geometry, source = GEOMETRIES[args.geometry], args.geometry
     else:
+        from shared.model_loader import default_model_path  # diffusers and torch only when a folder is read
+
         folder = args.model or default_model_path()
         geometry, source = Geometry.from_folder(folder), str(folder)
     fcs = tuple(args.fc) if args.fc else (1.0, *TABLE_II_FCS)
@@ -248,7 +251,8 @@ def _load_test(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="meg-ue", description=__doc__)
+    parser = argparse.ArgumentParser(prog="meg-ue", description=plain(__doc__))
+    add_log_flag(parser, "warning")
     sub = parser.add_subparsers(dest="command", required=True)
     gen = sub.add_parser("generate", help="generate one image with a protocol")
     gen.add_argument("prompt")
@@ -296,7 +300,8 @@ def main(argv: list[str] | None = None) -> int:
         from meg_lab.cli import forward
 
         return forward("meg-ue", argv)
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
+    setup(args.log_level)
     if getattr(args, "task", "x") is None:
         args.task = "img2img" if args.image else "txt2img"
     if getattr(args, "task", None) == "img2img" and not args.image:

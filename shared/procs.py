@@ -1,0 +1,68 @@
+"""Start the real console scripts as subprocesses on free loopback ports and stop them cleanly.
+
+Used by the tests and the benchmarks alike (neither imports the other's helpers).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+BIN = Path(sys.executable).parent
+
+
+def script(name: str) -> str:
+    """The console script ``name`` of this interpreter's environment (else the bare name, found on PATH)."""
+    path = BIN / name
+    return str(path) if path.exists() else name
+
+
+@contextmanager
+def running(argv: Sequence[str], health_service: str = "", timeout: float = 120.0) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    """Run ``argv`` (which prints ``listening on port N``), wait until health says SERVING, yield (proc, port).
+
+    On exit: SIGTERM, and the process must end by itself with status 0 (graceful drain).
+    """
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # HF offline: inherited (importing shared sets it)
+    proc = subprocess.Popen(list(argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    port = None
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    try:
+        assert proc.stdout is not None
+        while port is None:
+            line = proc.stdout.readline()
+            if not line:
+                raise RuntimeError(f"{argv[0]} exited early:\n" + "".join(lines))
+            lines.append(line)
+            m = re.search(r"listening on port (\d+)", line)
+            port = int(m.group(1)) if m else None
+            if time.monotonic() > deadline:
+                raise TimeoutError("".join(lines))
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            status = health_pb2_grpc.HealthStub(ch).Check(
+                health_pb2.HealthCheckRequest(service=health_service), timeout=30, wait_for_ready=True
+            ).status
+        assert status == health_pb2.HealthCheckResponse.SERVING
+        yield proc, port
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                raise
+        if proc.stdout:
+            proc.stdout.close()
+    assert proc.returncode == 0, f"{argv[0]} did not stop cleanly: {proc.returncode}"
