@@ -35,7 +35,7 @@ import torch
 
 from shared.images import psnr, save_png
 from shared.model_ops import ModelParts, Params
-from shared.tiles import Share, boundaries, default_halo, seam_score
+from shared.tiles import DEFAULT_HEAD, Share, border_psnr, boundaries, default_halo, seam_score
 from ue_client.session import MultiOptions, generate
 from ue_client.transport import connect
 
@@ -75,15 +75,23 @@ def two_edges(model: str, pin: bool) -> Iterator[tuple[str, list[int]]]:
                 os.environ[k] = v
 
 
-def _arms(parts: ModelParts, via: str, prompt: str, p: Params, halos: tuple[int, ...]) -> dict[str, object]:
-    """One prompt + seed: the single-ES image (UIEG on es0) and UIDCG on es0 + es1 at each overlap halo."""
+#: Cooperative arms as (halo, shared head): naive tiles; windows from the first step (the first design);
+#: the default (halo w/8, head DEFAULT_HEAD); a wider overlap with a shorter head.
+def coop_arms(width: int) -> dict[str, tuple[int, float]]:
+    h = default_halo(width)
+    return {"naive (halo 0)": (0, 0.0), f"halo {h}, no head": (h, 0.0),
+            f"halo {h}, head {DEFAULT_HEAD:g} (default)": (h, DEFAULT_HEAD), f"halo {2 * h}, head 0.6": (2 * h, 0.6)}
+
+
+def _arms(parts: ModelParts, via: str, prompt: str, p: Params, arms: dict[str, tuple[int, float]]) -> dict[str, object]:
+    """One prompt + seed: the single-ES image (UIEG on es0) and UIDCG on es0 + es1 for each (halo, head) arm."""
     one = connect(via, ["es0"], timeout_s=3600)
     two = connect(via, ["es0", "es1"], timeout_s=3600)
     try:
         out: dict[str, object] = {"single": generate(parts, one["es0"], prompt, "UIEG", "txt2img", p)}
-        for h in halos:
-            out[f"halo {h}"] = generate(parts, None, prompt, "UIDCG", "txt2img", p, clients=two,
-                                        options=MultiOptions(halo=h))
+        for name, (h, head) in arms.items():
+            out[name] = generate(parts, None, prompt, "UIDCG", "txt2img", p, clients=two,
+                                 options=MultiOptions(halo=h, head=head))
     finally:
         for c in [*one.values(), *two.values()]:
             c.close()
@@ -91,7 +99,7 @@ def _arms(parts: ModelParts, via: str, prompt: str, p: Params, halos: tuple[int,
 
 
 def _label(arm: str) -> str:
-    return {"single": "1 ES (UIEG)", "halo 0": "naive tiles (halo 0)"}.get(arm, f"UIDCG 2 ES, {arm}")
+    return {"single": "1 ES (UIEG)"}.get(arm, f"UIDCG 2 ES\n{arm.replace(' (default)', '')}")
 
 
 def seams(args: argparse.Namespace) -> dict[str, object]:
@@ -100,39 +108,50 @@ def seams(args: argparse.Namespace) -> dict[str, object]:
     parts = ModelParts.load(args.model, "cpu")
     g = parts.geometry
     border = boundaries(2, g.latent_size, g.image_size // g.latent_size)
-    halos = (0, 1, 2, 3)
+    arms = coop_arms(g.latent_size)
+    shown = ["single", *arms][:4]
+    band = 2 * (g.image_size // g.latent_size)  # pixels each side of the border: two latent columns
     rows: list[dict[str, object]] = []
     pictures: dict[str, torch.Tensor] = {}
     captions: dict[str, str] = {}
     with two_edges(args.model or str(ROOT / "shared" / "weights" / "meg-tiny"), pin=False) as (via, _):
         for k, prompt in enumerate(PROMPTS):
             for seed in range(args.seeds):
-                res = _arms(parts, via, prompt, Params(seed=seed, steps=args.steps), halos)
+                res = _arms(parts, via, prompt, Params(seed=seed, steps=args.steps), arms)
                 ref = res["single"].image  # type: ignore[attr-defined]
                 row: dict[str, object] = {"prompt": prompt, "seed": seed}
                 for arm, r in res.items():
                     img = r.image  # type: ignore[attr-defined]
+                    near, rest = border_psnr(img, ref, border, band) if arm != "single" else (None, None)
                     row[arm] = {"seam_global": round(seam_score(img, border), 3),
                                 "seam_local": round(seam_score(img, border, local=4), 3),
-                                "psnr_vs_single_db": None if arm == "single" else round(psnr(img, ref), 2),
+                                "psnr_vs_single_db": None if arm == "single" else round(psnr(img, ref, max_db=99.0), 2),
+                                "psnr_border_band_db": None if near is None else round(near, 2),
+                                "psnr_rest_db": None if rest is None else round(rest, 2),
                                 "symbols": r.uplink.symbols + r.downlink.symbols}  # type: ignore[attr-defined]
-                    if seed == 0 and k < 2 and arm in ("single", "halo 0", "halo 2"):
+                    if seed == 0 and k < 2 and arm in shown:
                         key = f"{k}-{arm}"
                         pictures[key] = img
-                        captions[key] = f"{_label(arm)}\nseam {row[arm]['seam_local']:.2f}"  # type: ignore[index]
-                    save_png(img, OUT / "images" / f"{k}-{seed}-{arm.replace(' ', '')}.png")
+                        psnr_txt = "" if arm == "single" else f", {row[arm]['psnr_vs_single_db']:.1f} dB"  # type: ignore[index]
+                        captions[key] = f"{_label(arm)}\nseam {row[arm]['seam_local']:.2f}{psnr_txt}"  # type: ignore[index]
+                    slug = "".join(c for c in arm if c.isalnum() or c == ".")
+                    save_png(img, OUT / "images" / f"{k}-{seed}-{slug}.png")
                 rows.append(row)
     summary: dict[str, dict[str, float]] = {}
-    for arm in ("single", *(f"halo {h}" for h in halos)):
+    for arm in ("single", *arms):
         summary[arm] = {m: round(statistics.mean([r[arm][m] for r in rows]), 3)  # type: ignore[index]
                         for m in ("seam_global", "seam_local", "symbols")}
+        summary[arm]["seam_local_median"] = round(statistics.median([r[arm]["seam_local"] for r in rows]), 3)  # type: ignore[index]
         if arm != "single":
-            summary[arm]["psnr_vs_single_db"] = round(statistics.mean([r[arm]["psnr_vs_single_db"] for r in rows]), 2)  # type: ignore[index]
+            for m in ("psnr_vs_single_db", "psnr_border_band_db", "psnr_rest_db"):
+                vals = [r[arm][m] for r in rows]  # type: ignore[index]
+                summary[arm][m] = round(statistics.mean(vals), 2)
+                summary[arm][m.replace("_db", "_min_db")] = round(min(vals), 2)
     (ROOT / "docs" / "img").mkdir(parents=True, exist_ok=True)
     panel(pictures, captions, cell=144).save(ROOT / "docs" / "img" / "multi-es.png")
     return {"model": args.model or "meg-tiny", "image_size": g.image_size, "latent": g.latent_size,
             "default_halo": default_halo(g.latent_size), "steps": args.steps or parts.meg.es_steps,
-            "border_columns": border, "n": len(rows), "summary": summary, "rows": rows}
+            "arms_halo_head": arms, "border_columns": border, "border_band_px": band, "n": len(rows), "summary": summary, "rows": rows}
 
 
 def cpu_seconds(pid: int) -> float:
@@ -149,21 +168,20 @@ def latency(args: argparse.Namespace) -> dict[str, object]:
     torch.set_num_threads(1)
     parts = ModelParts.load(args.model, "cpu")
     g = parts.geometry
-    halo = default_halo(g.latent_size)
-    arms = {"1 ES (UIEG)": ("UIEG", ["es0"], None), f"2 ES UIDCG halo {halo}": ("UIDCG", ["es0", "es1"], halo),
-            "2 ES UIDCG naive (halo 0)": ("UIDCG", ["es0", "es1"], 0)}
+    arms: dict[str, tuple[str, list[str], int | None, float]] = {"1 ES (UIEG)": ("UIEG", ["es0"], None, 0.0)}
+    arms |= {f"2 ES UIDCG {name}": ("UIDCG", ["es0", "es1"], h, head) for name, (h, head) in coop_arms(g.latent_size).items()}
     times: dict[str, list[dict[str, float]]] = {name: [] for name in arms}
     images: dict[str, torch.Tensor] = {}
-    quality: list[float] = []
+    quality: list[dict[str, float]] = []
     with two_edges(args.model, pin=True) as (via, pids):
         clients = connect(via, ["es0", "es1"], timeout_s=3600)
         try:
             def run(name: str, p: Params) -> dict[str, float]:
-                protocol, names, h = arms[name]
+                protocol, names, h, head = arms[name]
                 before = [cpu_seconds(pid) for pid in pids]
                 ue0 = time.process_time()
                 r = generate(parts, clients["es0"], PROMPTS[0], protocol, "txt2img", p,
-                             clients={n: clients[n] for n in names}, options=MultiOptions(halo=h))
+                             clients={n: clients[n] for n in names}, options=MultiOptions(halo=h, head=head))
                 ue = time.process_time() - ue0
                 es_cpu = [cpu_seconds(pid) - b for pid, b in zip(pids, before)]
                 images[name] = r.image
@@ -175,9 +193,9 @@ def latency(args: argparse.Namespace) -> dict[str, object]:
                 run(name, Params(seed=0, steps=1))
             order = list(arms)
             for rep in range(args.reps):
-                for name in order[rep % 3:] + order[:rep % 3]:  # interleaved, the order rotating per rep
+                for name in order[rep % len(order):] + order[:rep % len(order)]:  # interleaved, rotating per rep
                     times[name].append(run(name, Params(seed=rep, steps=args.steps)))
-                quality.append(round(psnr(images[order[1]], images[order[0]]), 2))
+                quality.append({n: round(psnr(images[n], images[order[0]]), 2) for n in order[1:]})
                 print(f"rep {rep}: " + ", ".join(f"{n} wall {t[-1]['wall_s']:.1f}s cpu {t[-1]['uncontended_s']:.1f}s"
                                                  for n, t in times.items()), file=sys.stderr)
         finally:
@@ -193,12 +211,14 @@ def latency(args: argparse.Namespace) -> dict[str, object]:
     for row in summary.values():
         row["speedup_wall"] = round(base["wall_s_median"] / row["wall_s_median"], 2)  # type: ignore[operator]
         row["speedup_uncontended"] = round(base["uncontended_s_median"] / row["uncontended_s_median"], 2)  # type: ignore[operator]
-    return {"model": args.model, "geometry": g.__dict__, "steps": args.steps, "reps": args.reps, "halo": halo,
-            "window_columns": [list(Share(i, 2, halo).window(g.latent_size)) for i in range(2)],
+    return {"model": args.model, "geometry": g.__dict__, "steps": args.steps, "reps": args.reps,
+            "arms": {n: {"halo": a[2], "head": a[3], "head_steps": Share(0, len(a[1]), a[2] or 0, a[3]).head_steps(args.steps),
+                         "window_columns": [list(Share(i, len(a[1]), a[2] or 0).window(g.latent_size)) for i in range(len(a[1]))]}
+                     for n, a in arms.items()},
             "pinning": "taskset -c 0 (es0), -c 1 (es1), OMP_NUM_THREADS=1 in both arms; UE unpinned, 1 thread",
             "order": "warm-up, then per rep: each arm once, the order rotating by one per rep", "summary": summary,
             "runs": times,
-            "psnr_halo_vs_single_db": quality}
+            "psnr_vs_single_db": quality}
 
 
 def main() -> None:

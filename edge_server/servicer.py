@@ -178,7 +178,7 @@ class EdgeServicer(edge_pb2_grpc.EdgeServiceServicer):
         share = None
         if segment.fan != "one":  # which ES of the session (and, cooperative, its window): request metadata
             try:
-                share = Share(request.share.index, request.share.count, request.share.halo).check(
+                share = Share(request.share.index, request.share.count, request.share.halo, request.share.head).check(
                     self.parts.geometry.latent_size)
             except ShareError as exc:
                 raise RequestError(str(exc)) from None

@@ -12,7 +12,10 @@ batch (:mod:`edge_server.engine`) is the same code, and both reproduce diffusers
   at ``steps - init``) and ``scheduler.add_noise(init_latent, noise, t_start)``;
 * classifier-free guidance when ``guidance > 1``: rows ``[uncond, cond]``,
   ``ε = ε_u + g·(ε_c − ε_u)`` (so guidance doubles a request's rows in the batch);
-* latents stay in the UNet's dtype (fp16 on CUDA) between steps, as in the pipeline.
+* latents stay in the UNet's dtype (fp16 on CUDA) between steps, as in the pipeline;
+* txt2img may run only steps ``[start_step, end_step)`` of its ``steps``-step schedule (diffusers'
+  ``denoising_end`` / ``denoising_start``): DDIM with ``eta = 0`` keeps no state between steps beyond the
+  latent, so running ``[0, k)`` and then ``[k, n)`` from its result equals running ``[0, n)``.
 """
 
 from __future__ import annotations
@@ -91,13 +94,24 @@ def start(model: DenoiseModel, job: DenoiseJob) -> DenoiseState:
     scheduler = DDIMScheduler.from_config(model.scheduler_config)
     scheduler.set_timesteps(job.steps, device=device)
     generator = torch.Generator("cpu").manual_seed(job.seed)
+    if not 0 <= job.start_step < (job.end_step if job.end_step is not None else job.steps) <= job.steps:
+        raise ValueError(f"steps [{job.start_step}, {job.end_step}) are not a non-empty part of a {job.steps}-step "
+                         "schedule")
+    if (job.start_step or job.end_step is not None) and job.init_latent is not None:
+        raise ValueError("start_step/end_step are for txt2img only")
     if job.init_latent is None:
-        timesteps = scheduler.timesteps
-        if job.noise is not None:
-            noise = job.noise.to(device, dtype)
+        timesteps = scheduler.timesteps[job.start_step * scheduler.order:
+                                        None if job.end_step is None else job.end_step * scheduler.order]
+        if job.start_step > 0:  # the latent part-way through the schedule, as it is (diffusers' denoising_start)
+            if job.noise is None:
+                raise ValueError("start_step > 0 needs the latent to start from in `noise`")
+            latents = job.noise.to(device, dtype)
         else:
-            noise = randn_tensor((1, *model.latent_shape), generator=generator, device=device, dtype=dtype)
-        latents = noise * scheduler.init_noise_sigma
+            if job.noise is not None:
+                noise = job.noise.to(device, dtype)
+            else:
+                noise = randn_tensor((1, *model.latent_shape), generator=generator, device=device, dtype=dtype)
+            latents = noise * scheduler.init_noise_sigma
     else:
         init_steps = min(int(job.steps * job.strength), job.steps)
         t_start = max(job.steps - init_steps, 0)

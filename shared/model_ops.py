@@ -83,6 +83,10 @@ class DenoiseJob:
     strength: float = 0.0
     noise: torch.Tensor | None = None
     deadline: float | None = None
+    #: txt2img only: run steps ``[start_step, end_step)`` of the ``steps``-step schedule (``None``: to the end).
+    #: With ``start_step > 0``, ``noise`` is the latent part-way through the schedule, used as it is.
+    start_step: int = 0
+    end_step: int | None = None
 
 
 #: Runs a :class:`DenoiseJob` and returns its latent ``[1, C, h, w]`` (float32, CPU).
@@ -221,14 +225,14 @@ class ModelOps:
         return (self._denoise(cond, init_latent, self.parts.meg.ue_steps, self.params.strength),)
 
     def _denoise(self, cond: torch.Tensor, init_latent: torch.Tensor | None, steps: int, strength: float,
-                 noise: torch.Tensor | None = None) -> torch.Tensor:
+                 noise: torch.Tensor | None = None, start_step: int = 0, end_step: int | None = None) -> torch.Tensor:
         """DDIM guided by ``cond [1, L, D]``: from seeded noise (txt2img), or from ``init_latent`` noised to
         ``strength`` (img2img; 0 means the default 0.6) -> latent ``[1, C, h, w]`` (float32, CPU).
         ``noise`` (``[1, C, h, w]``) replaces the seeded starting noise (see :class:`DenoiseJob`)."""
         p, meg = self.params, self.parts.meg
         job = DenoiseJob(cond=cond, steps=steps, guidance=p.guidance or meg.guidance, seed=p.seed,
                          init_latent=init_latent, strength=strength or DEFAULT_STRENGTH, noise=noise,
-                         deadline=self.deadline)
+                         deadline=self.deadline, start_step=start_step, end_step=end_step)
         return self.denoiser(job)
 
     def _denoise_alone(self, job: DenoiseJob) -> torch.Tensor:
@@ -272,8 +276,10 @@ class ModelOps:
                           init_part: torch.Tensor | None = None) -> tuple[torch.Tensor]:
         """ES budget on share's window: ``-> latent_part [1, C, h, x1-x0]``. txt2img starts from the window's
         crop of the seeded full-latent noise ``[1, C, h, h]`` (the single-ES image's starting noise, so
-        neighbours agree where they overlap); img2img denoises ``init_part`` (the pipeline draws the window's
-        noise from the seed)."""
+        neighbours agree where they overlap); with a shared head (``share.head_steps(n) = k > 0``) the first
+        ``k`` steps run on the full latent ``[1, C, h, h]`` (identical on every ES: same seed, same prompt) and
+        the last ``n - k`` on its window of the result. img2img denoises ``init_part`` (the pipeline draws the
+        window's noise from the seed; the input image already fixes the composition)."""
         from diffusers.utils.torch_utils import randn_tensor
 
         from shared.tiles import crop
@@ -284,6 +290,11 @@ class ModelOps:
             return (self._denoise(cond, init_part, steps, p.strength),)
         shape = (1, g.latent_channels, g.latent_size, g.latent_size)
         full = randn_tensor(shape, generator=torch.Generator("cpu").manual_seed(p.seed), dtype=self.parts.pipe.unet.dtype)
+        head = share.head_steps(steps)
+        if head > 0:
+            full = self._denoise(cond, None, steps, p.strength, noise=full, end_step=head)
+            part = crop(full, share, g.latent_size)
+            return (self._denoise(cond, None, steps, p.strength, noise=part, start_step=head),)
         return (self._denoise(cond, None, steps, p.strength, noise=crop(full, share, g.latent_size)),)
 
     def op_merge(self, parts: list[torch.Tensor], shares: list[Share]) -> tuple[torch.Tensor]:

@@ -3,7 +3,9 @@
 ES ``i`` of ``N`` denoises the window ``[x0, x1)`` of the latent's columns: its core ``[c_i, c_{i+1})``
 (``c_i = round(i·w/N)``) widened by ``halo`` columns on each side that has a neighbour, so neighbours
 overlap by ``2·halo`` columns. Every window starts from its crop of the *same* seeded starting noise
-(the noise of the single-ES image), and the UE fuses the returned windows with linear cross-fade weights
+(the noise of the single-ES image); with a shared ``head``, every ES first runs the first ``k`` of the
+``n`` DDIM steps on the whole latent (the same computation on each ES, so no transfer: the global layout is
+decided in those high-noise steps) and then only its window for the rest. The UE fuses the returned windows with linear cross-fade weights
 over each overlap (:func:`merge`): no hard edge survives. ``halo = 0`` is naive tiling (hard cut), the
 baseline the seam score is measured against.
 
@@ -30,6 +32,9 @@ class Share:
     index: int
     count: int
     halo: int = 0
+    #: fraction of the DDIM schedule run on the **full** latent (by every ES, the same computation from the
+    #: same seed) before the ES narrows to its window: the shared composition (:func:`head_steps`).
+    head: float = 0.0
 
     def check(self, latent_width: int) -> Share:
         """Raise :class:`ShareError` unless this share is a valid window of a ``latent_width``-column latent."""
@@ -39,7 +44,16 @@ class Share:
             raise ShareError(f"{self.count} shares do not fit a latent {latent_width} columns wide")
         if not 0 <= self.halo <= latent_width:
             raise ShareError(f"overlap halo {self.halo} must be in 0..{latent_width} latent columns")
+        if not 0.0 <= self.head < 1.0:
+            raise ShareError(f"shared head {self.head:g} must be a fraction of the schedule in [0, 1)")
         return self
+
+    def head_steps(self, steps: int) -> int:
+        """Steps of a ``steps``-step schedule run on the full latent before the split: ``round(head·steps)``,
+        at most ``steps - 1`` (the window always gets a step); 0 with a single share (nothing to share)."""
+        if self.count < 2:
+            return 0
+        return min(round(self.head * steps), steps - 1)
 
     def core(self, width: int) -> tuple[int, int]:
         """Columns ``[c0, c1)`` this ES owns alone (before the overlap)."""
@@ -51,14 +65,19 @@ class Share:
         return max(0, c0 - self.halo), min(width, c1 + self.halo)
 
 
+#: The shared head used when none is asked for (``benchmarks/bench_cooperative.py`` measured 0 .. 0.6:
+#: docs/multi-es.md).
+DEFAULT_HEAD = 0.8
+
+
 def default_halo(latent_width: int) -> int:
     """The overlap used when none is asked for: ``max(1, w // 8)`` latent columns per interior side."""
     return max(1, latent_width // 8)
 
 
-def shares(count: int, halo: int) -> list[Share]:
+def shares(count: int, halo: int, head: float = 0.0) -> list[Share]:
     """The ``count`` shares of one cooperative generation."""
-    return [Share(i, count, halo) for i in range(count)]
+    return [Share(i, count, halo, head) for i in range(count)]
 
 
 def _scale(full_width: int, latent_width: int) -> int:
@@ -137,3 +156,19 @@ def seam_score(image: torch.Tensor, boundaries: Sequence[int], band: int = 1, lo
 def boundaries(count: int, latent_width: int, scale: int) -> list[int]:
     """Pixel columns where the cores of ``count`` shares meet (at ``scale`` pixels per latent column)."""
     return [Share(i, count).core(latent_width)[0] * scale for i in range(1, count)]
+
+
+def border_psnr(image: torch.Tensor, reference: torch.Tensor, boundaries: Sequence[int], band: int) -> tuple[float, float]:
+    """Composition check against the single-ES ``reference`` (both ``[1, 3, H, W]`` in [0, 1]): PSNR in dB in
+    the pixel columns within ``band`` of a tile boundary, and in the columns outside it. A cross-fade that
+    ghosts two different objects, or a window that drew its own layout, is low in the band (and, when a
+    window's whole layout differs, outside it too); the gradient :func:`seam_score` sees neither."""
+    from shared.images import psnr
+
+    mask = torch.zeros(image.shape[-1], dtype=torch.bool)
+    for b in boundaries:
+        mask[max(0, b - band):b + band] = True
+    if not bool(mask.any()) or bool(mask.all()):
+        raise ValueError(f"band {band} around {list(boundaries)} leaves no border or no rest in width {image.shape[-1]}")
+    return (psnr(image[..., mask], reference[..., mask], max_db=99.0),
+            psnr(image[..., ~mask], reference[..., ~mask], max_db=99.0))

@@ -124,3 +124,43 @@ def test_ask_shows_a_contact_sheet_then_takes_the_answer(monkeypatch: pytest.Mon
     assert (out.parent / "dsuc-candidates.png").exists()
     with pytest.raises(ValueError, match="first, best or an ES number"):
         chooser("worst")
+
+
+def test_split_schedule_equals_the_whole_run(random_model_dir: object) -> None:
+    """Steps [0, k) then [k, n) from that latent (the cooperative shared head) is the n-step run, exactly."""
+    from shared.denoise import DenoiseModel, denoise_alone
+    from shared.model_ops import DenoiseJob, ModelParts
+
+    parts = ModelParts.load(str(random_model_dir), "cpu")
+    model = DenoiseModel.from_parts(parts)
+    cond = parts.embed("a red circle")
+    whole = denoise_alone(model, DenoiseJob(cond=cond, steps=5, guidance=4.0, seed=3))
+    head = denoise_alone(model, DenoiseJob(cond=cond, steps=5, guidance=4.0, seed=3, end_step=2))
+    tail = denoise_alone(model, DenoiseJob(cond=cond, steps=5, guidance=4.0, seed=3, noise=head, start_step=2))
+    assert torch.equal(tail, whole)
+    assert not torch.allclose(head, whole, atol=1e-3)
+    for bad in ({"start_step": 5}, {"end_step": 0}, {"start_step": 2, "end_step": 2}, {"start_step": 1}):
+        with pytest.raises(ValueError):
+            denoise_alone(model, DenoiseJob(cond=cond, steps=5, guidance=4.0, **bad))  # type: ignore[arg-type]
+
+
+def test_shared_head_windows(random_model_dir: object) -> None:
+    """One share with a head is the single-ES latent; two shares with a head start their windows from the same
+    full-latent head (so a window's tail equals the whole run's tail cropped only where the UNet saw the same)."""
+    from shared.model_ops import ModelOps, ModelParts, Params
+
+    parts = ModelParts.load(str(random_model_dir), "cpu")
+    w = parts.geometry.latent_size
+    ops = ModelOps(parts, Params(seed=5, steps=4))
+    (cond,) = ops.call("encode_prompt", "a blue square")
+    (single,) = ops.call("denoise", cond)
+    (one,) = ops.call("denoise_window", cond, Share(0, 1, 2, 0.5))
+    assert torch.equal(one, single)
+    assert Share(0, 2, 1, 0.5).head_steps(4) == 2 and Share(0, 1, 1, 0.5).head_steps(4) == 0
+    assert Share(0, 2, 1, 0.99).head_steps(4) == 3  # the window always keeps a step
+    no_head = [ops.call("denoise_window", cond, s)[0] for s in shares(2, 1)]
+    headed = [ops.call("denoise_window", cond, s)[0] for s in shares(2, 1, 0.75)]
+    err = [float((merge(p, shares(2, 1), w) - single).abs().mean()) for p in (no_head, headed)]
+    assert err[1] < err[0]  # three of four steps on the whole latent: closer to the single-ES latent
+    with pytest.raises(ShareError, match="shared head"):
+        Share(0, 2, 1, 1.0).check(w)

@@ -16,7 +16,7 @@ from shared import air
 from shared.model_ops import ModelOps, ModelParts, Params
 from shared.pb import air_pb2, edge_pb2
 from shared.protocols import TEXT_KEYS, Segment, get_protocol, plan, run_protocol, seed_of
-from shared.tiles import Share, default_halo
+from shared.tiles import DEFAULT_HEAD, Share, default_halo
 from ue_client.edge_client import EdgeClient, GeometryMismatch, check_geometry  # noqa: F401  (re-exported)
 from ue_client.pick import Candidate, Chooser
 from ue_client.transport import EdgeFailure, fan_out
@@ -73,6 +73,8 @@ class MultiOptions:
     halo: int | None = None
     broadcast: bool = False
     fallback: bool = False
+    #: cooperative: fraction of the schedule every ES runs on the full latent first (None: DEFAULT_HEAD)
+    head: float | None = None
 
 
 @dataclass
@@ -159,7 +161,8 @@ def generate(
         raise RuntimeError(f"{spec.name} needs an edge server: give --via HOST:PORT")
     g = parts.geometry
     halo = (default_halo(g.latent_size) if opts.halo is None else opts.halo) if spec.cooperative else 0
-    share_list = [Share(i, len(names), halo).check(g.latent_size) for i in range(len(names))] if spec.multi_es else [Share(0, 1)]
+    head = (DEFAULT_HEAD if opts.head is None else opts.head) if spec.cooperative else 0.0
+    share_list = [Share(i, len(names), halo, head).check(g.latent_size) for i in range(len(names))] if spec.multi_es else [Share(0, 1)]
     request_id = uuid.uuid4().hex[:12]
     accounts = {n: (LinkAccount(), LinkAccount()) for n in names}
     totals = (LinkAccount(), LinkAccount())
@@ -187,7 +190,7 @@ def generate(
                                              guidance=params.guidance, fc=params.fc, strength=params.strength),
         )
         if segment.fan != "one":
-            request.share.CopyFrom(edge_pb2.Share(index=share.index, count=share.count, halo=share.halo))
+            request.share.CopyFrom(edge_pb2.Share(index=share.index, count=share.count, halo=share.halo, head=share.head))
         response = clients[name].run_segment(request, timeout=max(deadline - time.monotonic(), 0.001))
         es_seconds[0] += response.es_seconds
         for applied in response.uplink_seen:
