@@ -1,4 +1,4 @@
-"""Serving throughput of one ES under many UEs, side by side in one run (issue 10, DESIGN.md §7).
+"""Serving throughput of one ES under many UEs, side by side in one run (issue 10; docs/serving.md).
 
 Arms, all meg-tiny txt2img at 25 DDIM steps (guidance as the model ships), interleaved round by round so that
 machine noise hits every arm alike:

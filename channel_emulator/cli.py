@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import sys
+from typing import Any
 
 import grpc
 from google.protobuf.descriptor import FieldDescriptor
@@ -95,13 +96,13 @@ def _fmt_profile(p: dict[str, object]) -> str:
     return f"{name}{model} {p.get('snr_db')} dB{extra}"
 
 
-def _print(command: str, data: dict[str, object]) -> None:
+def _print(command: str, data: dict[str, Any]) -> None:
     if command == "profiles":
-        for p in data.get("profiles", []):  # type: ignore[union-attr]
+        for p in data.get("profiles", []):
             print(_fmt_profile(p))
     elif command == "stats":
         print(f"{'link':16s} {'dir':8s} {'rpcs':>5s} {'tx':>5s} {'symbols':>10s} {'bytes':>10s} {'snr dB':>7s} {'energy':>10s}")
-        for e in data.get("entries", []):  # type: ignore[union-attr]
+        for e in data.get("entries", []):
             snr = e.get("mean_snr_db")
             snr_s = f"{snr:7.2f}" if isinstance(snr, float) and math.isfinite(snr) else "      -"
             print(f"{e['link']:16s} {e['direction']:8s} {int(e['rpcs']):5d} {int(e['transmissions']):5d} "
@@ -109,11 +110,11 @@ def _print(command: str, data: dict[str, object]) -> None:
     elif command == "csi":
         print(f"{data.get('model')} {data.get('snr_db')} dB, coherence {data.get('coherence_symbols')} symbols")
         print(f"{'block':>5s} {'|h| reported':>12s}")
-        for i, g in enumerate(data.get("gains", [])):  # type: ignore[arg-type]
+        for i, g in enumerate(data.get("gains", [])):
             print(f"{i:5d} {g:12.4f}")
     else:
-        print(f"upstreams: {', '.join(data.get('upstreams', []))}")  # type: ignore[arg-type]
-        for ls in [data["default"], *data.get("links", [])]:  # type: ignore[list-item]
+        print(f"upstreams: {', '.join(data.get('upstreams', []))}")
+        for ls in [data["default"], *data.get("links", [])]:
             print(f"{ls['link']:16s} uplink   {_fmt_profile(ls['uplink'])}")
             print(f"{'':16s} downlink {_fmt_profile(ls['downlink'])}")
 
@@ -123,7 +124,7 @@ def to_plain(msg: Message) -> dict[str, object]:
     strings as in proto3 JSON), non-finite floats (``mean_snr_db`` of a link with no noisy symbol) as None."""
     def value(f: FieldDescriptor, v: object) -> object:
         if f.type == FieldDescriptor.TYPE_MESSAGE:
-            return to_plain(v)  # type: ignore[arg-type]
+            return to_plain(v)
         if isinstance(v, float):
             return v if math.isfinite(v) else None
         return v
@@ -241,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
             auth = describe_auth_error(exc)
             if auth:
                 return auth
-            code, details = exc.code(), exc.details()  # type: ignore[attr-defined]
+            code, details = exc.code(), exc.details()
             if code == grpc.StatusCode.UNAVAILABLE:
                 return f"cannot reach the channel proxy at {args.via}"
             return f"{code.name}: {details}"

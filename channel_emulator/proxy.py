@@ -29,6 +29,7 @@ from shared import air
 from shared.channel import ChannelConfigError
 from shared.grpc_util import (
     RECONNECT_OPTIONS,
+    REQUEST_ID_HEADER,
     add_guarded,
     add_guarded_handlers,
     add_health_and_reflection,
@@ -91,7 +92,8 @@ def _forwarder(method: object, table: LinkTable, upstreams: Upstreams, advertise
     out_cls: type[Message] = message_factory.GetMessageClass(out_desc)
     perturb = {"uplink": carries_air(in_desc), "downlink": carries_air(out_desc)}
     classes = {"uplink": in_cls, "downlink": out_cls}
-    path = f"/{EDGE_SERVICE.full_name}/{method.name}"  # type: ignore[attr-defined]
+    method_name: str = method.name  # type: ignore[attr-defined]
+    path = f"/{EDGE_SERVICE.full_name}/{method_name}"
     calls = {name: ch.unary_unary(path) for name, ch in upstreams.channels.items()}  # bytes in, bytes out
 
     def through(link: str, direction: str, raw: bytes) -> bytes:
@@ -115,6 +117,9 @@ def _forwarder(method: object, table: LinkTable, upstreams: Upstreams, advertise
             (k, v) for k, v in context.invocation_metadata() or ()
             if k not in _HOP_HEADERS and not k.startswith(":") and k != CONTROL_HEADER
         ) + ((CONTROL_HEADER, advertise[0]),)
+        if log.isEnabledFor(logging.DEBUG):
+            rid = next((v for k, v in metadata if k == REQUEST_ID_HEADER), "-")
+            log.debug("forward %s %s -> %s request_id=%s uplink %d B", method_name, link, es, rid, len(up))
         try:
             response = await calls[es](
                 up, timeout=DEFAULT_DEADLINE_S if remaining is None else remaining, metadata=metadata
@@ -130,6 +135,7 @@ def _forwarder(method: object, table: LinkTable, upstreams: Upstreams, advertise
             await context.abort(grpc.StatusCode.INTERNAL, f"channel proxy: the edge server's reply does not parse: {exc}")
         except ChannelConfigError as exc:
             await context.abort(grpc.StatusCode.INTERNAL, f"channel proxy: the edge server sent a bad power allocation: {exc}")
+        raise AssertionError("context.abort returned")  # it raises
 
     return handle
 

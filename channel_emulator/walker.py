@@ -33,7 +33,7 @@ def _carries(desc: Descriptor, seen: frozenset[str]) -> bool:
 def air_tensors(msg: Message) -> Iterator[air_pb2.AirTensor]:
     """Every ``AirTensor`` set inside ``msg`` (depth first; repeated and map fields included)."""
     if msg.DESCRIPTOR.full_name == AIR.full_name:
-        yield msg  # type: ignore[misc]
+        yield msg
         return
     for field, value in msg.ListFields():
         if field.type != FieldDescriptor.TYPE_MESSAGE or not carries_air(field.message_type):

@@ -31,7 +31,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -176,7 +176,7 @@ class Engine:
             if reason is not None:
                 self._waiting.remove(p)
                 p.future.set_exception(reason)
-        taken = []
+        taken: list[_Pending] = []
         while self._waiting and len(self._running) + len(taken) < self.max_batch:
             taken.append(self._waiting.popleft())
         return taken
@@ -280,7 +280,7 @@ def _pending(state: DenoiseState) -> _Pending:
 class _BatchedVAE:
     """The model's VAE, except that ``decode`` goes through :meth:`Engine.run_batched`."""
 
-    def __init__(self, vae: torch.nn.Module, engine: Engine) -> None:
+    def __init__(self, vae: Any, engine: Engine) -> None:  # diffusers' AutoencoderKL
         self._vae = vae
         self._engine = engine
 
@@ -310,5 +310,5 @@ def batched_parts(parts: ModelParts, engine: Engine) -> ModelParts:
     ``engine``'s thread: what the ES's per-request :class:`~shared.model_ops.ModelOps` work on."""
     parts.uncond()  # cache it in the shared object first
     view = copy.copy(parts)
-    view.pipe = _PipelineView(parts.pipe, _BatchedVAE(parts.pipe.vae, engine))  # type: ignore[assignment]
+    view.pipe = _PipelineView(parts.pipe, _BatchedVAE(parts.pipe.vae, engine))
     return view

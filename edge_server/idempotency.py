@@ -43,7 +43,7 @@ def request_key(request: edge_pb2.SegmentRequest) -> tuple[str, str, str, int, i
     if not request.request_id:
         return None
     fanned = "share" in request.DESCRIPTOR.fields_by_name and request.HasField("share")
-    share = request.share.index if fanned else -1  # type: ignore[attr-defined]
+    share = request.share.index if fanned else -1
     return (request.request_id, request.protocol.upper(), request.task or "txt2img", int(request.segment), int(share))
 
 

@@ -47,7 +47,7 @@ async def create_server(settings: EdgeSettings, parts: ModelParts | None = None)
     port = bind(server, settings.listen, server_credentials(tls) if tls.enabled else None)
     await server.start()
     await set_serving(health, [SERVICE_NAME])
-    server.meg_servicer = servicer  # type: ignore[attr-defined]  (serve() stops its engine; tests reach it)
+    server.meg_servicer = servicer  # serve() stops its engine; tests reach it
     if settings.metrics_port is not None:
         servicer.metrics_http, servicer.metrics_port = serve_metrics(metrics.registry, settings.listen,
                                                                      settings.metrics_port)
@@ -66,5 +66,5 @@ async def serve(settings: EdgeSettings) -> None:
     server, port, health = await create_server(settings)
     print(f"meg-edge listening on port {port}", flush=True)
     await serve_until_signal(server, health, settings.grace_s)
-    server.meg_servicer.close()  # type: ignore[attr-defined]
+    server.meg_servicer.close()
     log.info("meg-edge stopped")

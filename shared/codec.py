@@ -61,6 +61,8 @@ class SeedCodec(nn.Module):
         if cfg.design == "residual":
             self.enc_skip = nn.Linear(n, k, bias=False)
             self.dec_skip = nn.Linear(k, n)
+        self.mean: torch.Tensor
+        self.std: torch.Tensor
         self.register_buffer("mean", torch.zeros(n))
         self.register_buffer("std", torch.ones(n))
 

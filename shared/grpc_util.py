@@ -18,6 +18,8 @@ from grpc_reflection.v1alpha import reflection
 
 #: Largest message any MEG process accepts or sends (an image of 1024×1024×3 float32 is 12 MiB).
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+#: Header that repeats a RunSegment's ``request_id`` (the body is the truth) so the proxy can log it.
+REQUEST_ID_HEADER = "meg-request-id"
 
 
 def message_options(max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> list[tuple[str, int]]:
@@ -80,7 +82,7 @@ def _guard(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler
         return guarded
 
     kind = "unary_unary" if handler.unary_unary else "unary_stream"
-    return handler._replace(  # type: ignore[attr-defined]
+    return handler._replace(
         request_deserializer=safe_deserialize, **{kind: wrap(getattr(handler, kind))}
     )
 

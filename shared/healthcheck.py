@@ -24,10 +24,10 @@ def check(address: str, service: str = "", timeout_s: float = 3.0, tls: TlsFiles
         try:
             reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout_s)
         except grpc.RpcError as err:
-            code = err.code()  # type: ignore[attr-defined]
+            code = err.code()
             if code == grpc.StatusCode.NOT_FOUND:
                 return 1, f"{address}: no health status for service {service!r}"
-            return 2, f"{address}: {code.name}: {err.details()}"  # type: ignore[attr-defined]
+            return 2, f"{address}: {code.name}: {err.details()}"
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
     return (0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1), f"{address}: {status}"
 

@@ -22,7 +22,7 @@ def load_png(path: str | Path, size: int | None = None) -> torch.Tensor:
     """Read an image file as ``[1, 3, H, W]`` float in [0, 1] (resized to ``size``² if given)."""
     img = Image.open(path).convert("RGB")
     if size is not None and img.size != (size, size):
-        img = img.resize((size, size), Image.BICUBIC)
+        img = img.resize((size, size), Image.Resampling.BICUBIC)
     return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
 
 

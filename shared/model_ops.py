@@ -36,8 +36,8 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
 
-from shared.geometry import SKETCH_FACTOR, Geometry
 from shared.codec import SeedCodec, load_codecs
+from shared.geometry import SKETCH_FACTOR, Geometry
 from shared.model_loader import MegConfig, default_model_path, load_pipeline
 
 if TYPE_CHECKING:
@@ -116,7 +116,7 @@ class ModelParts:
         self._uncond: torch.Tensor | None = None
 
     @classmethod
-    def load(cls, path: str | None, device: str = "cpu", codec_design: str = "residual") -> "ModelParts":
+    def load(cls, path: str | None, device: str = "cpu", codec_design: str = "residual") -> ModelParts:
         """Load a pipeline folder and the seed codecs in its ``codec/`` folder (if any)."""
         pipe, meg = load_pipeline(path, device)
         folder = Path(path) if path else default_model_path()

@@ -463,8 +463,8 @@ def plan(stages: tuple[Stage, ...], task: Task) -> tuple[Segment, ...]:
         # the other side's later segments (and the final result on the UE) may need what this one made
         later = {k for j in range(i + 1, len(receives)) for k in receives[j]}
         made = {k for s in group for k in s.outputs}
-        actor, fan = group_key(group[0])
-        segments.append(Segment(i, actor, tuple(group), receives[i], tuple(sorted(later & made)), fan))  # type: ignore[arg-type]
+        seg_actor, seg_fan = group_key(group[0])
+        segments.append(Segment(i, seg_actor, tuple(group), receives[i], tuple(sorted(later & made)), seg_fan))  # type: ignore[arg-type]
     if segments and segments[0].actor == "UE" and segments[0].receives:
         raise ProtocolError(f"UE stages need keys nobody holds: {segments[0].receives}")
     return tuple(segments)
@@ -537,7 +537,7 @@ def run_protocol(
             kept = [(src, r) for src, r in zip(sources, results) if not isinstance(r, BaseException)]
             if not kept:
                 raise next(r for r in results if isinstance(r, BaseException))
-            branches = [{**src, **r} for src, r in kept]  # type: ignore[dict-item]
+            branches = [{**src, **r} for src, r in kept]
             continue
         for r in results:
             if isinstance(r, BaseException):

@@ -199,8 +199,8 @@ def server_interceptors(tokens: Mapping[str, str | None]) -> list[grpc.aio.Serve
 
 def describe_auth_error(exc: grpc.RpcError) -> str | None:
     """One line for the CLI when a call failed for lack of trust (bad token, TLS handshake), else None."""
-    code = exc.code()  # type: ignore[attr-defined]
-    details = exc.details() or ""  # type: ignore[attr-defined]
+    code = exc.code()
+    details = exc.details() or ""
     if code == grpc.StatusCode.UNAUTHENTICATED:
         return f"not authenticated: {details} (check --token-file / {UE_TOKEN_ENV} or --admin-token-file / {ADMIN_TOKEN_ENV})"
     low = details.lower()

@@ -82,3 +82,11 @@ def inproc_stack(random_model_dir: Path) -> Iterator[Stack]:
     parts = ModelParts.load(str(random_model_dir), "cpu")
     with running_stack(parts, EdgeSettings(listen="127.0.0.1:0", max_message_bytes=4 * 1024 * 1024)) as stack:
         yield stack
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """``slow`` tests (real processes, a model end to end) get 600 s unless they set their own timeout; the
+    rest keep pyproject's default (300 s, a hang catcher)."""
+    for item in items:
+        if item.get_closest_marker("slow") and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(600))

@@ -19,6 +19,8 @@ from shared.pb import channel_pb2, channel_pb2_grpc, edge_pb2, edge_pb2_grpc
 from shared.procs import running, script
 from ue_client.session import EdgeClient, generate
 
+pytestmark = pytest.mark.slow  # real processes / a model end to end (conftest: 600 s per test)
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

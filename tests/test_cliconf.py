@@ -80,3 +80,29 @@ def test_channel_cli_convention_end_to_end() -> None:
                          capture_output=True, text=True, timeout=60, check=False)
     assert old.returncode == 1 and "--model is deprecated; use --channel-model" in old.stderr, old.stderr
     assert "unknown channel model 'nope'" in old.stderr  # the old spelling set the new flag's value
+
+
+def test_proxy_logs_each_forwarded_rpc_with_its_request_id(inproc_stack, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
+    """The UE sends the request id as the ``meg-request-id`` header too; the proxy logs it at debug level."""
+    import logging
+
+    from shared.model_ops import Params
+    from shared.pb import edge_pb2
+    from shared.serde import segment_request
+    from ue_client.edge_client import EdgeClient
+    from ue_client.session import generate
+
+    with caplog.at_level(logging.DEBUG, logger="meg.channel"), \
+            EdgeClient(inproc_stack.proxy_addr, timeout_s=60, ue_id="logger") as client:
+        generate(inproc_stack.parts, client, "a red circle", "FULL-ES", params=Params(seed=1, steps=2))
+        forwarded = [r.getMessage() for r in caplog.records if r.getMessage().startswith("forward RunSegment")]
+        assert len(forwarded) == 1 and "logger->es0" in forwarded[0], forwarded
+        rid = forwarded[0].split("request_id=")[1].split()[0]
+        assert len(rid) == 32  # the uuid the UE made up and put in the body
+        # a request id the caller chose travels as given
+        from shared.protocols import get_protocol, plan
+
+        seg = next(s for s in plan(get_protocol("FULL-ES", "txt2img")[1], "txt2img") if s.actor == "ES")
+        req = segment_request("FULL-ES", seg, "txt2img", "a red circle", [], "my-id-7", Params(seed=1, steps=2), 1, None)
+        assert isinstance(client.run_segment(req, timeout=60), edge_pb2.SegmentResponse)
+    assert any("request_id=my-id-7" in r.getMessage() for r in caplog.records)

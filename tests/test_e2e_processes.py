@@ -13,6 +13,8 @@ from PIL import Image
 from shared.pb import channel_pb2, channel_pb2_grpc
 from shared.procs import running, script
 
+pytestmark = pytest.mark.slow  # real processes / a model end to end (conftest: 600 s per test)
+
 
 def test_ciag_generation_through_three_processes(random_model_dir: Path, tmp_path: Path) -> None:
     model = str(random_model_dir)

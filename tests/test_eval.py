@@ -9,9 +9,12 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from meg_lab.evaluate import COLUMNS
 from shared.procs import script
+
+pytestmark = pytest.mark.slow  # real processes / a model end to end (conftest: 600 s per test)
 
 
 def test_eval_quick(random_model_dir: Path, tmp_path: Path) -> None:

@@ -23,6 +23,8 @@ from shared.procs import script
 from ue_client.edge_client import EdgeClient
 from ue_client.session import generate
 
+pytestmark = pytest.mark.slow  # real processes / a model end to end (conftest: 600 s per test)
+
 UES, PER_UE = 3, 4
 DONE = re.compile(r"seg (\d+) req ([0-9a-f-]+): ")
 STARTED = re.compile(r"meg\.edge\.idempotency INFO run (\S+ \S+ \S+ \d+ -?\d+)")

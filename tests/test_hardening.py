@@ -197,6 +197,7 @@ def test_port_in_use_is_a_clear_error(inproc_stack) -> None:  # type: ignore[no-
     assert r.returncode == 1 and "in use" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_meg_edge_on_a_port_in_use_says_so(inproc_stack, random_model_dir: Path) -> None:  # type: ignore[no-untyped-def]
     r = subprocess.run([script("meg-edge"), "serve", "--listen", inproc_stack.es_addr, "--model", str(random_model_dir),
                         "--device", "cpu"], check=False, capture_output=True, text=True, timeout=120)

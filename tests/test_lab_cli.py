@@ -14,6 +14,8 @@ import pytest
 from meg_lab.cli import main as lab_main
 from shared.procs import script
 
+pytestmark = pytest.mark.slow  # real processes / a model end to end (conftest: 600 s per test)
+
 #: subcommand -> a flag its --help must list (the tool's own flags, not a pass-through stub)
 COMMANDS = {
     "train-model": "--unet-steps",

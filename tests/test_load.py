@@ -14,6 +14,8 @@ import pytest
 
 from shared.procs import running, script
 
+pytestmark = pytest.mark.slow  # real processes / a model end to end (conftest: 600 s per test)
+
 
 @pytest.fixture(scope="module")
 def proxy_addr(random_model_dir: Path) -> Iterator[str]:

@@ -14,7 +14,7 @@ from shared.pb import channel_pb2, channel_pb2_grpc
 from tests.conftest import Stack, running_stack
 from ue_client.session import EdgeClient, generate
 
-pytestmark = pytest.mark.skipif(not (MEG_TINY_DIR / "model_index.json").exists(), reason="meg-tiny weights not built")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not (MEG_TINY_DIR / "model_index.json").exists(), reason="meg-tiny weights not built")]
 PROMPT = "a large red circle above a small blue square on a white background"
 
 

@@ -21,6 +21,8 @@ from shared.protocols import PROTOCOLS
 from ue_client.session import MultiOptions, generate
 from ue_client.transport import connect, discover
 
+pytestmark = pytest.mark.slow  # real processes / a model end to end (conftest: 600 s per test)
+
 MULTI = [name for name, spec in PROTOCOLS.items() if spec.multi_es]
 PROMPT = "a small red circle above a blue square"
 

@@ -13,6 +13,8 @@ from shared.pb import channel_pb2, channel_pb2_grpc
 from tests.conftest import running_stack
 from ue_client.session import EdgeClient, generate
 
+pytestmark = pytest.mark.slow  # real processes / a model end to end (conftest: 600 s per test)
+
 
 @pytest.mark.parametrize("policy, budget", [("uniform", 0.5), ("oracle", 0.5), ("ppo", 0.5), ("none", 1.0)])
 def test_server_allocation_shows_in_proxy_stats(random_model_dir: Path, policy: str, budget: float) -> None:

@@ -12,9 +12,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from shared.procs import script
+
+pytestmark = pytest.mark.slow  # real processes / a model end to end (conftest: 600 s per test)
 
 
 @contextmanager

@@ -16,6 +16,8 @@ from ue_client.compare import run_compare
 from ue_client.overhead import protocol_overhead
 from ue_client.session import EdgeClient, generate
 
+pytestmark = pytest.mark.slow  # real processes / a model end to end (conftest: 600 s per test)
+
 # one row per protocol: adding a protocol means adding its registry entry and a row here
 EXPECTED_CROSSINGS = {
     # protocol: {task: (uplink tensor keys, prompt text goes up, downlink keys)}

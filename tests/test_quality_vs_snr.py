@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import grpc
+import pytest
 
 from shared.images import psnr
 from shared.model_ops import Params
 from shared.pb import channel_pb2, channel_pb2_grpc
 from ue_client.session import EdgeClient, generate
+
+pytestmark = pytest.mark.slow  # real processes / a model end to end (conftest: 600 s per test)
 
 
 def _set_both(addr: str, model: str, snr_db: float) -> None:

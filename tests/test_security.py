@@ -143,6 +143,7 @@ def test_control_service_refuses_the_ue_token(secure_stack: SecureStack, pki: tu
         assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
+@pytest.mark.slow
 def test_clis_say_one_line_when_not_trusted(secure_stack: SecureStack, pki: tuple[Path, Path], random_model_dir: Path) -> None:
     good, evil = pki
     tls = ["--tls-ca", str(good / "ca.pem"), "--tls-cert", str(good / "ue.pem"), "--tls-key", str(good / "ue.key")]
@@ -184,6 +185,7 @@ def _stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
+@pytest.mark.slow
 def test_every_hop_over_mtls_with_the_real_daemons(pki: tuple[Path, Path], random_model_dir: Path, tmp_path: Path) -> None:
     good, _ = pki
     procs: list[subprocess.Popen] = []

@@ -9,6 +9,7 @@ import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -17,9 +18,7 @@ from shared.grpc_util import run_cli, target
 from shared.logs import add_log_flag, setup
 from shared.protocols import PROTOCOLS, TASKS, check_prompt
 from shared.security import UE_TOKEN_ENV, add_tls_flags, describe_auth_error, read_token, tls_from_args
-
-#: Largest ``--steps`` the ES accepts (edge_server.servicer.MAX_STEPS).
-MAX_STEPS = 500
+from shared.serde import MAX_STEPS  # the ES's bound, checked before sending
 
 
 def _number(kind: type, lo: float, hi: float, what: str) -> Callable[[str], object]:
@@ -73,7 +72,7 @@ def _client(args: argparse.Namespace, parts: object) -> object:
 def _sends_seed(protocol: str, task: str) -> bool:
     from shared.geometry import SEED_KEYS
 
-    stages = PROTOCOLS[protocol].stages.get(task, ())  # type: ignore[arg-type]
+    stages = PROTOCOLS[protocol].stages.get(task, ())  # type: ignore[call-overload]  # task: a str from argparse
     return any(k in SEED_KEYS for st in stages for k in (*st.inputs, *st.outputs))
 
 
@@ -88,7 +87,7 @@ def _check_fc(args: argparse.Namespace, remote: object) -> None:
         raise ValueError(unsupported_rate_message(fc, rates))
 
 
-def _describe_link(acc: object) -> str:
+def _describe_link(acc: Any) -> str:
     channel, snr = acc.channel, acc.snr_db
     if channel is None:
         return "direct link" if acc.transmissions else "nothing sent"
@@ -150,7 +149,7 @@ def _generate(args: argparse.Namespace) -> int:
                       f"{acc.text_bytes:>5d} B text  ({_describe_link(acc)})")
         if result.candidates:
             print(f"  picked {result.picked} of {', '.join(c.es for c in result.candidates)}; candidates: "
-                  f"{summary['candidate_files']['sheet']}")  # type: ignore[index]
+                  f"{summary['candidate_files']['sheet']}")
     return 0
 
 
@@ -186,8 +185,8 @@ def _overhead(args: argparse.Namespace) -> int:
     print(f"  (the papers' 1,048,576 for the image is {g.image_size}×{g.image_size}×4; we count RGB pixels, "
           f"{g.image_size}×{g.image_size}×3 = {g.symbols('image'):,d})")
     print("\nFull-ES / CIAG total symbols:")
-    for k, v in reductions.items():
-        print(f"  {k:16s} {v:>8.2f}×")
+    for name, factor in reductions.items():
+        print(f"  {name:16s} {factor:>8.2f}×")
     return 0
 
 
@@ -294,7 +293,11 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("eval", help="moved: meg-lab eval (this spelling forwards to it)")
     from ue_client.load import add_load_parser
 
-    add_load_parser(sub, lambda p: (_model_flags(p), _connection_flags(p)))
+    def _load_flags(p: argparse.ArgumentParser) -> None:
+        _model_flags(p)
+        _connection_flags(p)
+
+    add_load_parser(sub, _load_flags)
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] == "eval":
         from meg_lab.cli import forward
@@ -312,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
             auth = describe_auth_error(exc)
             if auth:
                 return auth
-            code, details = exc.code(), exc.details()  # type: ignore[attr-defined]
+            code, details = exc.code(), exc.details()
             if code == grpc.StatusCode.UNAVAILABLE:
                 return f"cannot reach the edge server at {args.via}: {details}"
             return f"{code.name}: {details}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import grpc
 import torch
@@ -51,7 +52,7 @@ def panel(images: dict[str, torch.Tensor], captions: dict[str, str], cell: int =
     draw = ImageDraw.Draw(out)
     for i, (name, img) in enumerate(images.items()):
         arr = (img[0].clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype("uint8")
-        tile = Image.fromarray(arr).resize((cell, cell), Image.NEAREST)
+        tile = Image.fromarray(arr).resize((cell, cell), Image.Resampling.NEAREST)
         x = pad + i * (cell + pad)
         out.paste(tile, (x, pad))
         draw.text((x, cell + pad + 2), captions[name], fill="black")
@@ -83,27 +84,27 @@ def run_compare(parts: ModelParts, client: EdgeClient, prompt: str, task: str, p
     finally:
         set_links(proxy, before)
     for row in rows:
-        row["psnr_vs_ideal_db"] = round(min(psnr(images[str(row["protocol"])], reference), 100.0), 2)
+        row["psnr_vs_ideal_db"] = round(psnr(images[str(row["protocol"])], reference, max_db=100), 2)
     panel({"IDEAL LINK": reference, **images}, {"IDEAL LINK": "Full-ES, ideal link\n(reference)", **captions}).save(out / "panel.png")
     lines = [f"prompt: {prompt!r}  task: {task}  SNR: {'as the proxy is set' if snr_db is None else f'{snr_db:g} dB'}"
              + (f"  ESs: {', '.join(clients)}" if multi_es else ""),
              f"{'protocol':8s} {'uplink':>9s} {'downlink':>9s} {'total':>9s} {'text B':>6s} {'seconds':>8s} {'PSNR vs ideal':>14s}"]
     for row in rows:
-        up, down = row["uplink"], row["downlink"]  # type: ignore[index]
+        up, down = row["uplink"], row["downlink"]
         lines.append(f"{row['protocol']:8s} {up['symbols']:9,d} {down['symbols']:9,d} {up['symbols'] + down['symbols']:9,d} "
                      f"{up['text_bytes']:6d} {row['seconds']:8.2f} {row['psnr_vs_ideal_db']:14.2f}")
     table = "\n".join(lines)
-    report = {"prompt": prompt, "task": task, "snr_db": snr_db, "rows": rows, "panel": str(out / "panel.png"), "table": table}
+    report: dict[str, object] = {"prompt": prompt, "task": task, "snr_db": snr_db, "rows": rows, "panel": str(out / "panel.png"), "table": table}
     (out / "overhead.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
 
 
 def _run_all(parts: ModelParts, client: EdgeClient, clients: dict[str, EdgeClient], prompt: str, task: str,
              params: Params, image_in: torch.Tensor | None, out: Path, multi_es: bool,
-             options: MultiOptions | None) -> tuple[list[dict[str, object]], dict[str, torch.Tensor], dict[str, str]]:
+             options: MultiOptions | None) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor], dict[str, str]]:
     images: dict[str, torch.Tensor] = {}
     captions: dict[str, str] = {}
-    rows = []
+    rows: list[dict[str, Any]] = []
     opts = options or MultiOptions()
     for name in protocols(task, multi_es):
         spec = PROTOCOLS[name]

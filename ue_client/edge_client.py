@@ -12,6 +12,7 @@ from typing import Self, TypeVar
 
 import grpc
 
+from shared.grpc_util import REQUEST_ID_HEADER
 from shared.model_ops import ModelParts
 from shared.pb import edge_pb2, edge_pb2_grpc
 from shared.security import UE_TOKEN_ENV, TlsFiles, read_token, secure_channel
@@ -56,9 +57,9 @@ class EdgeClient:
                 return call(max(deadline - time.monotonic(), 0.001))
             except grpc.RpcError as exc:
                 left = deadline - time.monotonic()
-                if not self.retry or exc.code() != grpc.StatusCode.UNAVAILABLE or left <= wait:  # type: ignore[attr-defined]
+                if not self.retry or exc.code() != grpc.StatusCode.UNAVAILABLE or left <= wait:
                     raise
-                log.info("edge server unavailable (%s); retrying in %.2fs", exc.details(), wait)  # type: ignore[attr-defined]
+                log.info("edge server unavailable (%s); retrying in %.2fs", exc.details(), wait)
                 self.retries += 1
                 time.sleep(wait)
                 wait = min(wait * 2, RETRY_MAX_S)
@@ -68,7 +69,8 @@ class EdgeClient:
         retry is recognised as the same request)."""
         if not request.request_id:
             request.request_id = uuid.uuid4().hex
-        return self._call(lambda t: self.stub.RunSegment(request, timeout=t, metadata=self.metadata), timeout)
+        metadata = (*self.metadata, (REQUEST_ID_HEADER, request.request_id))  # the proxy logs it (debug)
+        return self._call(lambda t: self.stub.RunSegment(request, timeout=t, metadata=metadata), timeout)
 
     def describe(self) -> edge_pb2.DescribeResponse:
         return self._call(

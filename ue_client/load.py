@@ -251,7 +251,7 @@ def run_load(parts: Any, cfg: LoadConfig, connect: Connect, image_in: Any = None
                 rec.uplink_bytes = result.uplink.payload_bytes + result.uplink.text_bytes
                 rec.downlink_bytes = result.downlink.payload_bytes + result.downlink.text_bytes
             except grpc.RpcError as exc:
-                rec.status, rec.error = exc.code().name, str(exc.details())  # type: ignore[attr-defined]
+                rec.status, rec.error = exc.code().name, str(exc.details())
             except Exception as exc:  # noqa: BLE001  (a client-side failure is a result too)
                 rec.status, rec.error = "CLIENT_ERROR", f"{type(exc).__name__}: {exc}"
             rec.done_s = time.monotonic() - plan.start
@@ -383,22 +383,22 @@ def plot(out: Path, records: list[RequestRecord]) -> list[Path]:
     return [out / "latency.png", out / "timeline.png"]
 
 
-def format_summary(summary: dict[str, object]) -> str:
+def format_summary(summary: dict[str, Any]) -> str:
     lat = summary["latency_s"] or {}
     lines = [
         (f"{summary['requests']} requests ({summary['ok']} OK) in {summary['window_s']:.1f}s: "
          f"{summary['throughput_rps']:.2f} req/s"),
-        "latency " + "  ".join(f"{k} {v:.3f}s" for k, v in lat.items() if k != "min"),  # type: ignore[union-attr]
+        "latency " + "  ".join(f"{k} {v:.3f}s" for k, v in lat.items() if k != "min"),
     ]
     if summary["errors"]:
-        lines.append("errors  " + ", ".join(f"{k} {v}" for k, v in summary["errors"].items()))  # type: ignore[union-attr]
-    for p, s in summary["per_protocol"].items():  # type: ignore[union-attr]
+        lines.append("errors  " + ", ".join(f"{k} {v}" for k, v in summary["errors"].items()))
+    for p, s in summary["per_protocol"].items():
         pl = s["latency_s"] or {}
         lines.append(f"  {p:8s} {s['ok']:>5d}/{s['requests']:<5d} {s['throughput_rps']:.2f} req/s  "
                      f"p50 {pl.get('p50', float('nan')):.3f}s p99 {pl.get('p99', float('nan')):.3f}s")
     proxy = summary.get("proxy")
     if proxy:
-        for d, c in proxy.items():  # type: ignore[union-attr]
+        for d, c in proxy.items():
             lines.append(f"  proxy {d:8s} {c['transmissions']:>7,d} tx {c['symbols']:>12,d} symbols "
                          f"{c['message_bytes']:>12,d} B")
     else:

@@ -26,7 +26,7 @@ def open_clients(via: str, es: str | None, parts: ModelParts, timeout_s: float, 
     try:
         available = discover(via, timeout=min(timeout_s, 10.0))
     except grpc.RpcError as exc:
-        if exc.code() != grpc.StatusCode.UNIMPLEMENTED:  # type: ignore[attr-defined]
+        if exc.code() != grpc.StatusCode.UNIMPLEMENTED:
             raise
         available = ["es0"]  # no channel control there: an ES reached directly
     clients = connect(via, pick_names(available, es), timeout_s, ue_id)
@@ -35,7 +35,7 @@ def open_clients(via: str, es: str | None, parts: ModelParts, timeout_s: float, 
             try:
                 check_geometry(parts, c.describe())
             except grpc.RpcError as exc:  # an ES that is down now fails in the generation, by name
-                if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):  # type: ignore[attr-defined]
+                if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                     raise
     except BaseException:
         for c in clients.values():

@@ -6,16 +6,19 @@ from __future__ import annotations
 import math
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
+from typing import Any
 
 import grpc
 import torch
 
 from shared import air
 from shared.model_ops import ModelOps, ModelParts, Params
-from shared.pb import air_pb2, edge_pb2
+from shared.pb import air_pb2
 from shared.protocols import TEXT_KEYS, Segment, get_protocol, plan, run_protocol, seed_of
+from shared.serde import segment_request
 from shared.tiles import DEFAULT_HEAD, Share, default_halo
 from ue_client.edge_client import EdgeClient, GeometryMismatch, check_geometry  # noqa: F401  (re-exported)
 from ue_client.pick import Candidate, Chooser
@@ -178,19 +181,13 @@ def generate(
         up, down = accounts[name]
         share = share_list[i]
         prompt_text = str(sent["prompt"]) if "prompt" in sent else ""
-        tensors = [air.to_air(k, v) for k, v in sent.items() if k not in TEXT_KEYS]  # type: ignore[arg-type]
+        tensors = [air.to_air(k, v) for k, v in sent.items() if k not in TEXT_KEYS]
         for acc in (up, totals[0]) if count_total else (up,):
             for t in tensors:
                 acc.add_tensor(t)
             acc.text_bytes += len(prompt_text.encode())
-        request = edge_pb2.SegmentRequest(
-            protocol=spec.name, segment=segment.index, task=task, prompt=prompt_text, tensors=tensors,
-            request_id=request_id,
-            params=edge_pb2.GenerationParams(seed=seed_of(segment, params.seed, i), steps=params.steps,
-                                             guidance=params.guidance, fc=params.fc, strength=params.strength),
-        )
-        if segment.fan != "one":
-            request.share.CopyFrom(edge_pb2.Share(index=share.index, count=share.count, halo=share.halo, head=share.head))
+        request = segment_request(spec.name, segment, task, prompt_text, tensors, request_id, params,
+                                  seed_of(segment, params.seed, i), share)
         response = clients[name].run_segment(request, timeout=max(deadline - time.monotonic(), 0.001))
         es_seconds[0] += response.es_seconds
         for applied in response.uplink_seen:
@@ -211,13 +208,14 @@ def generate(
         if segment.fan == "one":
             return [call_one(segment, 0, sent[0], True)]  # single-ES: errors propagate as they are
         same = all(all(s[k] is sent[0][k] for k in sent[0]) for s in sent)
-        calls = {i: (lambda i=i: call_one(segment, i, sent[i], not (opts.broadcast and same and i > 0)))
-                 for i in range(len(sent))}
-        results = fan_out(calls)
+        calls: dict[Any, Callable[[], object]] = {
+            i: partial(call_one, segment, i, sent[i], not (opts.broadcast and same and i > 0)) for i in range(len(sent))
+        }
+        results: dict[Any, tuple[object, float]] = fan_out(calls)  # keyed by ES number
         out: list[dict[str, object] | BaseException] = []
         for i, (r, seconds) in results.items():
             if isinstance(r, grpc.RpcError):
-                r = EdgeFailure(names[i], r.code().name, r.details())  # type: ignore[attr-defined]
+                r = EdgeFailure(names[i], r.code().name, r.details())
             elif isinstance(r, BaseException) and not isinstance(r, EdgeFailure):
                 r = EdgeFailure(names[i], type(r).__name__, str(r))
             if isinstance(r, EdgeFailure):
