@@ -18,6 +18,7 @@ from shared.model_ops import ModelParts, Params
 from shared.pb import channel_pb2, channel_pb2_grpc
 from shared.procs import running, script
 from shared.protocols import PROTOCOLS
+from shared.tiles import DEFAULT_HEAD
 from ue_client.session import MultiOptions, generate
 from ue_client.transport import connect, discover
 
@@ -74,7 +75,7 @@ def test_all_multi_es_protocols_through_two_real_edge_servers(two_es: TwoES, tas
             assert float(r.image.std()) > 0.01  # (pixels that crossed the noisy downlink may leave [0, 1])
             assert r.failed == {} and r.es is not None and set(r.es) == {"es0", "es1"}
             if PROTOCOLS[name].cooperative:
-                assert r.halo == 1 and not r.candidates
+                assert r.halo == 1 and r.head == DEFAULT_HEAD and not r.candidates  # steps=2: one whole-latent step
             else:  # two candidates from two seeds (seed + i): different images, one of them taken
                 assert [c.es for c in r.candidates] == ["es0", "es1"] and r.picked in ("es0", "es1")
                 assert not torch.equal(r.candidates[0].tensor, r.candidates[1].tensor)

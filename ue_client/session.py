@@ -95,6 +95,7 @@ class GenerationResult:
     picked: str | None = None  # parallel: which ES's candidate was taken
     failed: dict[str, str] = field(default_factory=dict)  # ES name -> what went wrong
     halo: int | None = None  # cooperative: the overlap used
+    head: float | None = None  # cooperative: the shared head used (fraction of the schedule on the whole latent)
     broadcast: bool = False
     fallback_from: str | None = None  # the cooperative protocol that failed over to this one
 
@@ -113,6 +114,8 @@ class GenerationResult:
                 out["candidates"] = [{"es": c.es, "seconds": round(c.seconds, 4), "score": c.score} for c in self.candidates]
             if self.halo is not None:
                 out["halo"] = self.halo
+            if self.head is not None:
+                out["head"] = self.head
             if self.fallback_from:
                 out["fallback_from"] = self.fallback_from
         return out
@@ -258,5 +261,5 @@ def generate(
         spec.name, task, image, time.perf_counter() - started, es_seconds[0], totals[0], totals[1],
         sketch if isinstance(sketch, torch.Tensor) else None,
         es=accounts if spec.multi_es else None, candidates=chosen, picked=picked[0] if picked else None,
-        failed=failed, halo=halo if spec.cooperative else None, broadcast=opts.broadcast and spec.multi_es,
+        failed=failed, halo=halo if spec.cooperative else None, head=head if spec.cooperative else None, broadcast=opts.broadcast and spec.multi_es,
     )
