@@ -97,17 +97,10 @@ def read_token(path: str | None, env: str) -> str | None:
     return token or None
 
 
-class _BearerPlugin(grpc.AuthMetadataPlugin):
-    def __init__(self, token: str) -> None:
-        self._md = ((AUTH_HEADER, f"Bearer {token}"),)
-
-    def __call__(self, context: grpc.AuthMetadataContext, callback: grpc.AuthMetadataPluginCallback) -> None:
-        callback(self._md, None)
-
-
 def call_credentials(token: str) -> grpc.CallCredentials:
-    """Per-call credentials that send ``authorization: Bearer <token>`` (TLS channels only)."""
-    return grpc.metadata_call_credentials(_BearerPlugin(token), name="meg-bearer")
+    """Per-call credentials that send ``authorization: Bearer <token>`` (TLS channels only). gRPC's built-in
+    access-token credentials: no Python metadata plugin thread (such plugins can hang a CLI at exit)."""
+    return grpc.access_token_call_credentials(token)
 
 
 class _BearerClientInterceptor(grpc.UnaryUnaryClientInterceptor):
