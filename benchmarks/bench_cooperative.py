@@ -48,7 +48,7 @@ PROMPTS = ["a red circle above a blue square", "a green triangle left of a yello
 def two_edges(model: str, pin: bool) -> Iterator[tuple[str, list[int]]]:
     """es0, es1 (pinned to cores 0 and 1 when ``pin``) behind a meg-channel with ideal links; yields its
     address and the two ES process ids."""
-    from tests.processes import running, script
+    from shared.procs import running, script
 
     saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     if pin:

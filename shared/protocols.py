@@ -140,7 +140,7 @@ class ProtocolError(ValueError):
     """Unknown protocol or task, or a request that does not fit the protocol's plan."""
 
 
-# Stage lists follow the protocol table of DESIGN.md §3 (paper 1 §II-C): T = encode_prompt, E = encode_image,
+# Stage lists follow the README's protocol table (paper 1 §II-C, §III): T = encode_prompt, E = encode_image,
 # U = denoise (denoise_ue: the UE's weaker budget), D = decode, C / C⁻¹ = compress / decompress, S = sketch,
 # K = complete. In txt2img the UE's task inference is the prompt embedding ``cond``; in img2img it is the
 # input image's latent ``init_latent`` (sent as the compressed ``init_seed``, with the prompt as text).

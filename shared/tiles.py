@@ -17,8 +17,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
+
 
 
 class ShareError(ValueError):
@@ -97,6 +100,8 @@ def weights(share: Share, latent_width: int, scale: int = 1) -> torch.Tensor:
     """Cross-fade weights ``[s·(x1-x0)]`` of a window: 1 on its core, a linear ramp to ~0 across each
     overlap with a neighbour (neighbours' weights sum to 1 there while ``2·halo`` ≤ every core's width;
     :func:`merge` normalises by the sum either way). Halo 0: all ones (hard cut)."""
+    import torch
+
     x0, x1 = share.window(latent_width)
     c0, c1 = share.core(latent_width)
     cols = (torch.arange(x0 * scale, x1 * scale, dtype=torch.float32) + 0.5) / scale  # column centres, latent units
@@ -113,6 +118,8 @@ def weights(share: Share, latent_width: int, scale: int = 1) -> torch.Tensor:
 def merge(parts: Sequence[torch.Tensor], share_list: Sequence[Share], latent_width: int) -> torch.Tensor:
     """Fuse window tensors ``[..., H', s·(x1_i-x0_i)]`` into one ``[..., H', s·latent_width]``: a weighted
     average with :func:`weights` wherever windows overlap (with halo 0, a plain concatenation)."""
+    import torch
+
     if len(parts) != len(share_list) or not parts:
         raise ShareError(f"{len(parts)} parts for {len(share_list)} shares")
     first = share_list[0]
@@ -140,6 +147,8 @@ def seam_score(image: torch.Tensor, boundaries: Sequence[int], band: int = 1, lo
     mean elsewhere — over the whole image, or with ``local > 0`` over the ``local`` steps on each side of
     the boundary only (an edge that the neighbourhood does not have). ~1: the borders look like the rest
     of the image; > 1: the boundary is an edge."""
+    import torch
+
     grad = (image[..., :, 1:] - image[..., :, :-1]).abs().mean(dim=(0, 1, 2))  # [W-1], step j = cols j -> j+1
     mask = torch.zeros_like(grad, dtype=torch.bool)
     near = torch.zeros_like(grad, dtype=torch.bool)
@@ -163,6 +172,8 @@ def border_psnr(image: torch.Tensor, reference: torch.Tensor, boundaries: Sequen
     the pixel columns within ``band`` of a tile boundary, and in the columns outside it. A cross-fade that
     ghosts two different objects, or a window that drew its own layout, is low in the band (and, when a
     window's whole layout differs, outside it too); the gradient :func:`seam_score` sees neither."""
+    import torch
+
     from shared.images import psnr
 
     mask = torch.zeros(image.shape[-1], dtype=torch.bool)

@@ -154,6 +154,13 @@ def test_cli_json_per_es_accounting_candidates_and_broadcast(two_es: TwoES, tmp_
     bo = _json(stdout)
     assert bo["totals"]["uplink_counted_as"] == "broadcast"  # type: ignore[index]
     assert bo["uplink"]["symbols"] == bo["es"]["es0"]["uplink"]["symbols"] == bo["es"]["es1"]["uplink"]["symbols"] == 8 * 32  # type: ignore[index]
+    # cooperative with the head chosen on the command line (0: windows only) and one out of range
+    rc, stdout, err = _ue(two_es, tmp_path, "--protocol", "UIDCG", "--es", "es0,es1", "--head", "0", capsys=capsys)
+    assert rc == 0, err
+    assert _json(stdout)["head"] == 0.0
+    with pytest.raises(SystemExit) as usage:
+        _ue(two_es, tmp_path, "--protocol", "UIDCG", "--head", "1.5", capsys=capsys)
+    assert usage.value.code == 2 and "fraction of the schedule" in capsys.readouterr().err
 
 
 def test_one_es_down(two_es: TwoES, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

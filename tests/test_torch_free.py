@@ -72,8 +72,6 @@ def test_running_channel_proxy_never_imports_torch(random_model_dir: Path) -> No
     assert "TORCH_AFTER_CALL False" in log, log
 
 
-@pytest.mark.xfail(strict=True, reason="shared/tiles.py (multi-ES windows, used by the overhead table) imports "
-                   "torch at module level; its window arithmetic needs none")
 def test_overhead_never_imports_torch() -> None:
     out = subprocess.run([sys.executable, "-c", _OVERHEAD], capture_output=True, text=True, timeout=120, check=False)
     log = out.stdout + out.stderr

@@ -40,6 +40,7 @@ SEED = _number(int, 0, 2**64 - 1, "the seed is a whole number from 0 to 2^64-1")
 GUIDANCE = _number(float, 0, 50, "guidance is 0 (the model's default) to 50")
 FC = _number(float, 0, 1, "fc is a compression rate in (0, 1]; 0 = 1, the raw latent")
 STRENGTH = _number(float, 0, 1, "strength is in [0, 1]; 0 = the default 0.6")
+HEAD = _number(float, 0, 0.99, "the head is the fraction of the schedule every ES runs on the whole latent, 0 to 0.99")
 TIMEOUT = _number(float, 0.001, 86400, "the timeout is a positive number of seconds")
 
 
@@ -111,8 +112,8 @@ def _generate(args: argparse.Namespace) -> int:
         from ue_client.multi import make_chooser, open_clients
 
         clients = open_clients(args.via, args.es, parts, args.timeout, args.ue_id)  # type: ignore[assignment,arg-type]
-        options = MultiOptions(pick=make_chooser(args.pick, out), halo=args.overlap, broadcast=args.broadcast,
-                               fallback=args.fallback)
+        options = MultiOptions(pick=make_chooser(args.pick, out), halo=args.overlap, head=args.head,
+                               broadcast=args.broadcast, fallback=args.fallback)
         client = next(iter(clients.values()))
     else:
         if args.es and "," in args.es:
@@ -264,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
                        "an ES number, or ask (default: ask on a terminal, else first)")
     multi.add_argument("--overlap", type=int, help="cooperative: latent columns of overlap per window side "
                        "(default max(1, latent/8); 0 = naive tiling)")
+    multi.add_argument("--head", type=HEAD, help="cooperative: fraction of the DDIM schedule every ES runs on the "
+                       "whole latent before its window (default 0.8: one coherent layout; 0 = windows only, fastest)")
     multi.add_argument("--broadcast", action="store_true", help="count a seed sent to every ES once in the totals "
                        "(one broadcast transmission) instead of N unicasts")
     multi.add_argument("--fallback", action="store_true", help="cooperative: if an ES fails, run the single-ES "
