@@ -238,7 +238,13 @@ async def create_proxy(
         for m in EDGE_SERVICE.methods
         if not (m.client_streaming or m.server_streaming)
     }
-    interceptors = server_interceptors({f"/{EDGE_SERVICE.full_name}/": ue_token, f"/{CONTROL_SERVICE_NAME}/": admin_token})
+    # GetChannel (the upstreams' names and the links' settings, read-only) is for whoever may use the edge
+    # service: a multi-ES UE learns its ESs with it; every other control RPC needs the admin token
+    interceptors = server_interceptors({
+        f"/{CONTROL_SERVICE_NAME}/GetChannel": (ue_token, admin_token) if ue_token else None,
+        f"/{EDGE_SERVICE.full_name}/": ue_token,
+        f"/{CONTROL_SERVICE_NAME}/": admin_token,
+    })
     server = grpc.aio.server(options=options, interceptors=interceptors)
     add_guarded_handlers(server, {EDGE_SERVICE.full_name: handlers})  # raw bytes: the forwarder parses
     add_guarded(server, channel_pb2_grpc.add_ChannelControlServicer_to_server, ChannelControlServicer(table, ups))

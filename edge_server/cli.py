@@ -61,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--tls-key", help="PEM private key of --tls-cert")
     serve.add_argument("--tls-ca", help="PEM CA: require client certificates signed by it (mutual TLS)")
     serve.add_argument("--token-file", help="bearer token UEs must send (default: $MEG_TOKEN; none = open)")
+    serve.add_argument("--control-token-file", help="the channel proxy's admin token, sent with CSI requests of "
+                       "--power-policy (default: $MEG_ADMIN_TOKEN)")
     serve.add_argument("--config", help="TOML file with an [edge] table; MEG_* variables and flags override it")
 
     rnd = sub.add_parser("make-random-model", help="write a random pipeline folder (tests, benchmarks, demos without weights)")

@@ -19,6 +19,7 @@ from shared import air
 from shared.pb import air_pb2, channel_pb2, channel_pb2_grpc
 from shared.power import POLICIES
 from shared.power_ppo import DEFAULT_POLICY_PATH
+from shared.security import AUTH_HEADER, TlsFiles, aio_channel
 
 log = logging.getLogger("meg.edge.power")
 POLICY_NAMES = ("none", "uniform", "oracle", "ppo")
@@ -49,7 +50,9 @@ class PowerControl:
     """
 
     def __init__(self, policy_name: str, csi_via: str | None = None, es_name: str = "es0", budget: float = 1.0,
-                 ppo_path: str | None = None) -> None:
+                 ppo_path: str | None = None, tls: TlsFiles | None = None, token: str | None = None) -> None:
+        """``tls``: this ES's certificate (as a client), key and CA for a proxy that speaks mTLS; ``token``: the
+        proxy's admin token (its control service answers CSI only to it)."""
         self.policy_name = policy_name
         self.policy = load_policy(policy_name, ppo_path)
         if not (budget > 0 and np.isfinite(budget)):
@@ -57,12 +60,14 @@ class PowerControl:
         self.es_name = es_name
         self.budget = float(budget)
         self.csi_via = csi_via
+        self.tls = tls
+        self._auth: tuple[tuple[str, str], ...] = ((AUTH_HEADER, f"Bearer {token}"),) if token else ()
         self._stubs: dict[str, channel_pb2_grpc.ChannelControlStub] = {}
         self._channels: list[grpc.aio.Channel] = []
 
     def _stub(self, address: str) -> channel_pb2_grpc.ChannelControlStub:
         if address not in self._stubs:
-            channel = grpc.aio.insecure_channel(address)
+            channel = aio_channel(address, self.tls)
             self._channels.append(channel)
             self._stubs[address] = channel_pb2_grpc.ChannelControlStub(channel)
         return self._stubs[address]
@@ -79,7 +84,7 @@ class PowerControl:
         try:
             csi = await self._stub(address).GetCSI(
                 channel_pb2.CSIRequest(link=f"{ue_id}->{self.es_name}", direction="downlink", symbols=x.size),
-                timeout=CSI_DEADLINE_S,
+                timeout=CSI_DEADLINE_S, metadata=self._auth,
             )
         except grpc.aio.AioRpcError as exc:
             log.warning("no CSI from %s (%s: %s); sending %s at unit power", address, exc.code().name, exc.details(), tensor.name)

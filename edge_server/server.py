@@ -21,7 +21,7 @@ from shared.grpc_util import (
 )
 from shared.model_ops import ModelParts
 from shared.pb import edge_pb2, edge_pb2_grpc
-from shared.security import UE_TOKEN_ENV, TlsFiles, read_token, server_credentials, server_interceptors
+from shared.security import ADMIN_TOKEN_ENV, UE_TOKEN_ENV, TlsFiles, read_token, server_credentials, server_interceptors
 
 log = logging.getLogger("meg.edge")
 SERVICE_NAME = edge_pb2.DESCRIPTOR.services_by_name["EdgeService"].full_name
@@ -35,10 +35,11 @@ async def create_server(settings: EdgeSettings, parts: ModelParts | None = None)
     """
     if parts is None:
         parts = await asyncio.to_thread(ModelParts.load, settings.model, settings.device)
-    power = PowerControl(settings.power_policy, settings.csi_via, settings.name, settings.power_budget, settings.power_model)
+    tls = TlsFiles(settings.tls_cert, settings.tls_key, settings.tls_ca)
+    power = PowerControl(settings.power_policy, settings.csi_via, settings.name, settings.power_budget, settings.power_model,
+                         tls=tls if tls.enabled else None, token=read_token(settings.control_token_file, ADMIN_TOKEN_ENV))
     metrics = EdgeMetrics()
     servicer = EdgeServicer(parts, settings, power, metrics)  # owns the batching engine
-    tls = TlsFiles(settings.tls_cert, settings.tls_key, settings.tls_ca)
     token = read_token(settings.token_file, UE_TOKEN_ENV)
     server = grpc.aio.server(options=server_options(settings.max_message_bytes),
                              interceptors=server_interceptors({f"/{SERVICE_NAME}/": token}))

@@ -30,3 +30,4 @@ class EdgeSettings:
     tls_key: str | None = None  # PEM private key of tls_cert
     tls_ca: str | None = None  # PEM CA: require client certificates signed by it (mutual TLS)
     token_file: str | None = None  # bearer token UEs must send (default: $MEG_TOKEN; none = open)
+    control_token_file: str | None = None  # the proxy's admin token, for CSI (default: $MEG_ADMIN_TOKEN)

@@ -161,16 +161,17 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
     except the health service, which is open. Tokens are compared in constant time.
     """
 
-    def __init__(self, tokens: Mapping[str, str | None]) -> None:
-        self.tokens = {prefix: t for prefix, t in tokens.items()}
+    def __init__(self, tokens: Mapping[str, str | Sequence[str | None] | None]) -> None:
+        """``tokens``: method-path prefix -> the token (or tokens) it accepts; the first matching prefix wins."""
+        self.tokens = {prefix: [t] if t is None or isinstance(t, str) else list(t) for prefix, t in tokens.items()}
 
     def _required(self, method: str) -> list[str] | None:
         if method.startswith(HEALTH_PREFIX):
             return None
-        for prefix, token in self.tokens.items():
+        for prefix, accepted in self.tokens.items():
             if method.startswith(prefix):
-                return [token] if token else None
-        wanted = [t for t in self.tokens.values() if t]
+                return [t for t in accepted if t] or None
+        wanted = [t for accepted in self.tokens.values() for t in accepted if t]
         return wanted or None
 
     async def intercept_service(self, continuation: Callable[..., Any], details: grpc.HandlerCallDetails) -> Any:
@@ -185,9 +186,10 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
         return await continuation(details)
 
 
-def server_interceptors(tokens: Mapping[str, str | None]) -> list[grpc.aio.ServerInterceptor]:
+def server_interceptors(tokens: Mapping[str, str | Sequence[str | None] | None]) -> list[grpc.aio.ServerInterceptor]:
     """``[TokenInterceptor]`` when any token is configured, else none."""
-    return [TokenInterceptor(tokens)] if any(tokens.values()) else []
+    configured = [t for v in tokens.values() for t in ([v] if v is None or isinstance(v, str) else v) if t]
+    return [TokenInterceptor(tokens)] if configured else []
 
 
 def describe_auth_error(exc: grpc.RpcError) -> str | None:

@@ -67,7 +67,7 @@ def secure_stack(pki: tuple[Path, Path], random_model_dir: Path) -> Iterator[Sec
     bg = BackgroundLoop()
     es, es_port, _ = bg.run(create_server(EdgeSettings(  # type: ignore[misc]
         listen="127.0.0.1:0", tls_cert=str(good / "edge.pem"), tls_key=str(good / "edge.key"), tls_ca=str(good / "ca.pem"),
-        token_file=str(good / "ue.token")), parts))
+        token_file=str(good / "ue.token"), power_policy="uniform", control_token_file=str(good / "admin.token")), parts))
     proxy, port, _ = bg.run(create_proxy(  # type: ignore[misc]
         "127.0.0.1:0", {"es0": f"127.0.0.1:{es_port}"}, LinkTable(load_profiles(None), IDEAL, IDEAL),
         tls=_tls(good, "channel"), upstream_tls=_tls(good, "channel"), ue_token=ue_token, admin_token=admin_token))
@@ -99,6 +99,35 @@ def test_mutual_tls_and_tokens_end_to_end(secure_stack: SecureStack, pki: tuple[
     with secure_channel(secure_stack.proxy, _tls(good, "ue"), secure_stack.admin_token) as ch:
         stats = channel_pb2_grpc.ChannelControlStub(ch).GetStats(channel_pb2.GetStatsRequest(), timeout=10)
     assert any(e.link == "ue->es0" and e.rpcs >= 1 for e in stats.entries)
+    # the ES asked the proxy for CSI over mTLS with the admin token: its power allocation was applied
+    assert any(e.link == "ue->es0" and e.direction == "downlink" and e.allocated >= 1 for e in stats.entries)
+
+
+def test_multi_es_discovery_and_compare_over_mtls(secure_stack: SecureStack, pki: tuple[Path, Path], tmp_path: Path) -> None:
+    """A multi-ES UE learns its ESs from the proxy with the UE token (GetChannel is read-only); compare sets
+    the links with the admin token; every other control RPC still refuses the UE token."""
+    from ue_client.compare import run_compare
+    from ue_client.multi import open_clients
+
+    good, _ = pki
+    parts = secure_stack.parts
+    clients = open_clients(secure_stack.proxy, None, parts, 60, "multi", tls=_tls(good, "ue"),  # type: ignore[arg-type]
+                           token=secure_stack.ue_token)
+    try:
+        assert list(clients) == ["es0"]
+        result = generate(parts, None, "a red circle", "UIDG", params=Params(seed=1, steps=2), clients=clients)  # type: ignore[arg-type]
+        assert result.image.shape == (1, 3, 32, 32)
+        report = run_compare(parts, clients["es0"], "a red circle", "txt2img", Params(seed=1, steps=2), None,  # type: ignore[arg-type]
+                             tmp_path / "cmp", 10.0, secure_stack.proxy, tls=_tls(good, "ue"),
+                             admin_token=secure_stack.admin_token)
+        assert (tmp_path / "cmp" / "panel.png").exists() and report["table"]
+    finally:
+        for c in clients.values():
+            c.close()
+    with secure_channel(secure_stack.proxy, _tls(good, "ue"), secure_stack.ue_token) as ch, \
+            pytest.raises(grpc.RpcError) as err:
+        channel_pb2_grpc.ChannelControlStub(ch).GetStats(channel_pb2.GetStatsRequest(), timeout=10)
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
 @pytest.mark.parametrize("hop", ["proxy", "es"])
@@ -232,3 +261,16 @@ def test_tokens_without_tls_on_loopback(pki: tuple[Path, Path], random_model_dir
     finally:
         bg.run(es.stop(0))
         bg.close()
+
+
+def test_load_over_mtls_reads_the_proxy_counters_with_the_admin_token(secure_stack: SecureStack, pki: tuple[Path, Path]) -> None:
+    from ue_client.load import LoadConfig, run_load
+
+    good, _ = pki
+    cfg = LoadConfig(via=secure_stack.proxy, ues=2, requests=2, steps=2, ue_id="tlsload",
+                     control_tls=_tls(good, "ue"), admin_token=secure_stack.admin_token)
+    summary, records = run_load(secure_stack.parts, cfg, lambda ue: EdgeClient(  # type: ignore[arg-type]
+        secure_stack.proxy, timeout_s=60, ue_id=ue, tls=_tls(good, "ue"), token=secure_stack.ue_token), None)
+    assert len(records) == 2 and all(r.status == "OK" for r in records)
+    proxy = summary["proxy"]
+    assert proxy is not None and proxy["uplink"]["rpcs"] == 2  # type: ignore[index]

@@ -17,7 +17,7 @@ from shared.cliconf import parse, plain
 from shared.grpc_util import run_cli, target
 from shared.logs import add_log_flag, setup
 from shared.protocols import PROTOCOLS, TASKS, check_prompt
-from shared.security import UE_TOKEN_ENV, add_tls_flags, describe_auth_error, read_token, tls_from_args
+from shared.security import ADMIN_TOKEN_ENV, UE_TOKEN_ENV, add_tls_flags, describe_auth_error, read_token, tls_from_args
 from shared.serde import MAX_STEPS  # the ES's bound, checked before sending
 
 
@@ -111,7 +111,8 @@ def _generate(args: argparse.Namespace) -> int:
     if spec.multi_es:
         from ue_client.multi import make_chooser, open_clients
 
-        clients = open_clients(args.via, args.es, parts, args.timeout, args.ue_id)  # type: ignore[assignment,arg-type]
+        clients = open_clients(args.via, args.es, parts, args.timeout, args.ue_id,  # type: ignore[assignment,arg-type]
+                               tls=tls_from_args(args), token=read_token(args.token_file, UE_TOKEN_ENV))
         options = MultiOptions(pick=make_chooser(args.pick, out), halo=args.overlap, head=args.head,
                                broadcast=args.broadcast, fallback=args.fallback)
         client = next(iter(clients.values()))
@@ -201,7 +202,8 @@ def _compare(args: argparse.Namespace) -> int:
     if args.multi_es:
         from ue_client.multi import open_clients
 
-        clients = open_clients(args.via, args.es, parts, args.timeout, args.ue_id)  # type: ignore[assignment,arg-type]
+        clients = open_clients(args.via, args.es, parts, args.timeout, args.ue_id,  # type: ignore[assignment,arg-type]
+                               tls=tls_from_args(args), token=read_token(args.token_file, UE_TOKEN_ENV))
         client = next(iter(clients.values()))
     else:
         client = _client(args, parts)
@@ -209,7 +211,8 @@ def _compare(args: argparse.Namespace) -> int:
     try:
         report = run_compare(parts, client, prompt, args.task, _params(args), image_in, Path(args.out),  # type: ignore[arg-type]
                              args.snr_db, args.via, clients=clients or None, multi_es=args.multi_es,  # type: ignore[arg-type]
-                             options=options)
+                             options=options, tls=tls_from_args(args),
+                             admin_token=read_token(args.admin_token_file, ADMIN_TOKEN_ENV))
     finally:
         for c in {id(c): c for c in [client, *clients.values()]}.values():
             c.close()  # type: ignore[attr-defined]
@@ -291,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     cmp_.add_argument("--overlap", type=int, help="--multi-es: cooperative overlap (latent columns per side)")
     cmp_.add_argument("--broadcast", action="store_true", help="--multi-es: count a seed sent to every ES once")
     cmp_.add_argument("--out", required=True, help="folder for panel.png, the images and overhead.json")
+    cmp_.add_argument("--admin-token-file", help=f"the proxy's admin token: compare sets the links (default: "
+                      f"${ADMIN_TOKEN_ENV})")
     _model_flags(cmp_)
     _connection_flags(cmp_)
     sub.add_parser("eval", help="moved: meg-lab eval (this spelling forwards to it)")
@@ -299,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     def _load_flags(p: argparse.ArgumentParser) -> None:
         _model_flags(p)
         _connection_flags(p)
+        p.add_argument("--admin-token-file", help=f"the proxy's admin token, to read its counters (default: "
+                       f"${ADMIN_TOKEN_ENV})")
 
     add_load_parser(sub, _load_flags)
     argv = sys.argv[1:] if argv is None else list(argv)

@@ -11,7 +11,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import grpc
 import torch
 from PIL import Image, ImageDraw
 
@@ -19,6 +18,7 @@ from shared.images import psnr, save_png
 from shared.model_ops import ModelParts, Params
 from shared.pb import channel_pb2, channel_pb2_grpc
 from shared.protocols import PROTOCOLS
+from shared.security import TlsFiles, secure_channel
 from ue_client.overhead import protocol_overhead
 from ue_client.session import EdgeClient, MultiOptions, generate
 
@@ -28,17 +28,20 @@ def protocols(task: str, multi_es: bool) -> list[str]:
     return [name for name, spec in PROTOCOLS.items() if task in spec.stages and spec.multi_es == multi_es]
 
 
-def read_links(proxy: str, links: list[str]) -> dict[str, tuple[channel_pb2.Profile, channel_pb2.Profile]]:
-    """``(uplink, downlink)`` profiles each link has now (the default for a link not seen yet)."""
-    with grpc.insecure_channel(proxy) as ch:
+def read_links(proxy: str, links: list[str], tls: TlsFiles | None = None,
+               token: str | None = None) -> dict[str, tuple[channel_pb2.Profile, channel_pb2.Profile]]:
+    """``(uplink, downlink)`` profiles each link has now (the default for a link not seen yet). ``tls`` and the
+    admin ``token`` reach a secured proxy's control service."""
+    with secure_channel(proxy, tls, token) as ch:
         now = channel_pb2_grpc.ChannelControlStub(ch).GetChannel(channel_pb2.GetChannelRequest(), timeout=10)
     known = {ls.link: ls for ls in now.links}
     return {link: (known.get(link, now.default).uplink, known.get(link, now.default).downlink) for link in links}
 
 
-def set_links(proxy: str, settings: dict[str, tuple[channel_pb2.Profile, channel_pb2.Profile]]) -> None:
-    """Set each link's uplink and downlink profiles."""
-    with grpc.insecure_channel(proxy) as ch:
+def set_links(proxy: str, settings: dict[str, tuple[channel_pb2.Profile, channel_pb2.Profile]],
+              tls: TlsFiles | None = None, token: str | None = None) -> None:
+    """Set each link's uplink and downlink profiles (``tls``, admin ``token``: as :func:`read_links`)."""
+    with secure_channel(proxy, tls, token) as ch:
         stub = channel_pb2_grpc.ChannelControlStub(ch)
         for link, (up, down) in settings.items():
             for direction, profile in (("uplink", up), ("downlink", down)):
@@ -62,27 +65,29 @@ def panel(images: dict[str, torch.Tensor], captions: dict[str, str], cell: int =
 def run_compare(parts: ModelParts, client: EdgeClient, prompt: str, task: str, params: Params,
                 image_in: torch.Tensor | None, out: Path, snr_db: float | None, proxy: str,
                 clients: Mapping[str, EdgeClient] | None = None, multi_es: bool = False,
-                options: MultiOptions | None = None) -> dict[str, object]:
-    """Run the registry's protocols; ``clients`` (ES name -> client) are the session's ESs for ``multi_es``."""
+                options: MultiOptions | None = None, tls: TlsFiles | None = None,
+                admin_token: str | None = None) -> dict[str, object]:
+    """Run the registry's protocols; ``clients`` (ES name -> client) are the session's ESs for ``multi_es``.
+    ``tls`` and ``admin_token`` reach a secured proxy's control service (compare sets the links)."""
     out.mkdir(parents=True, exist_ok=True)
     clients = dict(clients or {dict(client.metadata).get("meg-es", "es0"): client})
     ue_id = dict(client.metadata)["meg-ue"]
     links = [f"{ue_id}->{name}" for name in clients]
-    before = read_links(proxy, links)
+    before = read_links(proxy, links, tls, admin_token)
     ideal = channel_pb2.Profile(model="ideal")
     try:
         # the perfectly received image: Full-ES over an ideal link, same seed
-        set_links(proxy, {links[0]: (ideal, ideal)})
+        set_links(proxy, {links[0]: (ideal, ideal)}, tls, admin_token)
         reference = generate(parts, client, prompt, "FULL-ES", task, params, image_in).image
         save_png(reference, out / "reference.png")
         if snr_db is None:
-            set_links(proxy, before)
+            set_links(proxy, before, tls, admin_token)
         else:
             awgn = channel_pb2.Profile(model="awgn", snr_db=snr_db)
-            set_links(proxy, {link: (awgn, awgn) for link in links})
+            set_links(proxy, {link: (awgn, awgn) for link in links}, tls, admin_token)
         rows, images, captions = _run_all(parts, client, clients, prompt, task, params, image_in, out, multi_es, options)
     finally:
-        set_links(proxy, before)
+        set_links(proxy, before, tls, admin_token)
     for row in rows:
         row["psnr_vs_ideal_db"] = round(psnr(images[str(row["protocol"])], reference, max_db=100), 2)
     panel({"IDEAL LINK": reference, **images}, {"IDEAL LINK": "Full-ES, ideal link\n(reference)", **captions}).save(out / "panel.png")

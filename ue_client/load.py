@@ -32,6 +32,8 @@ from typing import Any, TextIO
 import grpc
 import numpy as np
 
+from shared.security import ADMIN_TOKEN_ENV, TlsFiles, read_token, secure_channel, tls_from_args
+
 #: Prompts the virtual UEs cycle through (meg-tiny's vocabulary of shapes and colours).
 DEFAULT_PROMPTS = (
     "a red circle on a white background", "a blue square", "a green triangle", "two yellow stars",
@@ -58,6 +60,8 @@ class LoadConfig:
     timeout_s: float = 120.0
     ue_id: str = "ue"  # UE i is f"{ue_id}{i}"
     prompts: tuple[str, ...] = DEFAULT_PROMPTS
+    control_tls: TlsFiles | None = None  # for the proxy's counters: mTLS towards a secured proxy
+    admin_token: str | None = None  # and its admin token (GetStats)
 
     def __post_init__(self) -> None:
         if self.ues < 1:
@@ -192,12 +196,14 @@ def summarize(records: list[RequestRecord], cfg: LoadConfig, wall_s: float) -> d
 
 
 # --- the proxy's counters ------------------------------------------------------------------------------
-def proxy_stats(via: str, ue_prefix: str, timeout: float = 10.0) -> dict[str, dict[str, int]] | None:
+def proxy_stats(via: str, ue_prefix: str, timeout: float = 10.0, tls: TlsFiles | None = None,
+                token: str | None = None) -> dict[str, dict[str, int]] | None:
     """Sum of the proxy's ``GetStats`` counters per direction over the links of UEs named ``{ue_prefix}*``;
-    None when ``via`` is not a channel proxy (an ES directly)."""
+    None when ``via`` is not a channel proxy (an ES directly) or refuses (a secured proxy without the admin
+    ``token``)."""
     from shared.pb import channel_pb2, channel_pb2_grpc
 
-    with grpc.insecure_channel(via) as ch:
+    with secure_channel(via, tls, token) as ch:
         try:
             reply = channel_pb2_grpc.ChannelControlStub(ch).GetStats(channel_pb2.GetStatsRequest(), timeout=timeout)
         except grpc.RpcError:
@@ -226,7 +232,7 @@ def run_load(parts: Any, cfg: LoadConfig, connect: Connect, image_in: Any = None
     from shared.model_ops import Params
     from ue_client.session import generate
 
-    before = proxy_stats(cfg.via, cfg.ue_id)
+    before = proxy_stats(cfg.via, cfg.ue_id, tls=cfg.control_tls, token=cfg.admin_token)
     clients = [connect(f"{cfg.ue_id}{i}") for i in range(cfg.ues)]
     plan = _Plan(cfg)
     records: list[RequestRecord] = []
@@ -281,7 +287,7 @@ def run_load(parts: Any, cfg: LoadConfig, connect: Connect, image_in: Any = None
     wall = time.monotonic() - plan.start
     records.sort(key=lambda r: r.index)
     summary = summarize(records, cfg, wall)
-    after = proxy_stats(cfg.via, cfg.ue_id)
+    after = proxy_stats(cfg.via, cfg.ue_id, tls=cfg.control_tls, token=cfg.admin_token)
     summary["proxy"] = _delta(after, before) if before is not None and after is not None else None
     return summary, records
 
@@ -435,6 +441,7 @@ def run_cli(args: argparse.Namespace, load_model: Callable[[argparse.Namespace],
         protocols=parse_protocols(args.protocol, PROTOCOLS), task=args.task, steps=args.steps, fc=args.fc,
         guidance=args.guidance, strength=args.strength, warmup=args.warmup, seed=args.seed, timeout_s=args.timeout,
         ue_id=args.ue_id, prompts=tuple(check_prompt(p) for p in args.prompt) if args.prompt else DEFAULT_PROMPTS,
+        control_tls=tls_from_args(args), admin_token=read_token(getattr(args, "admin_token_file", None), ADMIN_TOKEN_ENV),
     )
     parts, image_in = load_model(args)
     summary, records = run_load(parts, cfg, lambda ue: connect(parts, ue), image_in, progress=sys.stderr)

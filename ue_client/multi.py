@@ -12,24 +12,26 @@ import grpc
 
 from shared.images import save_png
 from shared.model_ops import ModelParts
+from shared.security import TlsFiles
 from ue_client.edge_client import EdgeClient, check_geometry
 from ue_client.pick import Candidate, Chooser, chooser
 from ue_client.session import GenerationResult
 from ue_client.transport import connect, discover, pick_names
 
 
-def open_clients(via: str, es: str | None, parts: ModelParts, timeout_s: float, ue_id: str) -> dict[str, EdgeClient]:
+def open_clients(via: str, es: str | None, parts: ModelParts, timeout_s: float, ue_id: str,
+                 tls: TlsFiles | None = None, token: str | None = None) -> dict[str, EdgeClient]:
     """One checked client per ES of the session: the proxy's upstreams (learnt over its control RPC),
     narrowed by ``es`` (comma-separated names). A target that is an ES, not a proxy, is the one ES ``es0``.
     An ES whose model differs is an error; one that does not answer stays in the session and fails there
     by name (a parallel protocol goes on without it)."""
     try:
-        available = discover(via, timeout=min(timeout_s, 10.0))
+        available = discover(via, timeout=min(timeout_s, 10.0), tls=tls, token=token)
     except grpc.RpcError as exc:
         if exc.code() != grpc.StatusCode.UNIMPLEMENTED:
             raise
         available = ["es0"]  # no channel control there: an ES reached directly
-    clients = connect(via, pick_names(available, es), timeout_s, ue_id)
+    clients = connect(via, pick_names(available, es), timeout_s, ue_id, tls=tls, token=token)
     try:
         for c in clients.values():
             try:

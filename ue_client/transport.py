@@ -8,9 +8,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-import grpc
-
 from shared.pb import channel_pb2, channel_pb2_grpc
+from shared.security import TlsFiles, secure_channel
 from ue_client.edge_client import EdgeClient
 
 
@@ -22,9 +21,10 @@ class EdgeFailure(RuntimeError):
         self.es, self.code, self.details = es, code, details
 
 
-def discover(via: str, timeout: float = 10.0) -> list[str]:
-    """The edge servers behind the channel proxy at ``via``, by name (its ``GetChannel`` control RPC)."""
-    with grpc.insecure_channel(via) as ch:
+def discover(via: str, timeout: float = 10.0, tls: TlsFiles | None = None, token: str | None = None) -> list[str]:
+    """The edge servers behind the channel proxy at ``via``, by name (its ``GetChannel`` control RPC, which
+    the proxy answers for the UE token)."""
+    with secure_channel(via, tls, token) as ch:
         settings = channel_pb2_grpc.ChannelControlStub(ch).GetChannel(channel_pb2.GetChannelRequest(), timeout=timeout)
     return list(settings.upstreams)
 
@@ -41,13 +41,14 @@ def pick_names(available: Sequence[str], wanted: str | None) -> list[str]:
 
 
 def connect(via: str, names: Sequence[str], timeout_s: float = 120.0, ue_id: str = "ue",
-            retry: bool = False) -> dict[str, EdgeClient]:
+            retry: bool = False, tls: TlsFiles | None = None, token: str | None = None) -> dict[str, EdgeClient]:
     """One client per named ES, all through the proxy at ``via`` (links ``ue_id->name``).
 
     ``retry`` is off by default: an ES that is down answers UNAVAILABLE at once, and a parallel fan-out
     goes on with the others instead of retrying it until the deadline (a cooperative one fails by name,
     or falls back to a single-ES protocol when asked)."""
-    return {name: EdgeClient(via, timeout_s=timeout_s, ue_id=ue_id, es_name=name, retry=retry) for name in names}
+    return {name: EdgeClient(via, timeout_s=timeout_s, ue_id=ue_id, es_name=name, retry=retry, tls=tls, token=token)
+            for name in names}
 
 
 def fan_out(calls: Mapping[str, Callable[[], object]]) -> dict[str, tuple[object | BaseException, float]]:
