@@ -24,7 +24,7 @@ from shared.security import (
     UE_TOKEN_ENV,
     TlsFiles,
     add_tls_flags,
-    describe_auth_error,
+    describe_rpc_error,
     read_token,
     secure_channel,
     tls_from_args,
@@ -239,13 +239,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def describe(exc: BaseException) -> str | None:
         if isinstance(exc, grpc.RpcError):
-            auth = describe_auth_error(exc)
-            if auth:
-                return auth
-            code, details = exc.code(), exc.details()
-            if code == grpc.StatusCode.UNAVAILABLE:
-                return f"cannot reach the channel proxy at {args.via}"
-            return f"{code.name}: {details}"
+            return describe_rpc_error(exc, f"cannot reach the channel proxy at {args.via}")
         if isinstance(exc, (ChannelConfigError, OSError, ValueError)):
             return str(exc)
         return None

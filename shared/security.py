@@ -204,6 +204,18 @@ def describe_auth_error(exc: grpc.RpcError) -> str | None:
     return None
 
 
+def describe_rpc_error(exc: grpc.RpcError, unreachable: str) -> str:
+    """The one line a CLI prints for a failed RPC: the auth error, ``unreachable`` for UNAVAILABLE (with the
+    details after a colon when ``unreachable`` ends with one), else ``CODE: details``."""
+    auth = describe_auth_error(exc)
+    if auth:
+        return auth
+    code, details = exc.code(), exc.details()
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return f"{unreachable} {details}" if unreachable.endswith(":") else unreachable
+    return f"{code.name}: {details}"
+
+
 def add_tls_flags(parser: argparse.ArgumentParser, server: bool) -> None:
     """``--tls-cert/--tls-key/--tls-ca`` (and for clients ``--tls-server-name``) on a CLI command."""
     if server:

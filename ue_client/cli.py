@@ -17,7 +17,7 @@ from shared.cliconf import parse, plain
 from shared.grpc_util import run_cli, target
 from shared.logs import add_log_flag, setup
 from shared.protocols import PROTOCOLS, TASKS, check_prompt
-from shared.security import ADMIN_TOKEN_ENV, UE_TOKEN_ENV, add_tls_flags, describe_auth_error, read_token, tls_from_args
+from shared.security import ADMIN_TOKEN_ENV, UE_TOKEN_ENV, add_tls_flags, describe_rpc_error, read_token, tls_from_args
 from shared.serde import MAX_STEPS  # the ES's bound, checked before sending
 
 
@@ -322,13 +322,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def describe(exc: BaseException) -> str | None:
         if isinstance(exc, grpc.RpcError):
-            auth = describe_auth_error(exc)
-            if auth:
-                return auth
-            code, details = exc.code(), exc.details()
-            if code == grpc.StatusCode.UNAVAILABLE:
-                return f"cannot reach the edge server at {args.via}: {details}"
-            return f"{code.name}: {details}"
+            return describe_rpc_error(exc, f"cannot reach the edge server at {args.via}:")
         if isinstance(exc, (ValueError, RuntimeError, OSError, KeyError)):
             return str(exc)
         return None
