@@ -154,13 +154,14 @@ class EdgeServicer(edge_pb2_grpc.EdgeServiceServicer):
         except RequestError as exc:
             self.metrics.finished(request.protocol.upper() or "-", "INVALID_ARGUMENT")
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        remaining0 = context.time_remaining()
-        md0 = dict(context.invocation_metadata() or ())
+        remaining = context.time_remaining()
+        budget = self.settings.default_deadline_s if remaining is None else remaining
+        metadata = dict(context.invocation_metadata() or ())
 
         async def compute() -> edge_pb2.SegmentResponse:
+            """The segment's work, run once per request_id by the result cache (so it may outlive this call:
+            it raises :class:`_Abort` instead of aborting this call's context)."""
             protocol = request.protocol.upper()
-            remaining = remaining0
-            budget = self.settings.default_deadline_s if remaining is None else remaining
             if not self._admit():
                 self.metrics.finished(protocol, "RESOURCE_EXHAUSTED")
                 queued, running = self.engine.depth()
@@ -207,10 +208,9 @@ class EdgeServicer(edge_pb2_grpc.EdgeServiceServicer):
             )
             tensors = [air.to_air(k, v) for k, v in out.items() if isinstance(v, torch.Tensor)]
             if self.power is not None:
-                md = md0
                 for t in tensors:
                     if t.name in SEED_KEYS:
-                        await self.power.allocate(t, str(md.get("meg-ue", "ue")), md.get("meg-channel-control"))
+                        await self.power.allocate(t, str(metadata.get("meg-ue", "ue")), metadata.get("meg-channel-control"))
             return edge_pb2.SegmentResponse(
                 tensors=tensors,
                 uplink_seen=[t.applied for t in request.tensors if t.HasField("applied")],
