@@ -15,11 +15,12 @@ from edge_server.engine import Cancelled, Engine, EngineClosed, QueueFull, batch
 from edge_server.idempotency import IdempotencyConflict, ResultCache, fingerprint, request_key
 from edge_server.metrics import EdgeMetrics
 from edge_server.power_control import PowerControl
+from edge_server.sessions import SessionGone, Sessions
 from edge_server.settings import EdgeSettings
 from shared import air
 from shared.denoise import DenoiseModel
 from shared.geometry import SEED_KEYS
-from shared.model_ops import DeadlineExceeded, DenoiseJob, ModelOps, ModelParts
+from shared.model_ops import DeadlineExceeded, DenoiseJob, ModelOps, ModelParts, Params, cooperative_schedule
 from shared.pb import edge_pb2, edge_pb2_grpc
 from shared.protocols import (
     PROTOCOLS,
@@ -50,6 +51,7 @@ class EdgeServicer(edge_pb2_grpc.EdgeServiceServicer):
         self.power = power
         self.metrics = metrics or EdgeMetrics()
         self.results: ResultCache[edge_pb2.SegmentResponse] = ResultCache(orphan_grace_s=settings.orphan_grace_s)
+        self.sessions = Sessions()  # what a cooperative generation's later rounds need from its first
         max_batch = settings.max_concurrency or settings.max_batch  # max_concurrency: the old name
         self.engine = Engine(DenoiseModel.from_parts(parts), max_batch, settings.max_queue, self.metrics)
         self.ops_parts = batched_parts(parts, self.engine)  # the requests' VAE decodes batch on the engine too
@@ -141,12 +143,26 @@ class EdgeServicer(edge_pb2_grpc.EdgeServiceServicer):
             raise RequestError(f"{request.protocol.upper()} does not send the prompt text to the ES at this segment")
         return workspace
 
+    def _rounds(self, request: edge_pb2.SegmentRequest, params: Params) -> int:
+        """How many rounds the request's generation has (1 unless it is a cooperative one with sync)."""
+        if not (request.HasField("share") and request.share.count > 0 and request.share.sync > 0):
+            return 1
+        share = share_from_proto(request.share, self.parts.geometry.latent_size)
+        try:
+            _, rounds = cooperative_schedule(params, self.parts.meg.es_steps, share, request.task == "img2img")
+        except ValueError as exc:
+            raise RequestError(str(exc)) from None
+        return len(rounds)
+
     async def RunSegment(
         self, request: edge_pb2.SegmentRequest, context: grpc.aio.ServicerContext
     ) -> edge_pb2.SegmentResponse:
         try:
-            segment = check_segment(request)
             params = check_params(request.params)
+            segment, segments = check_segment(request, self._rounds(request, params))
+            if segment.held and not request.request_id:
+                raise RequestError(f"segment {segment.index} of {request.protocol.upper()} continues a generation "
+                                   f"(it uses {list(segment.held)} from an earlier round): send its request_id")
             carries_seed = bool(SEED_KEYS & {*segment.receives, *segment.returns})
             if carries_seed and not self.parts.has_codec(params.fc):  # fc means nothing where no seed crosses
                 raise RequestError(air.unsupported_rate_message(params.fc, self.parts.codec_rates()))
@@ -178,6 +194,17 @@ class EdgeServicer(edge_pb2_grpc.EdgeServiceServicer):
                 denoised[0] += 1
                 return latent
 
+            session = (request.request_id, protocol, request.task or "txt2img", request.share.index)
+            if segment.held:
+                try:
+                    workspace.update(self.sessions.take(session, segment.held))
+                except SessionGone as exc:
+                    self._release()
+                    self.metrics.finished(protocol, "FAILED_PRECONDITION")
+                    raise _Abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                 f"{exc} (its earlier round ran elsewhere, expired after {self.sessions.ttl_s:g} s, or "
+                                 "this edge server restarted); run the generation again") from None
+            later = {k for s in segments[segment.index + 1:] if s.actor == "ES" for k in s.held}
             ops = ModelOps(self.ops_parts, params, time.monotonic() + budget, denoiser=denoise)
             started = time.perf_counter()
             work: Future[dict[str, object]] = self._pool.submit(run_segment, segment, workspace, ops)
@@ -200,6 +227,10 @@ class EdgeServicer(edge_pb2_grpc.EdgeServiceServicer):
             if status != grpc.StatusCode.OK:
                 self.metrics.finished(protocol, status.name)
                 raise _Abort(status, message)
+            if later and request.request_id:
+                self.sessions.keep(session, {k: workspace[k] for k in later if k in workspace})
+            elif segment.held:
+                self.sessions.drop(session)  # the generation's last round on this ES
             seconds = time.perf_counter() - started
             self.metrics.finished(protocol, "OK", seconds, denoised[0])
             log.info(

@@ -28,6 +28,8 @@ import torch
 from diffusers import DDIMScheduler
 from diffusers.utils.torch_utils import randn_tensor
 
+from shared.schedule import first_step
+
 if TYPE_CHECKING:
     from shared.model_ops import DenoiseJob, ModelParts
 
@@ -97,8 +99,8 @@ def start(model: DenoiseModel, job: DenoiseJob) -> DenoiseState:
     if not 0 <= job.start_step < (job.end_step if job.end_step is not None else job.steps) <= job.steps:
         raise ValueError(f"steps [{job.start_step}, {job.end_step}) are not a non-empty part of a {job.steps}-step "
                          "schedule")
-    if (job.start_step or job.end_step is not None) and job.init_latent is not None:
-        raise ValueError("start_step/end_step are for txt2img only")
+    if job.start_step and job.init_latent is not None:
+        raise ValueError("start_step is for txt2img only (img2img starts where its strength enters the schedule)")
     if job.init_latent is None:
         timesteps = scheduler.timesteps[job.start_step * scheduler.order:
                                         None if job.end_step is None else job.end_step * scheduler.order]
@@ -113,9 +115,9 @@ def start(model: DenoiseModel, job: DenoiseJob) -> DenoiseState:
                 noise = randn_tensor((1, *model.latent_shape), generator=generator, device=device, dtype=dtype)
             latents = noise * scheduler.init_noise_sigma
     else:
-        init_steps = min(int(job.steps * job.strength), job.steps)
-        t_start = max(job.steps - init_steps, 0)
-        timesteps = scheduler.timesteps[t_start * scheduler.order:]
+        t_start = first_step(job.steps, job.strength)
+        timesteps = scheduler.timesteps[t_start * scheduler.order:
+                                        None if job.end_step is None else job.end_step * scheduler.order]
         if len(timesteps) == 0:
             raise ValueError(f"img2img with {job.steps} steps at strength {job.strength:g} runs no denoising step; "
                              "raise steps or strength")

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 SKETCH_FACTOR = 4
 SEED_KEYS = frozenset({"seed", "init_seed"})
 #: Cooperative window keys and the full-image key each is a window of.
-PART_OF = {"latent_part": "latent", "init_part": "init_latent", "image_part": "image",
+PART_OF = {"latent_part": "latent", "latent_in": "latent", "init_part": "init_latent", "image_part": "image",
            "image_in_part": "image_in", "sketch_part": "sketch"}
 
 

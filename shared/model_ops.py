@@ -39,13 +39,12 @@ from diffusers import DDIMScheduler, StableDiffusionImg2ImgPipeline, StableDiffu
 from shared.codec import SeedCodec, load_codecs
 from shared.geometry import SKETCH_FACTOR, Geometry
 from shared.model_loader import MegConfig, default_model_path, load_pipeline
+from shared.schedule import DEFAULT_STRENGTH  # img2img strength when the request gives none (re-exported)
 
 if TYPE_CHECKING:
     from shared.tiles import Share
 
 
-#: img2img strength when the request gives none.
-DEFAULT_STRENGTH = 0.6
 #: How much of the noise schedule the ESUC completer re-runs on the upsampled sketch.
 COMPLETE_STRENGTH = 0.5
 
@@ -154,6 +153,15 @@ class ModelParts:
 
     def codec_rates(self) -> list[float]:
         return sorted(self.codecs)
+
+
+def cooperative_schedule(params: Params, default_steps: int, share: Share, img2img: bool) -> tuple[int, list[tuple[int, int]]]:
+    """A cooperative generation's schedule length (``params.steps``, 0: ``default_steps``) and its rounds
+    (:func:`shared.schedule.cooperative_schedule`)."""
+    from shared.schedule import cooperative_schedule as rounds
+
+    steps = params.steps or default_steps
+    return steps, rounds(steps, params.strength, share, img2img)
 
 
 class ModelOps:
@@ -272,30 +280,63 @@ class ModelOps:
 
         return (crop(x, share, self.parts.geometry.latent_size),)
 
-    def op_denoise_window(self, cond: torch.Tensor, share: Share,
+    def _schedule(self, share: Share, round_: int, img2img: bool) -> tuple[int, int, int]:
+        """``(steps, a, b)``: the schedule's length and round ``round_``'s step range ``[a, b)`` (img2img's
+        schedule starts where its strength enters it, as in :func:`shared.denoise.start`)."""
+        steps, rounds = cooperative_schedule(self.params, self.parts.meg.es_steps, share, img2img)
+        if not 0 <= round_ < len(rounds):
+            raise ValueError(f"round {round_} of a {len(rounds)}-round schedule ({steps} steps, sync {share.sync})")
+        return steps, *rounds[round_]
+
+    def _window_noise(self, share: Share) -> torch.Tensor:
+        """Share's crop of the seeded full-latent starting noise ``[1, C, h, x1-x0]`` (the single-ES image's)."""
+        from diffusers.utils.torch_utils import randn_tensor
+
+        from shared.tiles import crop
+
+        g = self.parts.geometry
+        shape = (1, g.latent_channels, g.latent_size, g.latent_size)
+        full = randn_tensor(shape, generator=torch.Generator("cpu").manual_seed(self.params.seed),
+                            dtype=self.parts.pipe.unet.dtype)
+        return crop(full, share, g.latent_size)
+
+    def op_denoise_window(self, cond: torch.Tensor, share: Share, round_: int = 0,
                           init_part: torch.Tensor | None = None) -> tuple[torch.Tensor]:
-        """ES budget on share's window: ``-> latent_part [1, C, h, x1-x0]``. txt2img starts from the window's
-        crop of the seeded full-latent noise ``[1, C, h, h]`` (the single-ES image's starting noise, so
+        """Round 0 (ES budget) on share's window: ``-> latent_part [1, C, h, x1-x0]``. txt2img starts from the
+        window's crop of the seeded full-latent noise ``[1, C, h, h]`` (the single-ES image's starting noise, so
         neighbours agree where they overlap); with a shared head (``share.head_steps(n) = k > 0``) the first
         ``k`` steps run on the full latent ``[1, C, h, h]`` (identical on every ES: same seed, same prompt) and
-        the last ``n - k`` on its window of the result. img2img denoises ``init_part`` (the pipeline draws the
-        window's noise from the seed; the input image already fixes the composition)."""
+        the rest of the round on its window of the result. img2img noises ``init_part [1, C, h, x1-x0]`` with
+        the same crop to its strength. The round ends where :meth:`Share.schedule` says (with ``sync = 0``, at
+        the end of the schedule)."""
         from diffusers.utils.torch_utils import randn_tensor
 
         from shared.tiles import crop
 
         g, p = self.parts.geometry, self.params
-        steps = p.steps or self.parts.meg.es_steps
+        steps, _, b = self._schedule(share, round_, init_part is not None)
+        end = None if b == steps else b
         if init_part is not None:
-            return (self._denoise(cond, init_part, steps, p.strength),)
-        shape = (1, g.latent_channels, g.latent_size, g.latent_size)
-        full = randn_tensor(shape, generator=torch.Generator("cpu").manual_seed(p.seed), dtype=self.parts.pipe.unet.dtype)
+            return (self._denoise(cond, init_part, steps, p.strength, noise=self._window_noise(share), end_step=end),)
         head = share.head_steps(steps)
         if head > 0:
+            shape = (1, g.latent_channels, g.latent_size, g.latent_size)
+            full = randn_tensor(shape, generator=torch.Generator("cpu").manual_seed(p.seed), dtype=self.parts.pipe.unet.dtype)
             full = self._denoise(cond, None, steps, p.strength, noise=full, end_step=head)
-            part = crop(full, share, g.latent_size)
-            return (self._denoise(cond, None, steps, p.strength, noise=part, start_step=head),)
-        return (self._denoise(cond, None, steps, p.strength, noise=crop(full, share, g.latent_size)),)
+            return (self._denoise(cond, None, steps, p.strength, noise=crop(full, share, g.latent_size),
+                                  start_step=head, end_step=end),)
+        return (self._denoise(cond, None, steps, p.strength, noise=self._window_noise(share), end_step=end),)
+
+    def op_denoise_round(self, cond: torch.Tensor, share: Share, round_: int,
+                         latent_in: torch.Tensor) -> tuple[torch.Tensor]:
+        """Round ``round_ >= 1`` on share's window of the fused latent ``latent_in [1, C, h, x1-x0]`` (part-way
+        through the schedule, as the UE fused it) -> ``latent_part`` of the same shape. DDIM (eta 0) keeps no
+        state besides the latent, so a window resumed from the fused latent is exactly where the UE left it."""
+        steps, a, b = self._schedule(share, round_, False)
+        if a == 0:
+            raise ValueError("round 0 is denoise_window's (it starts from noise or from the input image)")
+        return (self._denoise(cond, None, steps, self.params.strength, noise=latent_in, start_step=a,
+                              end_step=None if b == steps else b),)
 
     def op_merge(self, parts: list[torch.Tensor], shares: list[Share]) -> tuple[torch.Tensor]:
         """UE gather: cross-fade the windows ``[1, c, s·h, s·(x1_i-x0_i)]`` into ``[1, c, s·h, s·h]``."""

@@ -11,9 +11,15 @@ A :class:`Stage` names its actor (``UE`` or ``ES``), how it fans out over the se
   UE ``gather``: one call with every branch's inputs as lists, and the branches end (``pick`` a candidate,
   ``merge`` windows).
 
+Stages marked ``repeat`` (:func:`each_round`) are a cooperative protocol's *rounds*: :func:`plan` writes
+them out once per round after the first (``rounds - 1`` times; none with one round), each copy knowing its
+``round``, a context key like ``share``. That is how the windows are fused every few steps (on the UE,
+between rounds) while the protocol stays data.
+
 Consecutive stages of one actor (and, on the ES side, one fan) form a *segment*. A transmission happens at
 every change of actor; what crosses is derived from the data by :func:`plan`: the keys a segment reads that
-its actor does not hold yet. ``prompt`` crosses as lossless text; every other key is a tensor and crosses
+its actor does not hold yet (an actor keeps what it received and made for the whole generation: an ES
+keeps its workspace between the segments of one request, :class:`Segment` ``held``). ``prompt`` crosses as lossless text; every other key is a tensor and crosses
 over the air (:mod:`shared.air`); ``share`` (which window, of how many) is request metadata, not a tensor.
 
 The UE drives (:func:`run_protocol`): it runs its own stages and calls the ES(s) once per ES segment
@@ -24,7 +30,7 @@ through a transport, concurrently for a fan-out; the ES servicer answers by runn
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 from typing import Protocol as TypingProtocol
 
@@ -36,8 +42,9 @@ TASKS: tuple[Task, ...] = ("txt2img", "img2img")
 #: Keys that cross losslessly as text rather than as noisy tensors.
 TEXT_KEYS = frozenset({"prompt"})
 #: Keys every actor holds from the start without a transmission: ``share`` is the ES's
-#: :class:`shared.tiles.Share` (its index of N, and the overlap), sent as request metadata.
-CONTEXT_KEYS = frozenset({"share"})
+#: :class:`shared.tiles.Share` (its index of N, and the overlap), sent as request metadata; ``round`` is the
+#: index of the round a stage belongs to (0 outside rounds; the stage's own data).
+CONTEXT_KEYS = frozenset({"share", "round"})
 #: What the UE holds before any stage runs, per task.
 UE_INITIAL: Mapping[Task, frozenset[str]] = {
     "txt2img": frozenset({"prompt"}),
@@ -57,10 +64,19 @@ class Stage:
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
     fan: Fan = "one"
+    #: part of the repeated body of a cooperative protocol's rounds (:func:`each_round`)
+    repeat: bool = False
+    #: which round this copy of a repeated stage is (set by :func:`plan`; 0 for every other stage)
+    round: int = 0
 
 
 def _stage(actor: Actor, fan: Fan, op: str, inputs: str, outputs: str) -> Stage:
     return Stage(actor, op, tuple(inputs.split()), tuple(outputs.split()), fan)
+
+
+def each_round(*stages: Stage) -> tuple[Stage, ...]:
+    """Mark ``stages`` as the body of every round after the first (see :func:`plan`)."""
+    return tuple(replace(st, repeat=True) for st in stages)
 
 
 def ue(op: str, inputs: str, outputs: str) -> Stage:
@@ -128,6 +144,9 @@ class Segment:
     receives: tuple[str, ...]  # keys the other side must send first (sorted)
     returns: tuple[str, ...] = field(default=())  # keys the other side needs from it later (sorted)
     fan: Fan = "one"  # ES segments: one, each (parallel) or share (cooperative); UE segments: "one"
+    #: keys its stages read that its actor kept from an earlier segment of the same generation (sorted); an
+    #: ES keeps them between requests (edge_server/sessions.py)
+    held: tuple[str, ...] = field(default=())
 
 
 def seed_of(segment: Segment, seed: int, index: int) -> int:
@@ -139,6 +158,15 @@ def seed_of(segment: Segment, seed: int, index: int) -> int:
 class ProtocolError(ValueError):
     """Unknown protocol or task, or a request that does not fit the protocol's plan."""
 
+
+#: The body of every cooperative round after the first: the UE fuses the ES windows of the previous round
+#: (cross-fade, :func:`shared.tiles.merge`), cuts each ES its window of the fused latent, and ES i runs the
+#: round's steps on it (``cond`` stays on the ES from round 0). Written out ``rounds - 1`` times by :func:`plan`.
+FUSE_ROUND: tuple[Stage, ...] = each_round(
+    ue_gather("merge", "latent_part share", "latent"),
+    ue_each("window", "latent share", "latent_in"),
+    share_es("denoise_round", "cond share round latent_in", "latent_part"),
+)
 
 # Stage lists follow the README's protocol table (paper 1 §II-C, §III): T = encode_prompt, E = encode_image,
 # U = denoise (denoise_ue: the UE's weaker budget), D = decode, C / C⁻¹ = compress / decompress, S = sketch,
@@ -338,14 +366,17 @@ PROTOCOLS: dict[str, ProtocolSpec] = {
             },
         ),
         # --- paper 1 §III-C, cooperative: ES i denoises its overlapping window of ONE generation (same seed,
-        # the same starting noise cropped); the UE cross-fades the windows (shared.tiles) -------------------
+        # the same starting noise cropped); every round the UE fuses the windows and sends each ES its window of
+        # the fused latent (FUSE_ROUND; shared.tiles) -----------------------------------------------------------
         ProtocolSpec(
             "UIDCG",
-            "the UE's seed to N ES, each denoises its overlapping window of one latent, the UE merges and decodes",
+            "the UE's seed to N ES, each denoises its overlapping window of one latent, fused on the UE every "
+            "round; the UE merges and decodes",
             {
                 "txt2img": (
                     ue("encode_prompt", "prompt", "cond"),
-                    share_es("denoise_window", "cond share", "latent_part"),
+                    share_es("denoise_window", "cond share round", "latent_part"),
+                    *FUSE_ROUND,
                     ue_gather("merge", "latent_part share", "latent"),
                     ue("decode", "latent", "image"),
                 ),
@@ -353,7 +384,8 @@ PROTOCOLS: dict[str, ProtocolSpec] = {
                     ue("encode_image", "image_in", "init_latent"),
                     ue_each("window", "init_latent share", "init_part"),
                     share_es("encode_prompt", "prompt", "cond"),
-                    share_es("denoise_window", "cond share init_part", "latent_part"),
+                    share_es("denoise_window", "cond share round init_part", "latent_part"),
+                    *FUSE_ROUND,
                     ue_gather("merge", "latent_part share", "latent"),
                     ue("decode", "latent", "image"),
                 ),
@@ -362,11 +394,13 @@ PROTOCOLS: dict[str, ProtocolSpec] = {
         ),
         ProtocolSpec(
             "DCSUC",
-            "the prompt to N ES, each sketches its overlapping window of one image, the UE merges and completes",
+            "the prompt to N ES, each sketches its overlapping window of one image (latents fused on the UE every "
+            "round), the UE merges and completes",
             {
                 "txt2img": (
                     share_es("encode_prompt", "prompt", "cond"),
-                    share_es("denoise_window", "cond share", "latent_part"),
+                    share_es("denoise_window", "cond share round", "latent_part"),
+                    *FUSE_ROUND,
                     share_es("decode", "latent_part", "image_part"),
                     share_es("sketch", "image_part", "sketch_part"),
                     ue_gather("merge", "sketch_part share", "sketch"),
@@ -377,7 +411,8 @@ PROTOCOLS: dict[str, ProtocolSpec] = {
                     ue_each("window", "image_in share", "image_in_part"),
                     share_es("encode_prompt", "prompt", "cond"),
                     share_es("encode_image", "image_in_part", "init_part"),
-                    share_es("denoise_window", "cond share init_part", "latent_part"),
+                    share_es("denoise_window", "cond share round init_part", "latent_part"),
+                    *FUSE_ROUND,
                     share_es("decode", "latent_part", "image_part"),
                     share_es("sketch", "image_part", "sketch_part"),
                     ue_gather("merge", "sketch_part share", "sketch"),
@@ -417,12 +452,28 @@ def get_protocol(name: str, task: str) -> tuple[ProtocolSpec, tuple[Stage, ...]]
     return spec, spec.stages[task]  # type: ignore[index]
 
 
-def plan(stages: tuple[Stage, ...], task: Task) -> tuple[Segment, ...]:
+def unroll(stages: tuple[Stage, ...], rounds: int = 1) -> tuple[Stage, ...]:
+    """The stage list with its repeated body (:func:`each_round`) written out for rounds ``1..rounds-1``."""
+    if rounds < 1:
+        raise ProtocolError(f"a generation has at least one round, not {rounds}")
+    body = [i for i, st in enumerate(stages) if st.repeat]
+    if not body:
+        return stages
+    if body != list(range(body[0], body[-1] + 1)):
+        raise ProtocolError("a protocol's repeated stages must be consecutive")
+    copies = [replace(st, round=r) for r in range(1, rounds) for st in stages[body[0]:body[-1] + 1]]
+    return (*stages[:body[0]], *copies, *stages[body[-1] + 1:])
+
+
+def plan(stages: tuple[Stage, ...], task: Task, rounds: int = 1) -> tuple[Segment, ...]:
     """Split stages into segments and derive, from the data alone, what crosses at each actor change.
 
-    Also checks the fan structure: per-branch stages (ES ``each``/``share``, UE ``each``) must end in a UE
-    ``gather`` before any single-actor stage, and a ``gather`` needs open branches.
+    ``rounds``: how many rounds a cooperative protocol runs (its repeated body is written out ``rounds - 1``
+    times, :func:`unroll`; ignored by protocols without one). Also checks the fan structure: per-branch
+    stages (ES ``each``/``share``, UE ``each``) must end in a UE ``gather`` before any single-actor stage,
+    and a ``gather`` needs open branches.
     """
+    stages = unroll(stages, rounds)
     branched = False
     for stage in stages:
         if stage.fan == "gather":
@@ -447,15 +498,20 @@ def plan(stages: tuple[Stage, ...], task: Task) -> tuple[Segment, ...]:
             groups.append([stage])
     held: dict[Actor, set[str]] = {"UE": set(UE_INITIAL[task]) | CONTEXT_KEYS, "ES": set(CONTEXT_KEYS)}
     receives: list[tuple[str, ...]] = []
+    kept: list[tuple[str, ...]] = []
     for group in groups:
         actor = group[0].actor
         need: set[str] = set()
         made: set[str] = set()
+        old: set[str] = set()
         for stage in group:
             need |= {k for k in stage.inputs if k not in made and k not in held[actor]}
+            old |= {k for k in stage.inputs if k not in made and k in held[actor] and k not in CONTEXT_KEYS}
             made |= set(stage.outputs)
         receives.append(tuple(sorted(need)))
+        kept.append(tuple(sorted(old - need - (UE_INITIAL[task] if actor == "UE" else set()))))
         held[actor] |= need | made
+        held["ES" if actor == "UE" else "UE"] -= made  # a key made anew (next round) must cross anew
     if RESULT_KEY not in held["UE"]:
         receives.append((RESULT_KEY,))  # a final downlink of the result
     segments: list[Segment] = []
@@ -464,7 +520,8 @@ def plan(stages: tuple[Stage, ...], task: Task) -> tuple[Segment, ...]:
         later = {k for j in range(i + 1, len(receives)) for k in receives[j]}
         made = {k for s in group for k in s.outputs}
         seg_actor, seg_fan = group_key(group[0])
-        segments.append(Segment(i, seg_actor, tuple(group), receives[i], tuple(sorted(later & made)), seg_fan))  # type: ignore[arg-type]
+        segments.append(Segment(i, seg_actor, tuple(group), receives[i], tuple(sorted(later & made)), seg_fan,  # type: ignore[arg-type]
+                                kept[i]))
     if segments and segments[0].actor == "UE" and segments[0].receives:
         raise ProtocolError(f"UE stages need keys nobody holds: {segments[0].receives}")
     return tuple(segments)
@@ -477,7 +534,7 @@ class Ops(TypingProtocol):
 
 
 def _run_stage(stage: Stage, workspace: dict[str, object], ops: Ops) -> None:
-    outputs = ops.call(stage.op, *(workspace[k] for k in stage.inputs))
+    outputs = ops.call(stage.op, *(stage.round if k == "round" else workspace[k] for k in stage.inputs))
     if len(outputs) != len(stage.outputs):
         raise RuntimeError(f"op {stage.op} returned {len(outputs)} values for {stage.outputs}")
     workspace.update(zip(stage.outputs, outputs))
@@ -513,7 +570,7 @@ def run_protocol(
             for stage in segment.stages:
                 if stage.fan == "gather":
                     assert branches is not None
-                    gathered = [[b[k] for b in branches] for k in stage.inputs]
+                    gathered = [[stage.round if k == "round" else b[k] for b in branches] for k in stage.inputs]
                     outputs = ops.call(stage.op, *gathered)
                     if len(outputs) != len(stage.outputs):
                         raise RuntimeError(f"op {stage.op} returned {len(outputs)} values for {stage.outputs}")

@@ -52,7 +52,7 @@ def check_params(p: edge_pb2.GenerationParams) -> Params:
 
 def share_to_proto(share: Share) -> edge_pb2.Share:
     """A multi-ES share -> its proto (which ES of how many; the cooperative window's halo and shared head)."""
-    return edge_pb2.Share(index=share.index, count=share.count, halo=share.halo, head=share.head)
+    return edge_pb2.Share(index=share.index, count=share.count, halo=share.halo, head=share.head, sync=share.sync)
 
 
 def share_from_proto(msg: edge_pb2.Share, latent_width: int) -> Share:
@@ -60,7 +60,7 @@ def share_from_proto(msg: edge_pb2.Share, latent_width: int) -> Share:
     from shared.tiles import Share, ShareError
 
     try:
-        return Share(msg.index, msg.count, msg.halo, msg.head).check(latent_width)
+        return Share(msg.index, msg.count, msg.halo, msg.head, msg.sync).check(latent_width)
     except ShareError as exc:
         raise RequestError(str(exc)) from None
 
@@ -76,8 +76,9 @@ def segment_request(protocol: str, segment: Segment, task: str, prompt: str, ten
     return request
 
 
-def check_segment(request: edge_pb2.SegmentRequest) -> Segment:
-    """The ES segment this request asks for; raises :class:`RequestError`."""
+def check_segment(request: edge_pb2.SegmentRequest, rounds: int = 1) -> tuple[Segment, tuple[Segment, ...]]:
+    """The ES segment this request asks for, and the whole plan it is part of (a cooperative protocol's plan
+    has ``rounds`` rounds); raises :class:`RequestError`."""
     task = request.task or "txt2img"
     if task not in TASKS:
         raise RequestError(f"unknown task {task!r}; known: {', '.join(TASKS)}")
@@ -85,7 +86,7 @@ def check_segment(request: edge_pb2.SegmentRequest) -> Segment:
         _, stages = get_protocol(request.protocol, task)
     except ProtocolError as exc:
         raise RequestError(str(exc)) from None
-    segments = plan(stages, task)
+    segments = plan(stages, task, rounds)
     if request.segment >= len(segments) or segments[request.segment].actor != "ES":
         es_segments = [s.index for s in segments if s.actor == "ES"]
         raise RequestError(
@@ -98,4 +99,4 @@ def check_segment(request: edge_pb2.SegmentRequest) -> Segment:
                            "say which ES of how many this is (share.index / share.count)")
     if segment.fan == "one" and fanned:
         raise RequestError(f"{request.protocol.upper()} is a single-ES protocol; send no share")
-    return segment
+    return segment, segments

@@ -3,11 +3,15 @@
 ES ``i`` of ``N`` denoises the window ``[x0, x1)`` of the latent's columns: its core ``[c_i, c_{i+1})``
 (``c_i = round(i·w/N)``) widened by ``halo`` columns on each side that has a neighbour, so neighbours
 overlap by ``2·halo`` columns. Every window starts from its crop of the *same* seeded starting noise
-(the noise of the single-ES image); with a shared ``head``, every ES first runs the first ``k`` of the
-``n`` DDIM steps on the whole latent (the same computation on each ES, so no transfer: the global layout is
-decided in those high-noise steps) and then only its window for the rest. The UE fuses the returned windows with linear cross-fade weights
-over each overlap (:func:`merge`): no hard edge survives. ``halo = 0`` is naive tiling (hard cut), the
-baseline the seam score is measured against.
+(the noise of the single-ES image). The windows agree because they are **fused every** ``sync`` **steps**
+(MultiDiffusion, Bar-Tal et al. 2023): the schedule is cut into rounds (:meth:`Share.schedule`); after each
+round every ES sends its window to the UE, the UE cross-fades them into one latent (:func:`merge`) and sends
+each ES its window of the fused latent for the next round, so neighbours start every round identical where
+they overlap and no edge can build up. ``sync = 0`` runs each window to the end on its own (one round).
+Optionally, with a shared ``head``, every ES first runs the first ``k`` of the ``n`` steps on the whole
+latent (the same computation on each ES, so no transfer; the global layout is decided in those high-noise
+steps): faithful to the single-ES image, but every ES repeats the head. ``halo = 0`` is naive tiling (hard
+cut), the baseline the seam score is measured against.
 
 The same windows scale to any tensor aligned with the latent: pixels (×8), sketches (×2 for meg-tiny's
 factor-4 sketches of ×8 images); :func:`crop` and :func:`merge` read the scale from the tensor's width.
@@ -38,6 +42,8 @@ class Share:
     #: fraction of the DDIM schedule run on the **full** latent (by every ES, the same computation from the
     #: same seed) before the ES narrows to its window: the shared composition (:func:`head_steps`).
     head: float = 0.0
+    #: DDIM steps per round: the UE fuses the windows after every ``sync`` steps (0: one round, no fusion).
+    sync: int = 0
 
     def check(self, latent_width: int) -> Share:
         """Raise :class:`ShareError` unless this share is a valid window of a ``latent_width``-column latent."""
@@ -49,7 +55,22 @@ class Share:
             raise ShareError(f"overlap halo {self.halo} must be in 0..{latent_width} latent columns")
         if not 0.0 <= self.head < 1.0:
             raise ShareError(f"shared head {self.head:g} must be a fraction of the schedule in [0, 1)")
+        if not 0 <= self.sync <= MAX_SYNC:
+            raise ShareError(f"sync every {self.sync} steps must be in 0..{MAX_SYNC} (0: no fusion)")
         return self
+
+    def schedule(self, steps: int, first: int = 0) -> list[tuple[int, int]]:
+        """The rounds of a ``steps``-step DDIM schedule that starts at step ``first`` (img2img: where its
+        strength enters the schedule; txt2img: 0): step ranges ``[a, b)``, one per round, covering
+        ``[first, steps)``. Round 0 also holds the shared head (txt2img); then every ``sync`` steps a new
+        round begins. ``sync = 0``: one round. E.g. ``steps=25, sync=5`` -> ``[(0, 5), (5, 10), ..., (20, 25)]``."""
+        if not 0 <= first < steps:
+            raise ShareError(f"a {steps}-step schedule has no steps from step {first}")
+        start = first + (self.head_steps(steps) if first == 0 else 0)
+        if self.sync <= 0:
+            return [(first, steps)]
+        cuts = [*range(start + self.sync, steps, self.sync), steps]
+        return [(first if i == 0 else cuts[i - 1], c) for i, c in enumerate(cuts)]
 
     def head_steps(self, steps: int) -> int:
         """Steps of a ``steps``-step schedule run on the full latent before the split: ``round(head·steps)``,
@@ -68,19 +89,25 @@ class Share:
         return max(0, c0 - self.halo), min(width, c1 + self.halo)
 
 
-#: The shared head used when none is asked for: on meg-tiny the shortest head at the default halo whose merged
-#: image matches the single-ES one in every measured case (27.5 dB mean, 23.4 dB min; sweep in docs/multi-es.md).
-DEFAULT_HEAD = 0.8
+#: The shared head used when none is asked for: none (the windows are fused every step instead). A head of
+#: 0.8 reproduces the single-ES image on meg-tiny (27.5 dB) but each ES repeats it (sweep in docs/multi-es.md).
+DEFAULT_HEAD = 0.0
+#: Steps per round when none is asked for: fuse after every step (MultiDiffusion's per-step fusion).
+DEFAULT_SYNC = 1
+#: The most steps a round may span (longer than any schedule we run; 0 means no fusion at all).
+MAX_SYNC = 1000
 
 
 def default_halo(latent_width: int) -> int:
-    """The overlap used when none is asked for: ``max(1, w // 8)`` latent columns per interior side."""
-    return max(1, latent_width // 8)
+    """The overlap used when none is asked for: ``max(2, w // 8)`` latent columns per interior side. At least
+    2, so that neighbours overlap by 4 latent columns, one column even at meg-tiny's 2×2 UNet bottleneck
+    (with halo 1 its fused windows still drew blended objects; docs/multi-es.md)."""
+    return max(2, latent_width // 8)
 
 
-def shares(count: int, halo: int, head: float = 0.0) -> list[Share]:
+def shares(count: int, halo: int, head: float = 0.0, sync: int = 0) -> list[Share]:
     """The ``count`` shares of one cooperative generation."""
-    return [Share(i, count, halo, head) for i in range(count)]
+    return [Share(i, count, halo, head, sync) for i in range(count)]
 
 
 def _scale(full_width: int, latent_width: int) -> int:

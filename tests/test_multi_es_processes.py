@@ -18,7 +18,7 @@ from shared.model_ops import ModelParts, Params
 from shared.pb import channel_pb2, channel_pb2_grpc
 from shared.procs import running, script
 from shared.protocols import PROTOCOLS
-from shared.tiles import DEFAULT_HEAD
+from shared.tiles import DEFAULT_HEAD, DEFAULT_SYNC, default_halo
 from ue_client.session import MultiOptions, generate
 from ue_client.transport import connect, discover
 
@@ -75,7 +75,12 @@ def test_all_multi_es_protocols_through_two_real_edge_servers(two_es: TwoES, tas
             assert float(r.image.std()) > 0.01  # (pixels that crossed the noisy downlink may leave [0, 1])
             assert r.failed == {} and r.es is not None and set(r.es) == {"es0", "es1"}
             if PROTOCOLS[name].cooperative:
-                assert r.halo == 1 and r.head == DEFAULT_HEAD and not r.candidates  # steps=2: one whole-latent step
+                # fused after every step: each step a round (img2img at strength 0.6 runs 1 of the 2 steps), each
+                # round one downlink per ES
+                rounds = 2 if task == "txt2img" else 1
+                assert r.halo == default_halo(4) and r.head == DEFAULT_HEAD and not r.candidates
+                assert (r.sync, r.rounds) == (DEFAULT_SYNC, rounds)
+                assert all(d.transmissions == rounds for _, d in r.es.values())
             else:  # two candidates from two seeds (seed + i): different images, one of them taken
                 assert [c.es for c in r.candidates] == ["es0", "es1"] and r.picked in ("es0", "es1")
                 assert not torch.equal(r.candidates[0].tensor, r.candidates[1].tensor)
@@ -97,7 +102,8 @@ def test_all_multi_es_protocols_through_two_real_edge_servers(two_es: TwoES, tas
 
 
 def test_one_es_cooperative_is_the_single_es_image(two_es: TwoES) -> None:
-    """UIDCG with one ES is UIEG (same window = the whole latent, same starting noise) over an ideal link."""
+    """UIDCG with one ES is UIEG (same window = the whole latent, same starting noise) over an ideal link, also
+    in three rounds (one per step: the ES resumes from the latent the UE sent back, with the `cond` it kept)."""
     ctl = _control(two_es.via)
     ideal = channel_pb2.Profile(model="ideal")
     ctl.SetChannel(channel_pb2.SetChannelRequest(link="solo->es0", direction="both", custom=ideal), timeout=10)

@@ -41,6 +41,7 @@ GUIDANCE = _number(float, 0, 50, "guidance is 0 (the model's default) to 50")
 FC = _number(float, 0, 1, "fc is a compression rate in (0, 1]; 0 = 1, the raw latent")
 STRENGTH = _number(float, 0, 1, "strength is in [0, 1]; 0 = the default 0.6")
 HEAD = _number(float, 0, 0.99, "the head is the fraction of the schedule every ES runs on the whole latent, 0 to 0.99")
+SYNC = _number(int, 0, 1000, "sync is the number of DDIM steps between two fusions, 0 (never) to 1000")
 TIMEOUT = _number(float, 0.001, 86400, "the timeout is a positive number of seconds")
 
 
@@ -114,7 +115,7 @@ def _generate(args: argparse.Namespace) -> int:
         clients = open_clients(args.via, args.es, parts, args.timeout, args.ue_id,  # type: ignore[assignment,arg-type]
                                tls=tls_from_args(args), token=read_token(args.token_file, UE_TOKEN_ENV))
         options = MultiOptions(pick=make_chooser(args.pick, out), halo=args.overlap, head=args.head,
-                               broadcast=args.broadcast, fallback=args.fallback)
+                               sync=args.sync_every, broadcast=args.broadcast, fallback=args.fallback)
         client = next(iter(clients.values()))
     else:
         if args.es and "," in args.es:
@@ -169,7 +170,8 @@ def _overhead(args: argparse.Namespace) -> int:
     fcs = tuple(args.fc) if args.fc else (1.0, *TABLE_II_FCS)
     if args.es_count < 1:
         raise ValueError(f"--es-count must be at least 1, got {args.es_count}")
-    rows = overhead_table(geometry, fcs, n_es=args.es_count, broadcast=args.broadcast)
+    rows = overhead_table(geometry, fcs, n_es=args.es_count, broadcast=args.broadcast, steps=args.steps or 25,
+                          sync=args.sync_every)
     reductions = {
         f"{task} fc={fc:g}": round(reduction_factor(geometry, task, fc), 2) for task in TASKS for fc in fcs
     }
@@ -207,7 +209,7 @@ def _compare(args: argparse.Namespace) -> int:
         client = next(iter(clients.values()))
     else:
         client = _client(args, parts)
-    options = MultiOptions(pick=args.pick or "first", halo=args.overlap, broadcast=args.broadcast)
+    options = MultiOptions(pick=args.pick or "first", halo=args.overlap, sync=args.sync_every, broadcast=args.broadcast)
     try:
         report = run_compare(parts, client, prompt, args.task, _params(args), image_in, Path(args.out),  # type: ignore[arg-type]
                              args.snr_db, args.via, clients=clients or None, multi_es=args.multi_es,  # type: ignore[arg-type]
@@ -267,9 +269,12 @@ def main(argv: list[str] | None = None) -> int:
     multi.add_argument("--pick", help="parallel protocols: first (to arrive), best (least noisy, see docs/multi-es.md), "
                        "an ES number, or ask (default: ask on a terminal, else first)")
     multi.add_argument("--overlap", type=int, help="cooperative: latent columns of overlap per window side "
-                       "(default max(1, latent/8); 0 = naive tiling)")
+                       "(default max(2, latent/8); 0 = naive tiling)")
+    multi.add_argument("--sync-every", type=SYNC, help="cooperative: DDIM steps between two fusions of the windows "
+                       "on the UE (default 1: every step, one image with no seam; 0 = never, each window alone)")
     multi.add_argument("--head", type=HEAD, help="cooperative: fraction of the DDIM schedule every ES runs on the "
-                       "whole latent before its window (default 0.8: one coherent layout; 0 = windows only, fastest)")
+                       "whole latent before its window (default 0; 0.8 reproduces the single-ES layout, but every "
+                       "ES repeats those steps)")
     multi.add_argument("--broadcast", action="store_true", help="count a seed sent to every ES once in the totals "
                        "(one broadcast transmission) instead of N unicasts")
     multi.add_argument("--fallback", action="store_true", help="cooperative: if an ES fails, run the single-ES "
@@ -283,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     ovh.add_argument("--fc", type=float, action="append", help="compression rate (repeat; default 1 and Table II's)")
     ovh.add_argument("--es-count", type=int, default=2, help="multi-ES protocols: how many edge servers (default 2)")
     ovh.add_argument("--broadcast", action="store_true", help="multi-ES: count a seed sent to every ES once")
+    ovh.add_argument("--steps", type=STEPS, default=25, help="cooperative: DDIM steps of the generation (default 25)")
+    ovh.add_argument("--sync-every", type=SYNC, help="cooperative: steps per round (default 1; 0 = one round)")
     ovh.add_argument("--json", action="store_true")
     cmp_ = sub.add_parser("compare", help="run every single-ES (or --multi-es) protocol on one prompt; write a panel and a table")
     cmp_.add_argument("prompt")
@@ -292,6 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     cmp_.add_argument("--multi-es", action="store_true", help="the multi-ES protocols over the proxy's ESs (--es picks)")
     cmp_.add_argument("--pick", help="--multi-es: first, best or an ES number (default first)")
     cmp_.add_argument("--overlap", type=int, help="--multi-es: cooperative overlap (latent columns per side)")
+    cmp_.add_argument("--sync-every", type=SYNC, help="--multi-es: cooperative steps per round (default 1)")
     cmp_.add_argument("--broadcast", action="store_true", help="--multi-es: count a seed sent to every ES once")
     cmp_.add_argument("--out", required=True, help="folder for panel.png, the images and overhead.json")
     cmp_.add_argument("--admin-token-file", help=f"the proxy's admin token: compare sets the links (default: "

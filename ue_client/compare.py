@@ -122,7 +122,7 @@ def _run_all(parts: ModelParts, client: EdgeClient, clients: dict[str, EdgeClien
         for c in r.candidates:
             save_png(c.tensor, out / f"{name.lower()}-{c.es}{'-sketch' if c.key == 'sketch' else ''}.png")
         predicted = protocol_overhead(name, task, parts.geometry, params.fc or 1.0, n_es=len(clients),
-                                      halo=opts.halo, broadcast=opts.broadcast)
+                                      halo=opts.halo, broadcast=opts.broadcast, rounds=r.rounds or 1)
         rows.append({**r.summary(), "predicted_total_symbols": predicted.total_symbols})
         extra = f" · {r.picked}" if r.picked else ""
         captions[name] = f"{name}{extra}\nsymbols {r.uplink.symbols + r.downlink.symbols:,d}"

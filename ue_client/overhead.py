@@ -6,7 +6,8 @@ and the downlink what it returns (:func:`shared.protocols.plan`); each tensor ke
 
 Multi-ES protocols (paper 1 §III) are counted for ``n_es`` edge servers, summed over their links: a
 parallel fan-out sends and returns its keys once per ES (the uplink once in all with ``broadcast``); a
-cooperative share sends and returns each ES's window (:mod:`shared.tiles`, overlap ``halo``).
+cooperative share sends and returns each ES's window (:mod:`shared.tiles`, overlap ``halo``), once per round
+(``rounds``: with the windows fused every step, as many rounds as steps; :func:`cooperative_rounds`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from dataclasses import asdict, dataclass
 
 from shared.geometry import SEED_KEYS, Geometry
 from shared.protocols import PROTOCOLS, TASKS, TEXT_KEYS, plan
-from shared.tiles import Share, default_halo
+from shared.schedule import cooperative_schedule
+from shared.tiles import DEFAULT_SYNC, Share, default_halo
 
 #: Paper 2's Table II compression rates.
 TABLE_II_FCS = (0.1, 0.3, 0.5, 0.7, 0.9)
@@ -41,11 +43,19 @@ class OverheadRow:
         return {**asdict(self), "total_symbols": self.total_symbols}
 
 
+def cooperative_rounds(steps: int, sync: int | None = None, task: str = "txt2img") -> int:
+    """Rounds of a cooperative generation of ``steps`` steps fused every ``sync`` (None: the default; 0: one
+    round; img2img at the default strength) — :func:`shared.schedule.cooperative_schedule` without a head."""
+    share = Share(0, 2, sync=DEFAULT_SYNC if sync is None else sync)
+    return len(cooperative_schedule(steps, 0.0, share, task == "img2img"))
+
+
 def protocol_overhead(name: str, task: str, geometry: Geometry, fc: float = 1.0, n_es: int = 2,
-                      halo: int | None = None, broadcast: bool = False) -> OverheadRow:
-    """Symbols each way for one generation (multi-ES protocols: over ``n_es`` links, see the module doc)."""
+                      halo: int | None = None, broadcast: bool = False, rounds: int = 1) -> OverheadRow:
+    """Symbols each way for one generation (multi-ES protocols: over ``n_es`` links; cooperative ones in
+    ``rounds`` rounds; see the module doc)."""
     spec = PROTOCOLS[name]
-    segments = plan(spec.stages[task], task)  # type: ignore[index,arg-type]
+    segments = plan(spec.stages[task], task, rounds)  # type: ignore[index,arg-type]
     n = n_es if spec.multi_es else 1
     h = default_halo(geometry.latent_size) if halo is None else halo
     up = down = 0
@@ -62,8 +72,8 @@ def protocol_overhead(name: str, task: str, geometry: Geometry, fc: float = 1.0,
                 up += sum(geometry.symbols(k, fc, part) for k in tensors_up)
             down += sum(geometry.symbols(k, fc, part) for k in seg.returns)
         mark = "" if seg.fan == "one" else f" ×{n}"
-        up_keys += [k + mark for k in seg.receives]
-        down_keys += [k + mark for k in seg.returns]
+        up_keys += [k + mark for k in seg.receives if k + mark not in up_keys]
+        down_keys += [k + mark for k in seg.returns if k + mark not in down_keys]
     return OverheadRow(name, task, fc, up, down, tuple(k for k in up_keys if k.split(" ")[0] not in TEXT_KEYS),
                        tuple(down_keys), any(k.split(" ")[0] in TEXT_KEYS for k in up_keys), n)
 
@@ -75,15 +85,17 @@ def uses_seeds(name: str, task: str) -> bool:
 
 
 def overhead_table(geometry: Geometry, fcs: tuple[float, ...] = (1.0,), tasks: tuple[str, ...] = TASKS,
-                   n_es: int = 2, broadcast: bool = False) -> list[OverheadRow]:
-    """Every protocol × task (multi-ES ones for ``n_es`` ES); protocols that send seeds get one row per fc."""
+                   n_es: int = 2, broadcast: bool = False, steps: int = 25, sync: int | None = None) -> list[OverheadRow]:
+    """Every protocol × task (multi-ES ones for ``n_es`` ES; cooperative ones fused every ``sync`` of ``steps``
+    steps, :func:`cooperative_rounds`); protocols that send seeds get one row per fc."""
     rows = []
     for task in tasks:
         for name, spec in PROTOCOLS.items():
             if task not in spec.stages:
                 continue
             for fc in fcs if uses_seeds(name, task) else (1.0,):
-                rows.append(protocol_overhead(name, task, geometry, fc, n_es, broadcast=broadcast))
+                rows.append(protocol_overhead(name, task, geometry, fc, n_es, broadcast=broadcast,
+                                              rounds=cooperative_rounds(steps, sync, task)))
     return rows
 
 

@@ -7,7 +7,7 @@ import math
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from typing import Any
 
@@ -15,11 +15,11 @@ import grpc
 import torch
 
 from shared import air
-from shared.model_ops import ModelOps, ModelParts, Params
+from shared.model_ops import DEFAULT_STRENGTH, ModelOps, ModelParts, Params, cooperative_schedule
 from shared.pb import air_pb2
-from shared.protocols import TEXT_KEYS, Segment, get_protocol, plan, run_protocol, seed_of
+from shared.protocols import TEXT_KEYS, ProtocolError, Segment, get_protocol, plan, run_protocol, seed_of
 from shared.serde import segment_request
-from shared.tiles import DEFAULT_HEAD, Share, default_halo
+from shared.tiles import DEFAULT_HEAD, DEFAULT_SYNC, Share, default_halo
 from ue_client.edge_client import EdgeClient, GeometryMismatch, check_geometry  # noqa: F401  (re-exported)
 from ue_client.pick import Candidate, Chooser
 from ue_client.transport import EdgeFailure, fan_out
@@ -78,6 +78,8 @@ class MultiOptions:
     fallback: bool = False
     #: cooperative: fraction of the schedule every ES runs on the full latent first (None: DEFAULT_HEAD)
     head: float | None = None
+    #: cooperative: DDIM steps per round; the UE fuses the windows between rounds (None: DEFAULT_SYNC; 0: never)
+    sync: int | None = None
 
 
 @dataclass
@@ -96,6 +98,8 @@ class GenerationResult:
     failed: dict[str, str] = field(default_factory=dict)  # ES name -> what went wrong
     halo: int | None = None  # cooperative: the overlap used
     head: float | None = None  # cooperative: the shared head used (fraction of the schedule on the whole latent)
+    sync: int | None = None  # cooperative: steps per round (0: no fusion)
+    rounds: int | None = None  # cooperative: how many rounds ran (fusions on the UE: rounds - 1)
     broadcast: bool = False
     fallback_from: str | None = None  # the cooperative protocol that failed over to this one
 
@@ -116,6 +120,8 @@ class GenerationResult:
                 out["halo"] = self.halo
             if self.head is not None:
                 out["head"] = self.head
+            if self.sync is not None:
+                out["sync"], out["rounds"] = self.sync, self.rounds
             if self.fallback_from:
                 out["fallback_from"] = self.fallback_from
         return out
@@ -159,7 +165,6 @@ def generate(
 
     opts = options or MultiOptions()
     spec, stages = get_protocol(protocol, task)
-    segments = plan(stages, task)  # type: ignore[arg-type]
     if clients is None:
         clients = {} if client is None else {dict(client.metadata).get("meg-es", "es0"): client}
     names = list(clients) if spec.multi_es else list(clients)[:1]
@@ -168,7 +173,18 @@ def generate(
     g = parts.geometry
     halo = (default_halo(g.latent_size) if opts.halo is None else opts.halo) if spec.cooperative else 0
     head = (DEFAULT_HEAD if opts.head is None else opts.head) if spec.cooperative else 0.0
-    share_list = [Share(i, len(names), halo, head).check(g.latent_size) for i in range(len(names))] if spec.multi_es else [Share(0, 1)]
+    sync = (DEFAULT_SYNC if opts.sync is None else opts.sync) if spec.cooperative else 0
+    share_list = ([Share(i, len(names), halo, head, sync).check(g.latent_size) for i in range(len(names))]
+                  if spec.multi_es else [Share(0, 1)])
+    rounds = 1
+    if spec.cooperative:
+        # every ES must run the same schedule: send the steps and strength explicitly (not each ES's default)
+        params = replace(params, steps=params.steps or parts.meg.es_steps, strength=params.strength or DEFAULT_STRENGTH)
+        try:
+            rounds = len(cooperative_schedule(params, parts.meg.es_steps, share_list[0], task == "img2img")[1])
+        except ValueError as exc:
+            raise ProtocolError(str(exc)) from None
+    segments = plan(stages, task, rounds)  # type: ignore[arg-type]
     request_id = uuid.uuid4().hex[:12]
     accounts = {n: (LinkAccount(), LinkAccount()) for n in names}
     totals = (LinkAccount(), LinkAccount())
@@ -261,5 +277,7 @@ def generate(
         spec.name, task, image, time.perf_counter() - started, es_seconds[0], totals[0], totals[1],
         sketch if isinstance(sketch, torch.Tensor) else None,
         es=accounts if spec.multi_es else None, candidates=chosen, picked=picked[0] if picked else None,
-        failed=failed, halo=halo if spec.cooperative else None, head=head if spec.cooperative else None, broadcast=opts.broadcast and spec.multi_es,
+        failed=failed, halo=halo if spec.cooperative else None, head=head if spec.cooperative else None,
+        sync=sync if spec.cooperative else None, rounds=rounds if spec.cooperative else None,
+        broadcast=opts.broadcast and spec.multi_es,
     )

@@ -54,16 +54,18 @@ class SegmentRequest(_message.Message):
     def __init__(self, protocol: _Optional[str] = ..., segment: _Optional[int] = ..., task: _Optional[str] = ..., params: _Optional[_Union[GenerationParams, _Mapping]] = ..., prompt: _Optional[str] = ..., tensors: _Optional[_Iterable[_Union[_air_pb2.AirTensor, _Mapping]]] = ..., request_id: _Optional[str] = ..., share: _Optional[_Union[Share, _Mapping]] = ...) -> None: ...
 
 class Share(_message.Message):
-    __slots__ = ("index", "count", "halo", "head")
+    __slots__ = ("index", "count", "halo", "head", "sync")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
     HALO_FIELD_NUMBER: _ClassVar[int]
     HEAD_FIELD_NUMBER: _ClassVar[int]
+    SYNC_FIELD_NUMBER: _ClassVar[int]
     index: int
     count: int
     halo: int
     head: float
-    def __init__(self, index: _Optional[int] = ..., count: _Optional[int] = ..., halo: _Optional[int] = ..., head: _Optional[float] = ...) -> None: ...
+    sync: int
+    def __init__(self, index: _Optional[int] = ..., count: _Optional[int] = ..., halo: _Optional[int] = ..., head: _Optional[float] = ..., sync: _Optional[int] = ...) -> None: ...
 
 class SegmentResponse(_message.Message):
     __slots__ = ("tensors", "uplink_seen", "es_seconds")
