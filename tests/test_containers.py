@@ -26,7 +26,7 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
-BASE_IMAGE = os.environ.get("MEG_BASE_IMAGE", "python:3.11-slim")
+BASE_IMAGE = os.environ.get("MEG_COMPOSE_BASE_IMAGE", "python:3.11-slim")
 PROMPT = "a large red circle on a white background"
 VIA = "channel:50052"
 
@@ -79,7 +79,7 @@ def test_compose_file_is_valid_with_every_profile(tmp_path: Path) -> None:
     cli = _compose_cli()
     if cli is None:
         pytest.skip("no Compose CLI (docker compose plugin or docker-compose)")
-    env = {**os.environ, "MEG_OUT": str(tmp_path)}
+    env = {**os.environ, "MEG_COMPOSE_OUT": str(tmp_path)}
     res = _run([*cli, "-f", str(COMPOSE_FILE), "--profile", "multi-es", "--profile", "gpu", "--profile", "cli", "config"], env=env)
     assert res.returncode == 0, res.stderr
     import yaml
@@ -179,9 +179,11 @@ def _ensure_base_image(env: dict[str, str]) -> None:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     out = tmp_path_factory.mktemp("compose-out")
     out.chmod(0o777)  # the containers run as uid 1000
-    env = {**os.environ, "MEG_OUT": str(out), "MEG_CHANNEL_PUBLISH": "127.0.0.1:0", "MEG_BASE_IMAGE": BASE_IMAGE}
-    for k in ("MEG_ES_ARGS", "MEG_CHANNEL_ARGS", "MEG_MODELS", "MEG_CONFIGS", "MEG_CHANNEL_PROFILES"):
-        env.pop(k, None)
+    # no compose setting from the caller's shell (image names and build arguments excepted), then ours
+    keep = ("_IMAGE", "_TORCH_SPEC", "_TORCH_INDEX_URL", "_UID")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MEG_COMPOSE_") or k.endswith(keep)}
+    env.update({"MEG_COMPOSE_OUT": str(out), "MEG_COMPOSE_CHANNEL_PUBLISH": "127.0.0.1:0",
+                "MEG_COMPOSE_BASE_IMAGE": BASE_IMAGE})
     s = Stack(project=f"megtest{uuid.uuid4().hex[:8]}", out=out, env=env)
     _ensure_base_image(env)
     t0 = time.monotonic()
@@ -289,7 +291,7 @@ def test_tls_and_tokens_override(stack: Stack, tmp_path: Path) -> None:
         f.chmod(0o644)  # a throwaway test CA: readable by the containers' uid
     stack.compose("down", "-v", "--remove-orphans", "--timeout", "20", profiles=["multi-es", "cli"], timeout=180)
     stack.overrides = (ROOT / "docker" / "compose.tls.yml",)
-    stack.env["MEG_CERTS"] = str(certs)
+    stack.env["MEG_COMPOSE_CERTS"] = str(certs)
     stack.compose("up", "-d", timeout=600)
     stack.wait_healthy(["es0", "channel"])  # the TLS health checks pass
     tls = ["--tls-ca", "/certs/ca.pem", "--tls-cert", "/certs/ue.pem", "--tls-key", "/certs/ue.key"]
