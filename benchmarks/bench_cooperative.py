@@ -2,9 +2,10 @@
 the UE in this process; everything the ESs send and receive crosses the proxy and is counted on its link.
 
 ``seams``  (meg-tiny, the trained model): for several prompts and seeds, the single-ES image (UIEG, one ES)
-           against UIDCG with overlapping windows (the default halo) and against naive tiling (halo 0):
-           PSNR vs the single-ES image and the seam score (mean |horizontal gradient| on the tile border /
-           elsewhere; shared.tiles.seam_score) of each. Writes seams.json and docs/img/multi-es.png.
+           against UIDCG's arms (coop_arms: fused every step, the default; windows never fused; a shared head;
+           naive tiling): PSNR vs the single-ES image and the seam score (mean |horizontal gradient| on the
+           tile border / elsewhere; shared.tiles.seam_score) of each, for txt2img and for img2img (shapes
+           inputs whose objects cross the cut). Writes seams.json and docs/img/multi-es.png.
 ``latency`` (a random pipeline with SD-v1.5's UNet widths, `meg-edge make-random-model --size sd-v1-5`,
            compute-bound): one generation's wall time with 1 ES (UIEG) vs 2 ESs (UIDCG, overlap and naive),
            arms interleaved and repeated; each ES process pinned to its own core (`taskset -c 0` / `-c 1`,
@@ -35,7 +36,7 @@ import torch
 
 from shared.images import psnr, save_png
 from shared.model_ops import ModelParts, Params
-from shared.tiles import DEFAULT_HEAD, Share, border_psnr, boundaries, default_halo, seam_score
+from shared.tiles import DEFAULT_HEAD, DEFAULT_SYNC, Share, border_psnr, boundaries, default_halo, seam_score
 from ue_client.session import MultiOptions, generate
 from ue_client.transport import connect
 
@@ -75,23 +76,28 @@ def two_edges(model: str, pin: bool) -> Iterator[tuple[str, list[int]]]:
                 os.environ[k] = v
 
 
-#: Cooperative arms as (halo, shared head): naive tiles; windows from the first step (the first design);
-#: the default (halo w/8, head DEFAULT_HEAD); a wider overlap with a shorter head.
-def coop_arms(width: int) -> dict[str, tuple[int, float]]:
+#: Cooperative arms as (halo, shared head, sync): the default (windows fused on the UE after every step);
+#: windows never fused (each runs alone to the end); a shared head of 0.8 then windows never fused (every ES
+#: repeats the head); naive tiles (no overlap, never fused).
+def coop_arms(width: int) -> dict[str, tuple[int, float, int]]:
     h = default_halo(width)
-    return {"naive (halo 0)": (0, 0.0), f"halo {h}, no head": (h, 0.0),
-            f"halo {h}, head {DEFAULT_HEAD:g} (default)": (h, DEFAULT_HEAD), f"halo {2 * h}, head 0.6": (2 * h, 0.6)}
+    return {f"fused every step, halo {h} (default)": (h, DEFAULT_HEAD, DEFAULT_SYNC),
+            f"windows never fused, halo {h}": (h, 0.0, 0),
+            f"head 0.8, halo {h}": (h, 0.8, 0),
+            "naive tiles": (0, 0.0, 0)}
 
 
-def _arms(parts: ModelParts, via: str, prompt: str, p: Params, arms: dict[str, tuple[int, float]]) -> dict[str, object]:
-    """One prompt + seed: the single-ES image (UIEG on es0) and UIDCG on es0 + es1 for each (halo, head) arm."""
+def _arms(parts: ModelParts, via: str, prompt: str, p: Params, arms: dict[str, tuple[int, float, int]],
+          image_in: torch.Tensor | None = None) -> dict[str, object]:
+    """One prompt + seed: the single-ES image (UIEG on es0) and UIDCG on es0 + es1 for each arm."""
+    task = "txt2img" if image_in is None else "img2img"
     one = connect(via, ["es0"], timeout_s=3600)
     two = connect(via, ["es0", "es1"], timeout_s=3600)
     try:
-        out: dict[str, object] = {"single": generate(parts, one["es0"], prompt, "UIEG", "txt2img", p)}
-        for name, (h, head) in arms.items():
-            out[name] = generate(parts, None, prompt, "UIDCG", "txt2img", p, clients=two,
-                                 options=MultiOptions(halo=h, head=head))
+        out: dict[str, object] = {"single": generate(parts, one["es0"], prompt, "UIEG", task, p, image_in)}
+        for name, (h, head, sync) in arms.items():
+            out[name] = generate(parts, None, prompt, "UIDCG", task, p, image_in, clients=two,
+                                 options=MultiOptions(halo=h, head=0.0 if task == "img2img" else head, sync=sync))
     finally:
         for c in [*one.values(), *two.values()]:
             c.close()
@@ -102,56 +108,85 @@ def _label(arm: str) -> str:
     return {"single": "1 ES (UIEG)"}.get(arm, f"UIDCG 2 ES\n{arm.replace(' (default)', '')}")
 
 
-def seams(args: argparse.Namespace) -> dict[str, object]:
+def _cases(args: argparse.Namespace) -> Iterator[tuple[str, str, int, torch.Tensor | None]]:
+    """(task, prompt, seed, input image): txt2img over PROMPTS × seeds; img2img over as many shapes inputs
+    (one to three shapes at random places, so objects cross the cut; the prompt recolours one)."""
+    from shared import shapes
+
+    for prompt in PROMPTS:
+        for seed in range(args.seeds):
+            yield "txt2img", prompt, seed, None
+    images, _, prompts, _ = shapes.img2img_batch(7, 0, len(PROMPTS) * args.seeds, n_shapes=None)
+    for i, prompt in enumerate(prompts):
+        yield "img2img", prompt, i, (images[i:i + 1] + 1) / 2
+
+
+def _figure(rows: list[tuple[dict[str, torch.Tensor], dict[str, str]]], path: Path) -> None:
+    """Stack one labelled panel per case into one picture."""
+    from PIL import Image
+
     from ue_client.compare import panel
 
+    panels = [panel(pics, caps, cell=128) for pics, caps in rows]
+    out = Image.new("RGB", (max(p.width for p in panels), sum(p.height for p in panels)), "white")
+    y = 0
+    for p in panels:
+        out.paste(p, (0, y))
+        y += p.height
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out.save(path)
+
+
+def seams(args: argparse.Namespace) -> dict[str, object]:
     parts = ModelParts.load(args.model, "cpu")
     g = parts.geometry
     border = boundaries(2, g.latent_size, g.image_size // g.latent_size)
     arms = coop_arms(g.latent_size)
-    shown = ["single", *arms][:4]
     band = 2 * (g.image_size // g.latent_size)  # pixels each side of the border: two latent columns
-    rows: list[dict[str, object]] = []
-    pictures: dict[str, torch.Tensor] = {}
-    captions: dict[str, str] = {}
+    rows: dict[str, list[dict[str, object]]] = {"txt2img": [], "img2img": []}
+    figure: list[tuple[dict[str, torch.Tensor], dict[str, str]]] = []
     with two_edges(args.model or str(ROOT / "shared" / "weights" / "meg-tiny"), pin=False) as (via, _):
-        for k, prompt in enumerate(PROMPTS):
-            for seed in range(args.seeds):
-                res = _arms(parts, via, prompt, Params(seed=seed, steps=args.steps), arms)
-                ref = res["single"].image  # type: ignore[attr-defined]
-                row: dict[str, object] = {"prompt": prompt, "seed": seed}
-                for arm, r in res.items():
-                    img = r.image  # type: ignore[attr-defined]
-                    near, rest = border_psnr(img, ref, border, band) if arm != "single" else (None, None)
-                    row[arm] = {"seam_global": round(seam_score(img, border), 3),
-                                "seam_local": round(seam_score(img, border, local=4), 3),
-                                "psnr_vs_single_db": None if arm == "single" else round(psnr(img, ref, max_db=99.0), 2),
-                                "psnr_border_band_db": None if near is None else round(near, 2),
-                                "psnr_rest_db": None if rest is None else round(rest, 2),
-                                "symbols": r.uplink.symbols + r.downlink.symbols}  # type: ignore[attr-defined]
-                    if seed == 0 and k < 2 and arm in shown:
-                        key = f"{k}-{arm}"
-                        pictures[key] = img
-                        psnr_txt = "" if arm == "single" else f", {row[arm]['psnr_vs_single_db']:.1f} dB"  # type: ignore[index]
-                        captions[key] = f"{_label(arm)}\nseam {row[arm]['seam_local']:.2f}{psnr_txt}"  # type: ignore[index]
-                    slug = "".join(c for c in arm if c.isalnum() or c == ".")
-                    save_png(img, OUT / "images" / f"{k}-{seed}-{slug}.png")
-                rows.append(row)
-    summary: dict[str, dict[str, float]] = {}
-    for arm in ("single", *arms):
-        summary[arm] = {m: round(statistics.mean([r[arm][m] for r in rows]), 3)  # type: ignore[index]
-                        for m in ("seam_global", "seam_local", "symbols")}
-        summary[arm]["seam_local_median"] = round(statistics.median([r[arm]["seam_local"] for r in rows]), 3)  # type: ignore[index]
-        if arm != "single":
-            for m in ("psnr_vs_single_db", "psnr_border_band_db", "psnr_rest_db"):
-                vals = [r[arm][m] for r in rows]  # type: ignore[index]
-                summary[arm][m] = round(statistics.mean(vals), 2)
-                summary[arm][m.replace("_db", "_min_db")] = round(min(vals), 2)
-    (ROOT / "docs" / "img").mkdir(parents=True, exist_ok=True)
-    panel(pictures, captions, cell=144).save(ROOT / "docs" / "img" / "multi-es.png")
+        for task, prompt, seed, image_in in _cases(args):
+            res = _arms(parts, via, prompt, Params(seed=seed, steps=args.steps), arms, image_in)
+            ref = res["single"].image  # type: ignore[attr-defined]
+            row: dict[str, object] = {"prompt": prompt, "seed": seed}
+            pics: dict[str, torch.Tensor] = {}
+            caps: dict[str, str] = {}
+            for arm, r in res.items():
+                img = r.image  # type: ignore[attr-defined]
+                near, rest = border_psnr(img, ref, border, band) if arm != "single" else (None, None)
+                row[arm] = {"seam_global": round(seam_score(img, border), 3),
+                            "seam_local": round(seam_score(img, border, local=4), 3),
+                            "psnr_vs_single_db": None if arm == "single" else round(psnr(img, ref, max_db=99.0), 2),
+                            "psnr_border_band_db": None if near is None else round(near, 2),
+                            "psnr_rest_db": None if rest is None else round(rest, 2),
+                            "symbols": r.uplink.symbols + r.downlink.symbols}  # type: ignore[attr-defined]
+                pics[arm] = img
+                psnr_txt = "" if arm == "single" else f", {row[arm]['psnr_vs_single_db']:.1f} dB"  # type: ignore[index]
+                caps[arm] = f"{task}: {_label(arm)}\nseam {row[arm]['seam_global']:.2f}{psnr_txt}"  # type: ignore[index]
+                slug = "".join(c for c in arm if c.isalnum() or c == ".")
+                save_png(img, OUT / "images" / f"{task}-{seed}-{len(rows[task])}-{slug}.png")
+            if len(rows[task]) in (0, args.seeds):  # the first seed of the first two prompts
+                figure.append((pics, caps))
+            rows[task].append(row)
+    summary: dict[str, dict[str, dict[str, float]]] = {}
+    for task, trows in rows.items():
+        summary[task] = {}
+        for arm in ("single", *arms):
+            sm = {m: round(statistics.mean([r[arm][m] for r in trows]), 3)  # type: ignore[index]
+                  for m in ("seam_global", "seam_local", "symbols")}
+            sm["seam_global_median"] = round(statistics.median([r[arm]["seam_global"] for r in trows]), 3)  # type: ignore[index]
+            if arm != "single":
+                for m in ("psnr_vs_single_db", "psnr_border_band_db", "psnr_rest_db"):
+                    vals = [r[arm][m] for r in trows]  # type: ignore[index]
+                    sm[m] = round(statistics.mean(vals), 2)
+                    sm[m.replace("_db", "_min_db")] = round(min(vals), 2)
+            summary[task][arm] = sm
+    _figure(figure, ROOT / "docs" / "img" / "multi-es.png")
     return {"model": args.model or "meg-tiny", "image_size": g.image_size, "latent": g.latent_size,
             "default_halo": default_halo(g.latent_size), "steps": args.steps or parts.meg.es_steps,
-            "arms_halo_head": arms, "border_columns": border, "border_band_px": band, "n": len(rows), "summary": summary, "rows": rows}
+            "arms_halo_head_sync": arms, "border_columns": border, "border_band_px": band,
+            "n": {t: len(r) for t, r in rows.items()}, "summary": summary, "rows": rows}
 
 
 def cpu_seconds(pid: int) -> float:
@@ -168,8 +203,9 @@ def latency(args: argparse.Namespace) -> dict[str, object]:
     torch.set_num_threads(1)
     parts = ModelParts.load(args.model, "cpu")
     g = parts.geometry
-    arms: dict[str, tuple[str, list[str], int | None, float]] = {"1 ES (UIEG)": ("UIEG", ["es0"], None, 0.0)}
-    arms |= {f"2 ES UIDCG {name}": ("UIDCG", ["es0", "es1"], h, head) for name, (h, head) in coop_arms(g.latent_size).items()}
+    arms: dict[str, tuple[str, list[str], int | None, float, int]] = {"1 ES (UIEG)": ("UIEG", ["es0"], None, 0.0, 0)}
+    arms |= {f"2 ES UIDCG {name}": ("UIDCG", ["es0", "es1"], h, head, sync)
+             for name, (h, head, sync) in coop_arms(g.latent_size).items()}
     times: dict[str, list[dict[str, float]]] = {name: [] for name in arms}
     images: dict[str, torch.Tensor] = {}
     quality: list[dict[str, float]] = []
@@ -177,15 +213,16 @@ def latency(args: argparse.Namespace) -> dict[str, object]:
         clients = connect(via, ["es0", "es1"], timeout_s=3600)
         try:
             def run(name: str, p: Params) -> dict[str, float]:
-                protocol, names, h, head = arms[name]
+                protocol, names, h, head, sync = arms[name]
                 before = [cpu_seconds(pid) for pid in pids]
                 ue0 = time.process_time()
                 r = generate(parts, clients["es0"], PROMPTS[0], protocol, "txt2img", p,
-                             clients={n: clients[n] for n in names}, options=MultiOptions(halo=h, head=head))
+                             clients={n: clients[n] for n in names}, options=MultiOptions(halo=h, head=head, sync=sync))
                 ue = time.process_time() - ue0
                 es_cpu = [cpu_seconds(pid) - b for pid, b in zip(pids, before)]
                 images[name] = r.image
                 return {"wall_s": round(r.seconds, 3), "es_wall_s_sum": round(r.es_seconds, 3),
+                        "symbols": r.uplink.symbols + r.downlink.symbols,
                         "es_cpu_s": [round(c, 2) for c in es_cpu],
                         "ue_cpu_s": round(ue, 3), "uncontended_s": round(max(es_cpu) + ue, 3)}
 
@@ -212,7 +249,8 @@ def latency(args: argparse.Namespace) -> dict[str, object]:
         row["speedup_wall"] = round(base["wall_s_median"] / row["wall_s_median"], 2)  # type: ignore[operator]
         row["speedup_uncontended"] = round(base["uncontended_s_median"] / row["uncontended_s_median"], 2)  # type: ignore[operator]
     return {"model": args.model, "geometry": g.__dict__, "steps": args.steps, "reps": args.reps,
-            "arms": {n: {"halo": a[2], "head": a[3], "head_steps": Share(0, len(a[1]), a[2] or 0, a[3]).head_steps(args.steps),
+            "arms": {n: {"halo": a[2], "head": a[3], "sync": a[4],
+                         "head_steps": Share(0, len(a[1]), a[2] or 0, a[3]).head_steps(args.steps),
                          "window_columns": [list(Share(i, len(a[1]), a[2] or 0).window(g.latent_size)) for i in range(len(a[1]))]}
                      for n, a in arms.items()},
             "pinning": "taskset -c 0 (es0), -c 1 (es1), OMP_NUM_THREADS=1 in both arms; UE unpinned, 1 thread",
