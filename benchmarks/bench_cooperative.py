@@ -76,12 +76,13 @@ def two_edges(model: str, pin: bool) -> Iterator[tuple[str, list[int]]]:
                 os.environ[k] = v
 
 
-#: Cooperative arms as (halo, shared head, sync): the default (windows fused on the UE after every step);
-#: windows never fused (each runs alone to the end); a shared head of 0.8 then windows never fused (every ES
-#: repeats the head); naive tiles (no overlap, never fused).
+#: Cooperative arms as (halo, shared head, sync): the default (windows fused on the UE every DEFAULT_SYNC
+#: steps); fused after every step; windows never fused (each runs alone to the end); a shared head of 0.8 then
+#: windows never fused (every ES repeats the head); naive tiles (no overlap, never fused).
 def coop_arms(width: int) -> dict[str, tuple[int, float, int]]:
     h = default_halo(width)
-    return {f"fused every step, halo {h} (default)": (h, DEFAULT_HEAD, DEFAULT_SYNC),
+    return {f"fused every {DEFAULT_SYNC} steps, halo {h} (default)": (h, DEFAULT_HEAD, DEFAULT_SYNC),
+            f"fused every step, halo {h}": (h, DEFAULT_HEAD, 1),
             f"windows never fused, halo {h}": (h, 0.0, 0),
             f"head 0.8, halo {h}": (h, 0.8, 0),
             "naive tiles": (0, 0.0, 0)}
@@ -96,8 +97,10 @@ def _arms(parts: ModelParts, via: str, prompt: str, p: Params, arms: dict[str, t
     try:
         out: dict[str, object] = {"single": generate(parts, one["es0"], prompt, "UIEG", task, p, image_in)}
         for name, (h, head, sync) in arms.items():
+            if head and task == "img2img":
+                continue  # img2img runs no head (the input image fixes the layout)
             out[name] = generate(parts, None, prompt, "UIDCG", task, p, image_in, clients=two,
-                                 options=MultiOptions(halo=h, head=0.0 if task == "img2img" else head, sync=sync))
+                                 options=MultiOptions(halo=h, head=head, sync=sync))
     finally:
         for c in [*one.values(), *two.values()]:
             c.close()
@@ -137,6 +140,38 @@ def _figure(rows: list[tuple[dict[str, torch.Tensor], dict[str, str]]], path: Pa
     out.save(path)
 
 
+def _noisy(args: argparse.Namespace, parts: ModelParts, via: str, arms: dict[str, tuple[int, float, int]]
+           ) -> dict[str, dict[str, float]]:
+    """txt2img with every link (ue->es0, ue->es1, both ways) at ``args.snr_db`` dB AWGN: PSNR of each arm (and
+    of UIEG through the same link) against the single-ES image over an ideal link."""
+    from shared.pb import channel_pb2
+    from ue_client.compare import read_links, set_links
+
+    links = ["ue->es0", "ue->es1"]
+    before = read_links(via, links)
+    ideal = channel_pb2.Profile(model="ideal")
+    awgn = channel_pb2.Profile(model="awgn", snr_db=args.snr_db)
+    scores: dict[str, list[float]] = {}
+    try:
+        for task, prompt, seed, _ in _cases(args):
+            if task != "txt2img":
+                continue
+            p = Params(seed=seed, steps=args.steps)
+            set_links(via, {link: (ideal, ideal) for link in links})
+            one = connect(via, ["es0"], timeout_s=3600)
+            try:
+                ref = generate(parts, one["es0"], prompt, "UIEG", "txt2img", p).image
+            finally:
+                one["es0"].close()
+            set_links(via, {link: (awgn, awgn) for link in links})
+            for arm, r in _arms(parts, via, prompt, p, arms).items():
+                scores.setdefault(arm, []).append(psnr(r.image, ref, max_db=99.0))  # type: ignore[attr-defined]
+    finally:
+        set_links(via, before)
+    return {arm: {"psnr_vs_ideal_single_db": round(statistics.mean(v), 2), "min_db": round(min(v), 2)}
+            for arm, v in scores.items()}
+
+
 def seams(args: argparse.Namespace) -> dict[str, object]:
     parts = ModelParts.load(args.model, "cpu")
     g = parts.geometry
@@ -146,6 +181,7 @@ def seams(args: argparse.Namespace) -> dict[str, object]:
     rows: dict[str, list[dict[str, object]]] = {"txt2img": [], "img2img": []}
     figure: list[tuple[dict[str, torch.Tensor], dict[str, str]]] = []
     with two_edges(args.model or str(ROOT / "shared" / "weights" / "meg-tiny"), pin=False) as (via, _):
+        noisy = _noisy(args, parts, via, arms) if args.snr_db is not None else None
         for task, prompt, seed, image_in in _cases(args):
             res = _arms(parts, via, prompt, Params(seed=seed, steps=args.steps), arms, image_in)
             ref = res["single"].image  # type: ignore[attr-defined]
@@ -172,7 +208,7 @@ def seams(args: argparse.Namespace) -> dict[str, object]:
     summary: dict[str, dict[str, dict[str, float]]] = {}
     for task, trows in rows.items():
         summary[task] = {}
-        for arm in ("single", *arms):
+        for arm in [a for a in ("single", *arms) if a in trows[0]]:
             sm = {m: round(statistics.mean([r[arm][m] for r in trows]), 3)  # type: ignore[index]
                   for m in ("seam_global", "seam_local", "symbols")}
             sm["seam_global_median"] = round(statistics.median([r[arm]["seam_global"] for r in trows]), 3)  # type: ignore[index]
@@ -182,6 +218,8 @@ def seams(args: argparse.Namespace) -> dict[str, object]:
                     sm[m] = round(statistics.mean(vals), 2)
                     sm[m.replace("_db", "_min_db")] = round(min(vals), 2)
             summary[task][arm] = sm
+    if noisy is not None:
+        summary[f"txt2img at {args.snr_db:g} dB AWGN"] = noisy
     _figure(figure, ROOT / "docs" / "img" / "multi-es.png")
     return {"model": args.model or "meg-tiny", "image_size": g.image_size, "latent": g.latent_size,
             "default_halo": default_halo(g.latent_size), "steps": args.steps or parts.meg.es_steps,
@@ -205,7 +243,8 @@ def latency(args: argparse.Namespace) -> dict[str, object]:
     g = parts.geometry
     arms: dict[str, tuple[str, list[str], int | None, float, int]] = {"1 ES (UIEG)": ("UIEG", ["es0"], None, 0.0, 0)}
     arms |= {f"2 ES UIDCG {name}": ("UIDCG", ["es0", "es1"], h, head, sync)
-             for name, (h, head, sync) in coop_arms(g.latent_size).items()}
+             for name, (h, head, sync) in coop_arms(g.latent_size).items()
+             if not args.only or any(word in name for word in args.only.split(","))}
     times: dict[str, list[dict[str, float]]] = {name: [] for name in arms}
     images: dict[str, torch.Tensor] = {}
     quality: list[dict[str, float]] = []
@@ -266,6 +305,9 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=4)
     ap.add_argument("--steps", type=int, default=0)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--only", help="latency: the cooperative arms whose names contain one of these words (comma-separated)")
+    ap.add_argument("--snr-db", type=float, help="seams: also run txt2img with every link at this SNR (AWGN)")
+    ap.add_argument("--name", help="the result file's name (default: seams.json / latency.json)")
     args = ap.parse_args()
     if args.what == "latency" and not args.model:
         ap.error("latency needs --model (make one: meg-edge make-random-model DIR --size sd-v1-5)")
@@ -274,7 +316,7 @@ def main() -> None:
     report |= {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
                "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()], "wall_s": round(time.time() - started, 1)}
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / f"{args.what}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (OUT / (args.name or f"{args.what}.json")).write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report.get("summary"), indent=2))
 
 

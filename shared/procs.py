@@ -5,11 +5,13 @@ Used by the tests and the benchmarks alike (neither imports the other's helpers)
 
 from __future__ import annotations
 
+import collections
 import os
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -36,6 +38,7 @@ def running(argv: Sequence[str], health_service: str = "", timeout: float = 120.
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # HF offline: inherited (importing shared sets it)
     proc = subprocess.Popen(list(argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     port = None
+    drain: threading.Thread | None = None
     lines: list[str] = []
     deadline = time.monotonic() + timeout
     try:
@@ -49,6 +52,11 @@ def running(argv: Sequence[str], health_service: str = "", timeout: float = 120.
             port = int(m.group(1)) if m else None
             if time.monotonic() > deadline:
                 raise TimeoutError("".join(lines))
+        # keep reading its output (the last lines stay in ``proc.tail``): a daemon that logs into a pipe nobody
+        # drains blocks once the pipe's buffer (64 KiB) is full
+        proc.tail = collections.deque(lines, maxlen=200)  # type: ignore[attr-defined]
+        drain = threading.Thread(target=proc.tail.extend, args=(proc.stdout,), daemon=True)  # type: ignore[attr-defined]
+        drain.start()
         with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
             status = health_pb2_grpc.HealthStub(ch).Check(
                 health_pb2.HealthCheckRequest(service=health_service), timeout=30, wait_for_ready=True
@@ -63,6 +71,8 @@ def running(argv: Sequence[str], health_service: str = "", timeout: float = 120.
             except subprocess.TimeoutExpired:
                 proc.kill()
                 raise
+        if drain is not None:
+            drain.join(10)  # it ends at the output's end
         if proc.stdout:
             proc.stdout.close()
     assert proc.returncode == 0, f"{argv[0]} did not stop cleanly: {proc.returncode}"

@@ -92,8 +92,10 @@ class Share:
 #: The shared head used when none is asked for: none (the windows are fused every step instead). A head of
 #: 0.8 reproduces the single-ES image on meg-tiny (27.5 dB) but each ES repeats it (sweep in docs/multi-es.md).
 DEFAULT_HEAD = 0.0
-#: Steps per round when none is asked for: fuse after every step (MultiDiffusion's per-step fusion).
-DEFAULT_SYNC = 1
+#: Steps per round when none is asked for: fuse after every 5th step. Every fusion sends each window over
+#: the air and back, and over a noisy link the channel's noise accumulates round after round (25 rounds at
+#: 10 dB AWGN ruin the image; 5 do not; docs/multi-es.md); on an ideal link every step (1) is as fast.
+DEFAULT_SYNC = 5
 #: The most steps a round may span (longer than any schedule we run; 0 means no fusion at all).
 MAX_SYNC = 1000
 

@@ -18,7 +18,7 @@ from shared.model_ops import ModelParts, Params
 from shared.pb import channel_pb2, channel_pb2_grpc
 from shared.procs import running, script
 from shared.protocols import PROTOCOLS
-from shared.tiles import DEFAULT_HEAD, DEFAULT_SYNC, default_halo
+from shared.tiles import DEFAULT_HEAD, default_halo
 from ue_client.session import MultiOptions, generate
 from ue_client.transport import connect, discover
 
@@ -70,7 +70,7 @@ def test_all_multi_es_protocols_through_two_real_edge_servers(two_es: TwoES, tas
         for name in MULTI:
             ctl.ResetChannel(channel_pb2.ResetChannelRequest(stats=True), timeout=10)
             r = generate(two_es.parts, None, PROMPT, name, task, Params(seed=5, steps=2), image_in, clients=clients,
-                         options=MultiOptions(pick="best"))
+                         options=MultiOptions(pick="best", sync=1))
             assert r.image.shape == (1, 3, 32, 32) and bool(torch.isfinite(r.image).all())
             assert float(r.image.std()) > 0.01  # (pixels that crossed the noisy downlink may leave [0, 1])
             assert r.failed == {} and r.es is not None and set(r.es) == {"es0", "es1"}
@@ -79,7 +79,7 @@ def test_all_multi_es_protocols_through_two_real_edge_servers(two_es: TwoES, tas
                 # round one downlink per ES
                 rounds = 2 if task == "txt2img" else 1
                 assert r.halo == default_halo(4) and r.head == DEFAULT_HEAD and not r.candidates
-                assert (r.sync, r.rounds) == (DEFAULT_SYNC, rounds)
+                assert (r.sync, r.rounds) == (1, rounds)
                 assert all(d.transmissions == rounds for _, d in r.es.values())
             else:  # two candidates from two seeds (seed + i): different images, one of them taken
                 assert [c.es for c in r.candidates] == ["es0", "es1"] and r.picked in ("es0", "es1")
@@ -110,7 +110,8 @@ def test_one_es_cooperative_is_the_single_es_image(two_es: TwoES) -> None:
     clients = connect(two_es.via, ["es0"], ue_id="solo")
     try:
         p = Params(seed=9, steps=3)
-        coop = generate(two_es.parts, None, PROMPT, "UIDCG", "txt2img", p, clients=clients).image
+        coop = generate(two_es.parts, None, PROMPT, "UIDCG", "txt2img", p, clients=clients,
+                        options=MultiOptions(sync=1)).image
         single = generate(two_es.parts, clients["es0"], PROMPT, "UIEG", "txt2img", p).image
     finally:
         clients["es0"].close()

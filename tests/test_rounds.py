@@ -63,7 +63,7 @@ def test_overhead_counts_every_round() -> None:
     window = 4 * 64 * 40  # halo 8 of a 64-column latent: 40 columns per window
     assert five.downlink_symbols - one.downlink_symbols == 4 * 2 * window  # 4 more windows down per ES
     assert five.uplink_symbols - one.uplink_symbols == 4 * 2 * window  # and 4 fused windows up per ES
-    assert cooperative_rounds(25) == 25 and cooperative_rounds(25, 5) == 5 and cooperative_rounds(25, 0) == 1
+    assert cooperative_rounds(25) == 5 and cooperative_rounds(25, 1) == 25 and cooperative_rounds(25, 0) == 1
     assert cooperative_rounds(25, 1, "img2img") == 15
 
 

@@ -271,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     multi.add_argument("--overlap", type=int, help="cooperative: latent columns of overlap per window side "
                        "(default max(2, latent/8); 0 = naive tiling)")
     multi.add_argument("--sync-every", type=SYNC, help="cooperative: DDIM steps between two fusions of the windows "
-                       "on the UE (default 1: every step, one image with no seam; 0 = never, each window alone)")
+                       "on the UE (default 5; 1 = every step; 0 = never, each window alone). Each fusion sends every "
+                       "window over the air and back: on a noisy link fewer rounds keep the noise down")
     multi.add_argument("--head", type=HEAD, help="cooperative: fraction of the DDIM schedule every ES runs on the "
                        "whole latent before its window (default 0; 0.8 reproduces the single-ES layout, but every "
                        "ES repeats those steps)")
@@ -289,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     ovh.add_argument("--es-count", type=int, default=2, help="multi-ES protocols: how many edge servers (default 2)")
     ovh.add_argument("--broadcast", action="store_true", help="multi-ES: count a seed sent to every ES once")
     ovh.add_argument("--steps", type=STEPS, default=25, help="cooperative: DDIM steps of the generation (default 25)")
-    ovh.add_argument("--sync-every", type=SYNC, help="cooperative: steps per round (default 1; 0 = one round)")
+    ovh.add_argument("--sync-every", type=SYNC, help="cooperative: steps per round (default 5; 0 = one round)")
     ovh.add_argument("--json", action="store_true")
     cmp_ = sub.add_parser("compare", help="run every single-ES (or --multi-es) protocol on one prompt; write a panel and a table")
     cmp_.add_argument("prompt")
@@ -299,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     cmp_.add_argument("--multi-es", action="store_true", help="the multi-ES protocols over the proxy's ESs (--es picks)")
     cmp_.add_argument("--pick", help="--multi-es: first, best or an ES number (default first)")
     cmp_.add_argument("--overlap", type=int, help="--multi-es: cooperative overlap (latent columns per side)")
-    cmp_.add_argument("--sync-every", type=SYNC, help="--multi-es: cooperative steps per round (default 1)")
+    cmp_.add_argument("--sync-every", type=SYNC, help="--multi-es: cooperative steps per round (default 5)")
     cmp_.add_argument("--broadcast", action="store_true", help="--multi-es: count a seed sent to every ES once")
     cmp_.add_argument("--out", required=True, help="folder for panel.png, the images and overhead.json")
     cmp_.add_argument("--admin-token-file", help=f"the proxy's admin token: compare sets the links (default: "
