@@ -17,8 +17,9 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from shared.security import TlsFiles, secure_channel
 
 BIN = Path(sys.executable).parent
 
@@ -30,8 +31,10 @@ def script(name: str) -> str:
 
 
 @contextmanager
-def running(argv: Sequence[str], health_service: str = "", timeout: float = 120.0) -> Iterator[tuple[subprocess.Popen[str], int]]:
+def running(argv: Sequence[str], health_service: str = "", timeout: float = 120.0,
+            tls: TlsFiles | None = None) -> Iterator[tuple[subprocess.Popen[str], int]]:
     """Run ``argv`` (which prints ``listening on port N``), wait until health says SERVING, yield (proc, port).
+    ``tls``: the client's PEM files for a daemon that serves TLS (the health service needs no token).
 
     On exit: SIGTERM, and the process must end by itself with status 0 (graceful drain).
     """
@@ -57,7 +60,7 @@ def running(argv: Sequence[str], health_service: str = "", timeout: float = 120.
         proc.tail = collections.deque(lines, maxlen=200)  # type: ignore[attr-defined]
         drain = threading.Thread(target=proc.tail.extend, args=(proc.stdout,), daemon=True)  # type: ignore[attr-defined]
         drain.start()
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+        with secure_channel(f"127.0.0.1:{port}", tls) as ch:
             status = health_pb2_grpc.HealthStub(ch).Check(
                 health_pb2.HealthCheckRequest(service=health_service), timeout=30, wait_for_ready=True
             ).status

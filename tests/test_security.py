@@ -5,8 +5,6 @@ scripts/make-dev-certs.sh (no keys in git); the servers are real (in-process grp
 from __future__ import annotations
 
 import os
-import re
-import signal
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,7 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from shared.model_ops import Params
 from shared.pb import channel_pb2, channel_pb2_grpc, edge_pb2, edge_pb2_grpc
-from shared.procs import script
+from shared.procs import running, script
 from shared.security import TlsFiles, describe_auth_error, secure_channel
 from tests.conftest import BackgroundLoop
 from ue_client.edge_client import EdgeClient
@@ -191,54 +189,29 @@ def test_clis_say_one_line_when_not_trusted(secure_stack: SecureStack, pki: tupl
     assert r.returncode == 1 and "not authenticated" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
-def _start(argv: list[str]) -> tuple[subprocess.Popen, int]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    assert proc.stdout is not None
-    lines = []
-    for line in proc.stdout:
-        lines.append(line)
-        m = re.search(r"listening on port (\d+)", line)
-        if m:
-            return proc, int(m.group(1))
-    raise RuntimeError("".join(lines))
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 @pytest.mark.slow
 def test_every_hop_over_mtls_with_the_real_daemons(pki: tuple[Path, Path], random_model_dir: Path, tmp_path: Path) -> None:
     good, _ = pki
-    procs: list[subprocess.Popen] = []
-    try:
-        es, es_port = _start([script("meg-edge"), "serve", "--listen", "127.0.0.1:0", "--model", str(random_model_dir), "--device", "cpu",
-                              "--tls-cert", str(good / "edge.pem"), "--tls-key", str(good / "edge.key"), "--tls-ca", str(good / "ca.pem"),
-                              "--token-file", str(good / "ue.token")])
-        procs.append(es)
-        proxy, port = _start([script("meg-channel"), "serve", "--listen", "127.0.0.1:0", "--upstream", f"127.0.0.1:{es_port}",
-                              "--tls-cert", str(good / "channel.pem"), "--tls-key", str(good / "channel.key"),
-                              "--tls-ca", str(good / "ca.pem"), "--token-file", str(good / "ue.token"),
-                              "--admin-token-file", str(good / "admin.token")])
-        procs.append(proxy)
-        tls = ["--tls-ca", str(good / "ca.pem"), "--tls-cert", str(good / "ue.pem"), "--tls-key", str(good / "ue.key")]
-        r = subprocess.run([script("meg-ue"), "generate", "a red circle", "--via", f"127.0.0.1:{port}", *tls,
-                            "--token-file", str(good / "ue.token"), "--model", str(random_model_dir), "--steps", "2",
-                            "--out", str(tmp_path / "x.png"), "--json"], capture_output=True, text=True, timeout=120, check=False)
-        assert r.returncode == 0, r.stderr
-        r = subprocess.run([script("meg-channel"), "show", "--via", f"127.0.0.1:{port}", *tls,
-                            "--admin-token-file", str(good / "admin.token")], capture_output=True, text=True, timeout=60, check=False)
-        assert r.returncode == 0 and "ue->es0" in r.stdout, r.stderr
-    finally:
-        for p in reversed(procs):
-            _stop(p)
+    client = TlsFiles(cert=str(good / "ue.pem"), key=str(good / "ue.key"), ca=str(good / "ca.pem"))
+    edge = [script("meg-edge"), "serve", "--listen", "127.0.0.1:0", "--model", str(random_model_dir), "--device", "cpu",
+            "--tls-cert", str(good / "edge.pem"), "--tls-key", str(good / "edge.key"), "--tls-ca", str(good / "ca.pem"),
+            "--token-file", str(good / "ue.token")]
+    with running(edge, "meg.v1.EdgeService", tls=client) as (_, es_port):
+        proxy = [script("meg-channel"), "serve", "--listen", "127.0.0.1:0", "--upstream", f"127.0.0.1:{es_port}",
+                 "--tls-cert", str(good / "channel.pem"), "--tls-key", str(good / "channel.key"),
+                 "--tls-ca", str(good / "ca.pem"), "--token-file", str(good / "ue.token"),
+                 "--admin-token-file", str(good / "admin.token")]
+        with running(proxy, "meg.v1.ChannelControl", tls=client) as (_, port):
+            tls = ["--tls-ca", str(good / "ca.pem"), "--tls-cert", str(good / "ue.pem"), "--tls-key", str(good / "ue.key")]
+            r = subprocess.run([script("meg-ue"), "generate", "a red circle", "--via", f"127.0.0.1:{port}", *tls,
+                                "--token-file", str(good / "ue.token"), "--model", str(random_model_dir), "--steps", "2",
+                                "--out", str(tmp_path / "x.png"), "--json"], capture_output=True, text=True, timeout=120,
+                               check=False)
+            assert r.returncode == 0, r.stderr
+            r = subprocess.run([script("meg-channel"), "show", "--via", f"127.0.0.1:{port}", *tls,
+                                "--admin-token-file", str(good / "admin.token")], capture_output=True, text=True, timeout=60,
+                               check=False)
+            assert r.returncode == 0 and "ue->es0" in r.stdout, r.stderr
 
 
 def test_tokens_without_tls_on_loopback(pki: tuple[Path, Path], random_model_dir: Path) -> None:
