@@ -288,17 +288,14 @@ class ModelOps:
             raise ValueError(f"round {round_} of a {len(rounds)}-round schedule ({steps} steps, sync {share.sync})")
         return steps, *rounds[round_]
 
-    def _window_noise(self, share: Share) -> torch.Tensor:
-        """Share's crop of the seeded full-latent starting noise ``[1, C, h, x1-x0]`` (the single-ES image's)."""
+    def _full_noise(self) -> torch.Tensor:
+        """The seeded full-latent starting noise ``[1, C, h, h]`` (the single-ES image's)."""
         from diffusers.utils.torch_utils import randn_tensor
-
-        from shared.tiles import crop
 
         g = self.parts.geometry
         shape = (1, g.latent_channels, g.latent_size, g.latent_size)
-        full = randn_tensor(shape, generator=torch.Generator("cpu").manual_seed(self.params.seed),
+        return randn_tensor(shape, generator=torch.Generator("cpu").manual_seed(self.params.seed),
                             dtype=self.parts.pipe.unet.dtype)
-        return crop(full, share, g.latent_size)
 
     def op_denoise_window(self, cond: torch.Tensor, share: Share, round_: int = 0,
                           init_part: torch.Tensor | None = None) -> tuple[torch.Tensor]:
@@ -309,23 +306,18 @@ class ModelOps:
         the rest of the round on its window of the result. img2img noises ``init_part [1, C, h, x1-x0]`` with
         the same crop to its strength. The round ends where :meth:`Share.schedule` says (with ``sync = 0``, at
         the end of the schedule)."""
-        from diffusers.utils.torch_utils import randn_tensor
-
         from shared.tiles import crop
 
-        g, p = self.parts.geometry, self.params
+        w, p = self.parts.geometry.latent_size, self.params
         steps, _, b = self._schedule(share, round_, init_part is not None)
         end = None if b == steps else b
+        full = self._full_noise()
         if init_part is not None:
-            return (self._denoise(cond, init_part, steps, p.strength, noise=self._window_noise(share), end_step=end),)
+            return (self._denoise(cond, init_part, steps, p.strength, noise=crop(full, share, w), end_step=end),)
         head = share.head_steps(steps)
         if head > 0:
-            shape = (1, g.latent_channels, g.latent_size, g.latent_size)
-            full = randn_tensor(shape, generator=torch.Generator("cpu").manual_seed(p.seed), dtype=self.parts.pipe.unet.dtype)
             full = self._denoise(cond, None, steps, p.strength, noise=full, end_step=head)
-            return (self._denoise(cond, None, steps, p.strength, noise=crop(full, share, g.latent_size),
-                                  start_step=head, end_step=end),)
-        return (self._denoise(cond, None, steps, p.strength, noise=self._window_noise(share), end_step=end),)
+        return (self._denoise(cond, None, steps, p.strength, noise=crop(full, share, w), start_step=head, end_step=end),)
 
     def op_denoise_round(self, cond: torch.Tensor, share: Share, round_: int,
                          latent_in: torch.Tensor) -> tuple[torch.Tensor]:
