@@ -3,7 +3,7 @@
 1. Proxy overhead: the median latency of a ``Probe`` RPC carrying a 64 KiB seed (16,384 float32 values),
    sent directly to the ES and through the proxy (ideal link: parse + forward; AWGN: + channel math; Rayleigh
    block fading), each a real process, interleaved call by call so machine noise hits all variants alike.
-2. Channel model throughput: real symbols per second of ``shared.channel.transmit`` on one core.
+2. Channel model throughput: real symbols per second of ``shared.channel.transmit.transmit`` on one core.
 
 Writes ``benchmarks/results/channel.json``; the README cites it. Run from the repo root: ``python -m benchmarks.bench_channel [CALLS]``.
 """
@@ -26,10 +26,11 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import grpc
 import numpy as np
 
-from shared import air
-from shared.channel import ChannelProfile, transmit
+from shared.channel.profiles import ChannelProfile
+from shared.channel.transmit import transmit
+from shared.model.random_pipeline import save_random_pipeline
 from shared.pb import edge_pb2, edge_pb2_grpc
-from shared.random_pipeline import save_random_pipeline
+from shared.wire import air
 
 OUT = Path(__file__).resolve().parent / "results" / "channel.json"
 
@@ -37,7 +38,7 @@ OUT = Path(__file__).resolve().parent / "results" / "channel.json"
 def _latencies(n_calls: int) -> dict[str, object]:
     """Real processes, as deployed: one ``meg-edge`` (tiny random model; ``Probe`` needs none) and one
     ``meg-channel`` per channel variant in front of it; this process is the UE (sync gRPC client)."""
-    from shared.procs import running, script
+    from tests.support.procs import running, script
 
     with tempfile.TemporaryDirectory() as tmp:
         model = save_random_pipeline(Path(tmp) / "model")
@@ -75,7 +76,7 @@ def _proxy_work(repeats: int = 2000) -> dict[str, float]:
     """The proxy's own per-message work for the 64 KiB seed (parse, channel, stamp, serialise), in µs,
     apart from the gRPC hop: what the added latency would be with a free network stack."""
     from channel_emulator.link import LinkTable
-    from shared.channel import IDEAL, load_profiles
+    from shared.channel.profiles import IDEAL, load_profiles
 
     seed = air.to_air("seed", np.random.default_rng(0).normal(size=16384).astype(np.float32))
     raw = edge_pb2.ProbeRequest(tensors=[seed]).SerializeToString()

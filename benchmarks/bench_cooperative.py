@@ -4,7 +4,7 @@ the UE in this process; everything the ESs send and receive crosses the proxy an
 ``seams``  (meg-tiny, the trained model): for several prompts and seeds, the single-ES image (UIEG, one ES)
            against UIDCG's arms (coop_arms: fused every step, the default; windows never fused; a shared head;
            naive tiling): PSNR vs the single-ES image and the seam score (mean |horizontal gradient| on the
-           tile border / elsewhere; shared.tiles.seam_score) of each, for txt2img and for img2img (shapes
+           tile border / elsewhere; shared.protocol.tiles.seam_score) of each, for txt2img and for img2img (shapes
            inputs whose objects cross the cut). Writes seams.json and docs/img/multi-es.png.
 ``latency`` (a random pipeline with SD-v1.5's UNet widths, `meg-edge make-random-model --size sd-v1-5`,
            compute-bound): one generation's wall time with 1 ES (UIEG) vs 2 ESs (UIDCG, overlap and naive),
@@ -34,9 +34,10 @@ sys.path.insert(0, str(ROOT))
 
 import torch
 
-from shared.images import psnr, save_png
-from shared.model_ops import ModelParts, Params
-from shared.tiles import DEFAULT_HEAD, DEFAULT_SYNC, Share, border_psnr, boundaries, default_halo, seam_score
+from shared.model.images import border_psnr, psnr, save_png
+from shared.model.ops import ModelParts
+from shared.protocol.params import Params
+from shared.protocol.tiles import DEFAULT_HEAD, DEFAULT_SYNC, Share, boundaries, default_halo, seam_score
 from ue_client.session import MultiOptions, generate
 from ue_client.transport import connect
 
@@ -49,7 +50,7 @@ PROMPTS = ["a red circle above a blue square", "a green triangle left of a yello
 def two_edges(model: str, pin: bool) -> Iterator[tuple[str, list[int]]]:
     """es0, es1 (pinned to cores 0 and 1 when ``pin``) behind a meg-channel with ideal links; yields its
     address and the two ES process ids."""
-    from shared.procs import running, script
+    from tests.support.procs import running, script
 
     saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     if pin:
@@ -114,7 +115,7 @@ def _label(arm: str) -> str:
 def _cases(args: argparse.Namespace) -> Iterator[tuple[str, str, int, torch.Tensor | None]]:
     """(task, prompt, seed, input image): txt2img over PROMPTS × seeds; img2img over as many shapes inputs
     (one to three shapes at random places, so objects cross the cut; the prompt recolours one)."""
-    from shared import shapes
+    from meg_lab import shapes
 
     for prompt in PROMPTS:
         for seed in range(args.seeds):

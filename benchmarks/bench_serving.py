@@ -38,8 +38,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from shared import air
-from shared.model_ops import ModelParts
+from shared.model.ops import ModelParts
+from shared.wire import air
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "benchmarks" / "results" / "serving" / "serving.json"
@@ -171,7 +171,7 @@ def _drain(proc: Any) -> None:
 
 
 def main(rounds: int = 5) -> dict[str, Any]:
-    from shared.procs import running, script
+    from tests.support.procs import running, script
 
     parts = ModelParts.load(None, "cpu")
     arms: dict[str, list[dict[str, Any]]] = {}

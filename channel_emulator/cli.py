@@ -14,21 +14,23 @@ import grpc
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
-from shared.channel import IDEAL, MODELS, ChannelConfigError, ChannelProfile, load_profiles
-from shared.cliconf import DeprecatedAlias, parse, plain
-from shared.grpc_util import run_cli, serve_until_signal, split_hostport, target
-from shared.logs import add_log_flag, setup
+from shared.channel.models import MODELS, ChannelConfigError
+from shared.channel.profiles import IDEAL, ChannelProfile, load_profiles
+from shared.cli.config import DeprecatedAlias, parse, plain
+from shared.cli.errors import describe_rpc_error, run_cli
+from shared.cli.logs import add_log_flag, setup
 from shared.pb import channel_pb2, channel_pb2_grpc
-from shared.security import (
+from shared.rpc.security import (
     ADMIN_TOKEN_ENV,
     UE_TOKEN_ENV,
     TlsFiles,
     add_tls_flags,
-    describe_rpc_error,
     read_token,
     secure_channel,
     tls_from_args,
 )
+from shared.rpc.server import serve_until_signal
+from shared.rpc.target import split_hostport, target
 
 CONTROL_DEADLINE_S = 10.0
 

@@ -18,9 +18,11 @@ import numpy as np
 from google.protobuf.message import Message
 
 from channel_emulator.walker import air_tensors
-from shared import air
-from shared.channel import ChannelConfigError, ChannelProfile, ProfileBook, estimate_csi, transmit
+from shared.channel.models import ChannelConfigError
+from shared.channel.profiles import ChannelProfile, ProfileBook
+from shared.channel.transmit import estimate_csi, transmit
 from shared.pb import air_pb2, channel_pb2
+from shared.wire import air
 
 DIRECTIONS = ("uplink", "downlink")
 DEFAULT_LINK = "default"

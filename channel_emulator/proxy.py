@@ -25,11 +25,11 @@ from channel_emulator.link import (
     profile_to_proto,
 )
 from channel_emulator.walker import carries_air
-from shared import air
-from shared.channel import ChannelConfigError
-from shared.grpc_util import (
+from shared.channel.models import ChannelConfigError
+from shared.pb import channel_pb2, channel_pb2_grpc, edge_pb2
+from shared.rpc.security import TlsFiles, aio_channel, server_credentials, server_interceptors
+from shared.rpc.server import (
     RECONNECT_OPTIONS,
-    REQUEST_ID_HEADER,
     add_guarded,
     add_guarded_handlers,
     add_health_and_reflection,
@@ -37,8 +37,8 @@ from shared.grpc_util import (
     server_options,
     set_serving,
 )
-from shared.pb import channel_pb2, channel_pb2_grpc, edge_pb2
-from shared.security import TlsFiles, aio_channel, server_credentials, server_interceptors
+from shared.wire import air
+from shared.wire.headers import REQUEST_ID_HEADER
 
 log = logging.getLogger("meg.channel")
 EDGE_SERVICE = edge_pb2.DESCRIPTOR.services_by_name["EdgeService"]

@@ -14,7 +14,7 @@ import argparse
 import re
 import tomllib
 
-#: Distributions the channel proxy (and shared.healthcheck) import; torch is not one of them by design.
+#: Distributions the channel proxy (and shared.rpc.healthcheck) import; torch is not one of them by design.
 PROXY = {"grpcio", "grpcio-health-checking", "grpcio-reflection", "protobuf", "numpy", "prometheus-client"}
 
 

@@ -10,9 +10,9 @@ from dataclasses import fields
 from pathlib import Path
 
 from edge_server.settings import EdgeSettings
-from shared.cliconf import parse, plain
-from shared.grpc_util import run_cli
-from shared.logs import add_log_flag, setup
+from shared.cli.config import parse, plain
+from shared.cli.errors import run_cli
+from shared.cli.logs import add_log_flag, setup
 
 #: Old subcommands now in ``meg-lab``; ``meg-edge NAME ...`` still runs them there.
 MOVED_TO_LAB = ("train-model", "eval-model", "train-codec", "train-power", "eval-power")
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(parser, argv)
     setup(args.log_level)
     if args.command == "make-random-model":
-        from shared.random_pipeline import save_random_pipeline
+        from shared.model.random_pipeline import save_random_pipeline
 
         size = args.image_size or (256 if args.size == "sd-v1-5" else 32)
         print(save_random_pipeline(args.out, seed=args.seed, image_size=size, size=args.size))

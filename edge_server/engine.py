@@ -3,19 +3,19 @@
 The unit of work is one DDIM step. Every loop iteration the engine
 
 1. drops queued and running requests that were cancelled or whose deadline passed (their caller gets
-   :class:`Cancelled` / :class:`~shared.model_ops.DeadlineExceeded`; their compute stops here),
+   :class:`Cancelled` / :class:`~shared.model.ops.DeadlineExceeded`; their compute stops here),
 2. admits the oldest queued requests while fewer than ``max_batch`` run (a request joins at the next step),
 3. runs **one** UNet call per group of running requests whose latent/embedding shapes match
-   (:func:`shared.denoise.step`: per-request schedulers, per-sample timesteps, guidance = 2 rows),
+   (:func:`shared.model.denoise.step`: per-request schedulers, per-sample timesteps, guidance = 2 rows),
 4. hands each request whose own schedule has ended its latent and lets it leave.
 
 Between steps the same thread also runs the cheap parts batched (:meth:`Engine.run_batched`): the VAE
 decodes of every request that finished together go through the decoder as one batch
-(:func:`batched_parts` gives the servicer's :class:`~shared.model_ops.ModelOps` a view of the model whose
+(:func:`batched_parts` gives the servicer's :class:`~shared.model.ops.ModelOps` a view of the model whose
 VAE decodes this way). One thread runs all model work, so worker threads never oversubscribe the cores.
 
 So requests with different step counts, strengths, tasks and arrival times share UNet calls, and the
-result of each equals running it alone (:func:`shared.denoise.denoise_alone`) to float tolerance.
+result of each equals running it alone (:func:`shared.model.denoise.denoise_alone`) to float tolerance.
 
 Callers (worker threads of the servicer) use :meth:`Engine.submit`, which blocks; it is thread-safe. A
 full queue raises :class:`QueueFull` at once. Compare Ray Serve's ``@serve.batch(max_batch_size)`` (batches
@@ -35,8 +35,8 @@ from typing import Any, Protocol
 
 import torch
 
-from shared.denoise import DenoiseModel, DenoiseState, start, step
-from shared.model_ops import DeadlineExceeded, DenoiseJob, ModelParts
+from shared.model.denoise import DenoiseJob, DenoiseModel, DenoiseState, start, step
+from shared.model.ops import DeadlineExceeded, ModelParts
 
 log = logging.getLogger("meg.edge.engine")
 
@@ -89,7 +89,7 @@ class _SideCall:
 
 
 class Engine:
-    """Owns the queue and the UNet loop for one :class:`~shared.denoise.DenoiseModel` (one thread)."""
+    """Owns the queue and the UNet loop for one :class:`~shared.model.denoise.DenoiseModel` (one thread)."""
 
     def __init__(self, model: DenoiseModel, max_batch: int = 16, max_queue: int = 64,
                  metrics: EngineMetrics | None = None) -> None:
@@ -117,7 +117,7 @@ class Engine:
         """Queue ``job`` and block until its latent ``[1, C, h, w]`` (float32, CPU) is ready.
 
         Raises :class:`QueueFull` at once when ``max_queue`` requests already wait, :class:`Cancelled`
-        after ``cancel`` is set, :class:`~shared.model_ops.DeadlineExceeded` after ``job.deadline``,
+        after ``cancel`` is set, :class:`~shared.model.ops.DeadlineExceeded` after ``job.deadline``,
         ``ValueError`` for a job that cannot run (e.g. img2img with no step at its strength).
         """
         pending = _Pending(job, cancel)
@@ -307,7 +307,7 @@ class _PipelineView:
 
 def batched_parts(parts: ModelParts, engine: Engine) -> ModelParts:
     """A view of ``parts`` (same modules, codecs and prompt cache) whose VAE decoder runs batched on
-    ``engine``'s thread: what the ES's per-request :class:`~shared.model_ops.ModelOps` work on."""
+    ``engine``'s thread: what the ES's per-request :class:`~shared.model.ops.ModelOps` work on."""
     parts.uncond()  # cache it in the shared object first
     view = copy.copy(parts)
     view.pipe = _PipelineView(parts.pipe, _BatchedVAE(parts.pipe.vae, engine))

@@ -1,7 +1,7 @@
 """Live power control of the ES's seed downlinks: CSI from the proxy, a policy, the allocation in the tensor.
 
 For every seed the ES sends, it asks the channel proxy (``GetCSI``, a control RPC — never shared memory)
-for the fading of the blocks that transmission will use, runs the policy of :mod:`shared.power` (or the
+for the fading of the blocks that transmission will use, runs the policy of :mod:`shared.channel.power` (or the
 trained PPO policy), and writes ``block_power`` / ``block_length`` into the over-the-air tensor; the proxy
 applies exactly that allocation to exactly that fading and accounts the energy.
 """
@@ -15,11 +15,12 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from shared import air
+from shared.channel.power import POLICIES
+from shared.channel.power_ppo import DEFAULT_POLICY_PATH
 from shared.pb import air_pb2, channel_pb2, channel_pb2_grpc
-from shared.power import POLICIES
-from shared.power_ppo import DEFAULT_POLICY_PATH
-from shared.security import AUTH_HEADER, TlsFiles, aio_channel
+from shared.rpc.security import TlsFiles, aio_channel
+from shared.wire import air
+from shared.wire.headers import AUTH_HEADER
 
 log = logging.getLogger("meg.edge.power")
 POLICY_NAMES = ("none", "uniform", "oracle", "ppo")
@@ -33,7 +34,7 @@ def load_policy(name: str, ppo_path: str | None = None) -> Callable[..., np.ndar
     if name == "none":
         return None
     if name == "ppo":
-        from shared.power_ppo import load_ppo_policy
+        from shared.channel.power_ppo import load_ppo_policy
 
         path = Path(ppo_path) if ppo_path else DEFAULT_POLICY_PATH
         if not path.exists():

@@ -11,7 +11,17 @@ from edge_server.metrics import EdgeMetrics, serve_metrics
 from edge_server.power_control import PowerControl
 from edge_server.servicer import EdgeServicer
 from edge_server.settings import EdgeSettings
-from shared.grpc_util import (
+from shared.model.ops import ModelParts
+from shared.pb import edge_pb2, edge_pb2_grpc
+from shared.rpc.security import (
+    ADMIN_TOKEN_ENV,
+    UE_TOKEN_ENV,
+    TlsFiles,
+    read_token,
+    server_credentials,
+    server_interceptors,
+)
+from shared.rpc.server import (
     add_guarded,
     add_health_and_reflection,
     bind,
@@ -19,9 +29,6 @@ from shared.grpc_util import (
     server_options,
     set_serving,
 )
-from shared.model_ops import ModelParts
-from shared.pb import edge_pb2, edge_pb2_grpc
-from shared.security import ADMIN_TOKEN_ENV, UE_TOKEN_ENV, TlsFiles, read_token, server_credentials, server_interceptors
 
 log = logging.getLogger("meg.edge")
 SERVICE_NAME = edge_pb2.DESCRIPTOR.services_by_name["EdgeService"].full_name

@@ -17,20 +17,17 @@ from edge_server.metrics import EdgeMetrics
 from edge_server.power_control import PowerControl
 from edge_server.sessions import SessionGone, Sessions
 from edge_server.settings import EdgeSettings
-from shared import air
-from shared.denoise import DenoiseModel
-from shared.geometry import SEED_KEYS
-from shared.model_ops import DeadlineExceeded, DenoiseJob, ModelOps, ModelParts, Params, cooperative_schedule
+from shared.model.denoise import DenoiseJob, DenoiseModel
+from shared.model.ops import DeadlineExceeded, ModelOps, ModelParts
 from shared.pb import edge_pb2, edge_pb2_grpc
-from shared.protocols import (
-    PROTOCOLS,
-    TEXT_KEYS,
-    ProtocolError,
-    Segment,
-    check_prompt,
-    run_segment,
-)
-from shared.serde import RequestError, check_params, check_segment, share_from_proto
+from shared.protocol.geometry import SEED_KEYS
+from shared.protocol.params import Params
+from shared.protocol.registry import PROTOCOLS, check_prompt
+from shared.protocol.runner import run_segment
+from shared.protocol.schedule import cooperative_schedule
+from shared.protocol.serde import RequestError, check_params, check_segment, share_from_proto
+from shared.protocol.stages import TEXT_KEYS, ProtocolError, Segment
+from shared.wire import air
 
 log = logging.getLogger("meg.edge")
 class _Abort(Exception):
@@ -40,7 +37,7 @@ class _Abort(Exception):
 
 
 class EdgeServicer(edge_pb2_grpc.EdgeServiceServicer):
-    """Thin: every protocol goes through :meth:`RunSegment` and :func:`shared.protocols.run_segment`."""
+    """Thin: every protocol goes through :meth:`RunSegment` and :func:`shared.protocol.runner.run_segment`."""
 
     def __init__(self, parts: ModelParts, settings: EdgeSettings, power: PowerControl | None = None,
                  metrics: EdgeMetrics | None = None) -> None:
@@ -149,7 +146,8 @@ class EdgeServicer(edge_pb2_grpc.EdgeServiceServicer):
             return 1
         share = share_from_proto(request.share, self.parts.geometry.latent_size)
         try:
-            _, rounds = cooperative_schedule(params, self.parts.meg.es_steps, share, request.task == "img2img")
+            steps = params.steps or self.parts.meg.es_steps
+            rounds = cooperative_schedule(steps, params.strength, share, request.task == "img2img")
         except ValueError as exc:
             raise RequestError(str(exc)) from None
         return len(rounds)

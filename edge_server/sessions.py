@@ -1,6 +1,6 @@
 """What an ES keeps between the segments of one generation (a cooperative protocol's rounds).
 
-:func:`shared.protocols.plan` lets an actor keep what it received and made for the whole generation, so a
+:func:`shared.protocol.plan.plan` lets an actor keep what it received and made for the whole generation, so a
 cooperative round after the first sends the ES only its window of the fused latent; the prompt embedding
 ``cond`` it received in round 0 stays here. Keyed by ``(request_id, PROTOCOL, task, share index)``, held for
 ``ttl_s`` after its last use and at most ``max_sessions`` at once (the least recently used go first), so an

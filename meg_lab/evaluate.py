@@ -2,7 +2,7 @@
 received image, over SNR × scheme × channel.
 
 Schemes, all sending one generated result over the same channel function the proxy uses
-(:func:`shared.channel.transmit`, per-tensor power normalisation, zero-forcing receiver):
+(:func:`shared.channel.transmit.transmit`, per-tensor power normalisation, zero-forcing receiver):
 
 - ``centralized``: the ES sends the image pixels (Full-ES), ``H·W·3`` symbols;
 - ``raw-latent``: the ES sends the denoised latent (EIUG at fc = 1), the UE decodes it;
@@ -26,13 +26,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from shared import vae
-from shared.channel import MODELS, ChannelProfile, transmit
-from shared.codec import FCS, SeedCodec, load_codecs
-from shared.images import psnr
+from shared.channel.models import MODELS
+from shared.channel.profiles import ChannelProfile
+from shared.channel.transmit import transmit
+from shared.model import vae
+from shared.model.codec import FCS, SeedCodec, load_codecs
+from shared.model.images import psnr
 
 if TYPE_CHECKING:
-    from shared.model_ops import ModelParts
+    from shared.model.ops import ModelParts
 
 COLUMNS = ("channel", "snr_db", "scheme", "design", "fc", "symbols", "psnr_db", "fid", "n")
 COHERENCE = 64  # fading block length in symbols
@@ -54,7 +56,7 @@ QUICK = Sweep(n=8, snrs=(-20.0, -10.0, 0.0, 10.0, 30.0), fcs=(0.5,))
 @torch.no_grad()
 def reference_set(parts: ModelParts, n: int, seed: int) -> tuple[list[str], torch.Tensor, torch.Tensor]:
     """Held-out captions, their perfectly received latents ``[n, C, h, h]`` and images ``[n, 3, H, H]`` in [0, 1]."""
-    from shared import shapes
+    from meg_lab import shapes
 
     prompts = [shapes.scene(seed, i, "eval").caption for i in range(n)]
     meg, size = parts.meg, parts.geometry.image_size
@@ -80,14 +82,14 @@ def send_each(x: torch.Tensor, profile: ChannelProfile, rng: np.random.Generator
 
 def run(model: Path, out: Path, sweep: Sweep, seed: int = 0) -> list[dict[str, object]]:
     t0 = time.perf_counter()
-    from shared.model_ops import ModelParts
+    from shared.model.ops import ModelParts
 
     parts = ModelParts.load(str(model))
     codecs: dict[str, dict[float, SeedCodec]] = {d: load_codecs(model / "codec", d) for d in ("paper", "residual")}
     prompts, latents, images = reference_set(parts, sweep.n, seed)
     fid = None
     if sweep.fid:
-        from shared.metrics import FID
+        from meg_lab.fid import FID
 
         fid = FID(images * 2 - 1)
     schemes: list[tuple[str, str, float]] = [("centralized", "", 1.0), ("raw-latent", "", 1.0)]
@@ -227,7 +229,7 @@ def run_cli(args: argparse.Namespace) -> int:
         sweep = Sweep(args.n, sweep.snrs, sweep.fcs, sweep.channels, sweep.fid)
     if args.no_fid:
         sweep = Sweep(sweep.n, sweep.snrs, sweep.fcs, sweep.channels, False)
-    from shared.model_loader import default_model_path
+    from shared.model.loader import default_model_path
 
     model = Path(args.model) if args.model else default_model_path()
     run(model, Path(args.out), sweep, args.seed)

@@ -1,11 +1,11 @@
 """Gymnasium environment for the PPO power controller (paper 2, §IV, Alg. 3): one seed download per episode.
 
 An episode draws a seed (a latent of the set, optionally through a seed codec), a power budget and a
-Rayleigh block-fading realisation ``h [T]`` (``shared.channel.Rayleigh``). Step ``t`` observes block ``t``
-(:func:`shared.power_ppo.observation`: ``h_t``, the block's signal energy, the energy left, ``t / T``, the
+Rayleigh block-fading realisation ``h [T]`` (``shared.channel.models.Rayleigh``). Step ``t`` observes block ``t``
+(:func:`shared.channel.power_ppo.observation`: ``h_t``, the block's signal energy, the energy left, ``t / T``, the
 effective SNR) and turns the action ``a_t ∈ [0, 1]`` into ``p_t`` with
-:func:`shared.power_ppo.action_to_power` (``a_t · p_max``, capped by the energy left; the last block takes what
-is left). After the last block the seed is sent through :func:`shared.channel.transmit` with exactly those
+:func:`shared.channel.power_ppo.action_to_power` (``a_t · p_max``, capped by the energy left; the last block takes what
+is left). After the last block the seed is sent through :func:`shared.channel.transmit.transmit` with exactly those
 powers and fading (zero-forcing receiver), decoded to an image by the real VAE decoder, and compared with the
 perfectly received image (precomputed once per latent).
 
@@ -14,7 +14,7 @@ Reward (only at the end, 0 before): PSNR-based. ``reward="psnr"`` (default) give
 (common random numbers): the uniform term does not depend on the actions, so the optimal policy is that of
 ``−distortion`` in dB, but the reward's variance is much lower. ``reward="psnr_abs"`` gives ``PSNR / 10 − 2``.
 PSNR uses images in ``[-1, 1]`` (peak-to-peak 2): ``10 log10(4 / MSE)``, capped at :data:`MAX_PSNR`
-(:func:`shared.images.psnr_from_mse`).
+(:func:`shared.model.images.psnr_from_mse`).
 """
 
 from __future__ import annotations
@@ -28,11 +28,13 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from shared import vae as vae_lib
-from shared.channel import ChannelProfile, Rayleigh, transmit
-from shared.images import psnr_from_mse
-from shared.power import block_sizes, uniform
-from shared.power_ppo import OBS_DIM, OBS_HIGH, OBS_LOW, action_to_power, observation
+from shared.channel.models import Rayleigh
+from shared.channel.power import block_sizes, uniform
+from shared.channel.power_ppo import OBS_DIM, OBS_HIGH, OBS_LOW, action_to_power, observation
+from shared.channel.profiles import ChannelProfile
+from shared.channel.transmit import transmit
+from shared.model import vae as vae_lib
+from shared.model.images import psnr_from_mse
 
 #: Budgets (average power per symbol, 1 = the profile's SNR) evaluated; training draws log-uniformly
 #: over ``[TRAIN_BUDGET_RANGE]``.
@@ -60,15 +62,15 @@ class LatentSet:
 
 
 def vae_decoder(pipe) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Scaled latents ``[B, C, H, W]`` -> images in ``[-1, 1]`` with ``pipe``'s VAE (:func:`shared.vae.decode`)."""
+    """Scaled latents ``[B, C, H, W]`` -> images in ``[-1, 1]`` with ``pipe``'s VAE (:func:`shared.model.vae.decode`)."""
     return partial(vae_lib.decode, pipe.vae)
 
 
 @torch.no_grad()
 def make_latent_set(pipe, count: int, stream: str = "train", seed: int = 0, batch: int = 32) -> LatentSet:
-    """Seeds = VAE-encoded procedural renders (``shared.shapes``, the meg-tiny data) of one stream: the
+    """Seeds = VAE-encoded procedural renders (``meg_lab.shapes``, the meg-tiny data) of one stream: the
     posterior means times ``scaling_factor``; their decodes are the perfectly received images."""
-    from shared.shapes import batch as shapes_batch
+    from meg_lab.shapes import batch as shapes_batch
 
     vae = pipe.vae
     sf = float(vae.config.scaling_factor)

@@ -1,7 +1,7 @@
 """Train meg-tiny, the embedded default text-to-image model, from scratch on this CPU (``meg-lab train-model``).
 
 Stage 1 trains the VAE (``AutoencoderKL``, factor 8, 4 latent channels) on procedurally rendered shapes
-(:mod:`shared.shapes`, generated on the fly) with MSE + 0.1 L1 + a small KL term. Its latent scaling factor
+(:mod:`meg_lab.shapes`, generated on the fly) with MSE + 0.1 L1 + a small KL term. Its latent scaling factor
 is then computed from data (``1 / std`` of the latents of a training pool) and stored in the VAE config.
 Stage 2 trains the UNet (epsilon prediction, Min-SNR-5 weighting, 10 % caption dropout to the empty-prompt
 embedding for classifier-free guidance, EMA of the weights) on VAE latents of a fixed, deterministic pool of
@@ -28,9 +28,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from shared import meg_tiny, shapes
-from shared.images import psnr
-from shared.model_loader import MEG_TINY_DIR, MegConfig, minilm_dir
+from meg_lab import shapes
+from shared.model import meg_tiny
+from shared.model.images import psnr
+from shared.model.loader import MEG_TINY_DIR, MegConfig, minilm_dir
 
 
 def _log(msg: str) -> None:

@@ -2,10 +2,10 @@
 
 The environment is :class:`meg_lab.power_env.PowerEnv` (one seed download per episode over Rayleigh
 block fading at ``--snr-db``, budgets drawn log-uniformly over [0.2, 5] unless ``--budget`` fixes one),
-the seeds are VAE-encoded procedural renders of the ``train`` stream of ``shared.shapes``, and the reward is
+the seeds are VAE-encoded procedural renders of the ``train`` stream of ``meg_lab.shapes``, and the reward is
 the PSNR gain over uniform power (same fading and noise). The saved file is an ordinary SB3 ``PPO`` zip
 with the training settings in its ``meg_power`` attribute; load it with
-:func:`shared.power_ppo.load_ppo_policy`.
+:func:`shared.channel.power_ppo.load_ppo_policy`.
 
 Deterministic for a given ``--seed`` and ``--threads`` on one machine (SB3 seeding, one environment).
 """
@@ -18,12 +18,12 @@ import sys
 import time
 from pathlib import Path
 
-from shared.power import P_MAX_FACTOR
-from shared.power_ppo import DEFAULT_COHERENCE, DEFAULT_POLICY_PATH, DEFAULT_SNR_DB
+from shared.channel.power import P_MAX_FACTOR
+from shared.channel.power_ppo import DEFAULT_COHERENCE, DEFAULT_POLICY_PATH, DEFAULT_SNR_DB
 
 
 def default_model() -> str | None:
-    from shared.model_loader import MEG_TINY_DIR
+    from shared.model.loader import MEG_TINY_DIR
 
     return str(MEG_TINY_DIR) if (MEG_TINY_DIR / "model_index.json").exists() else None
 
@@ -56,7 +56,7 @@ def train(args: argparse.Namespace, log=print) -> Path:
     from stable_baselines3.common.monitor import Monitor
 
     from meg_lab.power_env import PowerEnv, make_latent_set
-    from shared.model_loader import load_pipeline
+    from shared.model.loader import load_pipeline
 
     torch.set_num_threads(max(1, args.threads))
     model_path = args.model or default_model()

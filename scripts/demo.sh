@@ -16,7 +16,7 @@ cleanup() {
 trap cleanup EXIT
 
 model_args=()
-if ! python -c "from shared.model_loader import default_model_path; default_model_path()" 2>/dev/null; then
+if ! python -c "from shared.model.loader import default_model_path; default_model_path()" 2>/dev/null; then
   echo "demo: the embedded meg-tiny weights are missing; using a TINY RANDOM model (the image will be noise)"
   meg-edge make-random-model "$work/random-model" >/dev/null
   model_args=(--model "$work/random-model")

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 import shared  # noqa: F401 - Hugging Face offline for the tests and their subprocesses (one home: shared/__init__.py)
-from shared.random_pipeline import save_random_pipeline
+from shared.model.random_pipeline import save_random_pipeline
 
 
 @pytest.fixture(scope="session")
@@ -47,7 +47,7 @@ class Stack:
     es_addr: str
     proxy_addr: str
     link: Any  # channel_emulator.link.LinkTable
-    parts: Any  # shared.model_ops.ModelParts
+    parts: Any  # shared.model.ops.ModelParts
 
 
 @contextmanager
@@ -59,7 +59,7 @@ def running_stack(parts: Any, settings: Any = None, uplink: Any = None, downlink
     from channel_emulator.proxy import create_proxy
     from edge_server.server import create_server
     from edge_server.settings import EdgeSettings
-    from shared.channel import IDEAL, load_profiles
+    from shared.channel.profiles import IDEAL, load_profiles
 
     bg = BackgroundLoop()
     es, es_port, _ = bg.run(create_server(settings or EdgeSettings(listen="127.0.0.1:0"), parts))  # type: ignore[misc]
@@ -77,7 +77,7 @@ def running_stack(parts: Any, settings: Any = None, uplink: Any = None, downlink
 def inproc_stack(random_model_dir: Path) -> Iterator[Stack]:
     """The tiny random model behind an ES (4 MiB message limit) and a proxy, for the module's tests."""
     from edge_server.settings import EdgeSettings
-    from shared.model_ops import ModelParts
+    from shared.model.ops import ModelParts
 
     parts = ModelParts.load(str(random_model_dir), "cpu")
     with running_stack(parts, EdgeSettings(listen="127.0.0.1:0", max_message_bytes=4 * 1024 * 1024)) as stack:

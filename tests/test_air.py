@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from shared import air
+from shared.wire import air
 
 
 def test_round_trip_float32_and_float16() -> None:

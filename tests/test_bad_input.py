@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from shared import air
-from shared.model_ops import ModelParts, Params
+from shared.model.ops import ModelParts
 from shared.pb import channel_pb2, channel_pb2_grpc, edge_pb2, edge_pb2_grpc
+from shared.protocol.params import Params
+from shared.wire import air
 from ue_client.session import EdgeClient, generate
 
 

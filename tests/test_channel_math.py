@@ -8,16 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shared.channel import (
-    IDEAL,
-    ChannelConfigError,
-    ChannelProfile,
-    Rayleigh,
-    Rician,
-    load_profiles,
-    n_blocks,
-    transmit,
-)
+from shared.channel.models import ChannelConfigError, Rayleigh, Rician
+from shared.channel.profiles import IDEAL, ChannelProfile, load_profiles
+from shared.channel.transmit import n_blocks, transmit
 
 
 def test_ideal_link_is_exact() -> None:
@@ -125,7 +118,7 @@ def test_models_are_a_registry_with_properties() -> None:
     from dataclasses import dataclass
     from typing import ClassVar
 
-    from shared.channel import AWGN, MODELS, register
+    from shared.channel.models import AWGN, MODELS, register
 
     assert list(MODELS)[:4] == ["ideal", "awgn", "rayleigh", "rician"]
     assert {n for n, m in MODELS.items() if m.fading} >= {"rayleigh", "rician"}

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from shared import air
-from shared.images import psnr
-from shared.model_ops import Params
+from shared.model.images import psnr
 from shared.pb import channel_pb2, channel_pb2_grpc, edge_pb2, edge_pb2_grpc
-from shared.procs import running, script
+from shared.protocol.params import Params
+from shared.wire import air
+from tests.support.procs import running, script
 from ue_client.session import EdgeClient, generate
 
 pytestmark = pytest.mark.slow  # real processes / a model end to end (conftest: 600 s per test)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.cliconf import DeprecatedAlias, apply_env, parse, plain
-from shared.procs import script
+from shared.cli.config import DeprecatedAlias, apply_env, parse, plain
+from tests.support.procs import script
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -51,7 +51,7 @@ def test_deprecated_alias_warns_and_sets(capsys: pytest.CaptureFixture[str]) -> 
 
 
 def test_plain_help_text() -> None:
-    assert plain("``meg-ue``: see :mod:`shared.tiles` and :func:`~x.y`") == "meg-ue: see shared.tiles and x.y"
+    assert plain("``meg-ue``: see :mod:`shared.protocol.tiles` and :func:`~x.y`") == "meg-ue: see shared.protocol.tiles and x.y"
 
 
 def test_edge_env_beats_toml_and_flag_beats_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -86,9 +86,9 @@ def test_proxy_logs_each_forwarded_rpc_with_its_request_id(inproc_stack, caplog:
     """The UE sends the request id as the ``meg-request-id`` header too; the proxy logs it at debug level."""
     import logging
 
-    from shared.model_ops import Params
     from shared.pb import edge_pb2
-    from shared.serde import segment_request
+    from shared.protocol.params import Params
+    from shared.protocol.serde import segment_request
     from ue_client.edge_client import EdgeClient
     from ue_client.session import generate
 
@@ -100,7 +100,8 @@ def test_proxy_logs_each_forwarded_rpc_with_its_request_id(inproc_stack, caplog:
         rid = forwarded[0].split("request_id=")[1].split()[0]
         assert rid != "-" and all(c in "0123456789abcdef" for c in rid)  # the id the session made (body and header)
         # a request id the caller chose travels as given
-        from shared.protocols import get_protocol, plan
+        from shared.protocol.plan import plan
+        from shared.protocol.registry import get_protocol
 
         seg = next(s for s in plan(get_protocol("FULL-ES", "txt2img")[1], "txt2img") if s.actor == "ES")
         req = segment_request("FULL-ES", seg, "txt2img", "a red circle", [], "my-id-7", Params(seed=1, steps=2), 1, None)

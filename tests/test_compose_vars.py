@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from shared.cliconf import env_name
+from shared.cli.config import env_name
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILES = [ROOT / "docker-compose.yml", ROOT / "docker" / "compose.tls.yml"]
@@ -84,7 +84,7 @@ def test_compose_reads_only_meg_compose_variables(path: Path) -> None:
 
 
 def _cli_env_names(module: str) -> set[str]:
-    """The ``MEG_*`` names ``shared.cliconf.apply_env`` reads for one CLI: its parser, caught at ``parse``."""
+    """The ``MEG_*`` names ``shared.cli.config.apply_env`` reads for one CLI: its parser, caught at ``parse``."""
 
     class Caught(Exception):
         pass

@@ -63,9 +63,9 @@ needs_engine = pytest.mark.skipif(COMPOSE is None, reason=WHY_NOT)
 
 
 def test_healthcheck_exit_codes() -> None:
-    """`python -m shared.healthcheck` (the compose health checks): 0 serving, 1 unknown service, 2 unreachable."""
-    from shared.healthcheck import main
-    from shared.procs import running, script
+    """`python -m shared.rpc.healthcheck` (the compose health checks): 0 serving, 1 unknown service, 2 unreachable."""
+    from shared.rpc.healthcheck import main
+    from tests.support.procs import running, script
 
     with running([script("meg-channel"), "serve", "--listen", "127.0.0.1:0", "--upstream", "es0=127.0.0.1:1"]) as (_, port):
         assert main([f"127.0.0.1:{port}"]) == 0
@@ -91,7 +91,7 @@ def test_compose_file_is_valid_with_every_profile(tmp_path: Path) -> None:
     assert services["gpu0"]["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
     assert services["gpu0"]["build"]["args"]["LOCAL_WHEELS"] == "no"  # never the CPU wheel in the GPU image
     for name in ("es0", "es1", "gpu0", "channel"):
-        assert "shared.healthcheck" in " ".join(services[name]["healthcheck"]["test"])
+        assert "shared.rpc.healthcheck" in " ".join(services[name]["healthcheck"]["test"])
 
 
 @dataclass
@@ -202,9 +202,9 @@ def test_up_becomes_healthy(stack: Stack) -> None:
     stack.wait_healthy(["es0", "channel"])
     print(f"up -> healthy: {time.monotonic() - t0:.0f} s")
     # the health check command itself, from inside the proxy image (no diffusers there)
-    res = stack.compose("exec", "-T", "channel", "python", "-m", "shared.healthcheck", "es0:50051")
+    res = stack.compose("exec", "-T", "channel", "python", "-m", "shared.rpc.healthcheck", "es0:50051")
     assert "SERVING" in res.stdout
-    missing = stack.compose("exec", "-T", "channel", "python", "-m", "shared.healthcheck", "es1:50051", check=False)
+    missing = stack.compose("exec", "-T", "channel", "python", "-m", "shared.rpc.healthcheck", "es1:50051", check=False)
     assert missing.returncode == 2, missing.stdout  # not started without the multi-es profile: unreachable
     assert stack.compose("exec", "-T", "channel", "python", "-c", "import diffusers", check=False).returncode != 0
 
@@ -262,7 +262,7 @@ def test_multi_es_profile(stack: Stack) -> None:
     stack.ue("generate", PROMPT, "--protocol", "CIAG", "--via", VIA, "--es", "es1", "--out", "/out/es1.png",
              profiles=["multi-es"])
     _read_png(stack.out / "es1.png")
-    from shared.protocols import PROTOCOLS
+    from shared.protocol.registry import PROTOCOLS
 
     if "UIDG" not in PROTOCOLS:
         pytest.skip("es1 served CIAG; the multi-ES protocols (UIDG, ...) are not in this checkout yet")

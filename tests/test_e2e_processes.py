@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from shared.pb import channel_pb2, channel_pb2_grpc
-from shared.procs import running, script
+from tests.support.procs import running, script
 
 pytestmark = pytest.mark.slow  # real processes / a model end to end (conftest: 600 s per test)
 

@@ -14,8 +14,9 @@ import pytest
 import torch
 
 from edge_server.engine import Cancelled, Engine, QueueFull
-from shared.denoise import DenoiseModel, DenoiseState, denoise_alone
-from shared.model_ops import DeadlineExceeded, DenoiseJob, ModelOps, ModelParts, Params
+from shared.model.denoise import DenoiseJob, DenoiseModel, DenoiseState, denoise_alone
+from shared.model.ops import DeadlineExceeded, ModelOps, ModelParts
+from shared.protocol.params import Params
 
 
 @pytest.fixture(scope="module")

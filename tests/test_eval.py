@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from meg_lab.evaluate import COLUMNS
-from shared.procs import script
+from tests.support.procs import script
 
 pytestmark = pytest.mark.slow  # real processes / a model end to end (conftest: 600 s per test)
 

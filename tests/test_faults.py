@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from shared.model_ops import ModelParts, Params
-from shared.procs import script
+from shared.model.ops import ModelParts
+from shared.protocol.params import Params
+from tests.support.procs import script
 from ue_client.edge_client import EdgeClient
 from ue_client.session import generate
 

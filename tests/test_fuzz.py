@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shared.pb import air_pb2, channel_pb2, edge_pb2, edge_pb2_grpc
-from shared.protocols import PROTOCOLS
+from shared.protocol.registry import PROTOCOLS
 
 EDGE = edge_pb2.DESCRIPTOR.services_by_name["EdgeService"]
 CONTROL = channel_pb2.DESCRIPTOR.services_by_name["ChannelControl"]
@@ -130,7 +130,7 @@ def _call(addr: str, service: str, method: object, body: bytes) -> tuple[grpc.St
 def _check_reply(method: object, reply: bytes) -> None:
     """What an OK answer promises: Probe echoes only well-formed, finite tensors."""
     if method.name == "Probe":  # type: ignore[attr-defined]
-        from shared import air
+        from shared.wire import air
 
         for t in edge_pb2.ProbeResponse.FromString(reply).tensors:
             air.air_array(t, finite=True)

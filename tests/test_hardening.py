@@ -18,10 +18,10 @@ import grpc
 import numpy as np
 import pytest
 
-from shared import air
 from shared.pb import air_pb2, channel_pb2, channel_pb2_grpc, edge_pb2, edge_pb2_grpc
-from shared.procs import script
+from shared.wire import air
 from tests.conftest import BackgroundLoop
+from tests.support.procs import script
 
 EDGE, CONTROL = "/meg.v1.EdgeService/", "/meg.v1.ChannelControl/"
 
@@ -71,7 +71,7 @@ def test_air_rejects_bad_shapes_without_numpy_errors() -> None:
 
 
 def test_air_core_does_not_import_torch() -> None:
-    code = ("import sys, channel_emulator.proxy, channel_emulator.cli, shared.air; "
+    code = ("import sys, channel_emulator.proxy, channel_emulator.cli, shared.wire.air; "
             "sys.exit('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], timeout=60, check=False).returncode == 0
 
@@ -133,7 +133,7 @@ def test_unknown_links_are_not_found_and_not_created(inproc_stack) -> None:  # t
 
 def _table(tmp_path: Path):  # type: ignore[no-untyped-def]
     from channel_emulator.link import LinkTable
-    from shared.channel import IDEAL, load_profiles
+    from shared.channel.profiles import IDEAL, load_profiles
 
     f = tmp_path / "p.toml"
     f.write_text('[links."phone->es0"]\nuplink = "awgn-10"\ndownlink = "rayleigh-10"\n')
@@ -181,7 +181,7 @@ def test_port_in_use_is_a_clear_error(inproc_stack) -> None:  # type: ignore[no-
     from channel_emulator.proxy import create_proxy
     from edge_server.server import create_server
     from edge_server.settings import EdgeSettings
-    from shared.channel import IDEAL, load_profiles
+    from shared.channel.profiles import IDEAL, load_profiles
 
     bg = BackgroundLoop()
     try:
@@ -211,7 +211,7 @@ def test_proxy_reconnects_fast_after_es_outage(inproc_stack) -> None:  # type: i
     from channel_emulator.proxy import create_proxy
     from edge_server.server import create_server
     from edge_server.settings import EdgeSettings
-    from shared.channel import IDEAL, load_profiles
+    from shared.channel.profiles import IDEAL, load_profiles
 
     bg = BackgroundLoop()
     es, port, _ = bg.run(create_server(EdgeSettings(listen="127.0.0.1:0"), inproc_stack.parts))  # type: ignore[misc]
@@ -484,7 +484,7 @@ def test_channel_cli_ctrl_c_and_closed_pipe(inproc_stack) -> None:  # type: igno
 # -- 10: mean SNR in the linear domain -------------------------------------------------------------------
 def test_stats_mean_snr_is_linear() -> None:
     from channel_emulator.link import LinkTable
-    from shared.channel import ChannelProfile, load_profiles
+    from shared.channel.profiles import ChannelProfile, load_profiles
 
     table = LinkTable(load_profiles(None), ChannelProfile(model="awgn", snr_db=30), ChannelProfile(model="awgn", snr_db=30))
     msg = edge_pb2.ProbeRequest(tensors=[air.to_air("x", np.ones(1000, np.float32))])

@@ -110,7 +110,7 @@ def test_load_job_goes_through_the_proxy(base: list[dict[str, Any]]) -> None:
     assert args[:2] == ["meg-ue", "load"] and args[args.index("--via") + 1] == "channel:50052"
     assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
     wait = job["spec"]["template"]["spec"]["initContainers"][0]["command"][-1]
-    assert "shared.healthcheck channel:50052" in wait
+    assert "shared.rpc.healthcheck channel:50052" in wait
 
 
 def test_gpu_overlay_puts_edge_servers_on_gpus(base: list[dict[str, Any]], gpu: list[dict[str, Any]]) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from meg_lab.cli import main as lab_main
-from shared.procs import script
+from tests.support.procs import script
 
 pytestmark = pytest.mark.slow  # real processes / a model end to end (conftest: 600 s per test)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shared.procs import running, script
+from tests.support.procs import running, script
 
 pytestmark = pytest.mark.slow  # real processes / a model end to end (conftest: 600 s per test)
 

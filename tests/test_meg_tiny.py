@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from shared import meg_tiny, shapes
-from shared.model_loader import MEG_TINY_DIR
+from meg_lab import shapes
+from shared.model import meg_tiny
+from shared.model.loader import MEG_TINY_DIR
 
 
 def test_shapes_deterministic_and_streams_disjoint() -> None:
@@ -44,7 +45,7 @@ def test_captions_match_pixels() -> None:
 def test_captions_fit_16_tokens() -> None:
     from transformers import BertTokenizerFast
 
-    from shared.model_loader import minilm_dir
+    from shared.model.loader import minilm_dir
 
     tok = BertTokenizerFast.from_pretrained(minilm_dir(), local_files_only=True)
     caps = [shapes.scene(0, i).caption for i in range(400)] + shapes.all_single_shape_captions()
@@ -84,7 +85,7 @@ def test_shipped_weights_size() -> None:
 
 @shipped
 def test_shipped_model_loads_offline_and_generates() -> None:
-    from shared.model_loader import load_pipeline
+    from shared.model.loader import load_pipeline
 
     pipe, meg = load_pipeline()
     assert meg.max_tokens == 16 and meg.image_size == 64 and meg.ue_steps < meg.es_steps

@@ -7,10 +7,10 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from shared.images import psnr
-from shared.model_loader import MEG_TINY_DIR
-from shared.model_ops import Params
+from shared.model.images import psnr
+from shared.model.loader import MEG_TINY_DIR
 from shared.pb import channel_pb2, channel_pb2_grpc
+from shared.protocol.params import Params
 from tests.conftest import Stack, running_stack
 from ue_client.session import EdgeClient, generate
 
@@ -20,7 +20,7 @@ PROMPT = "a large red circle above a small blue square on a white background"
 
 @pytest.fixture(scope="module")
 def tiny_stack() -> Iterator[Stack]:
-    from shared.model_ops import ModelParts
+    from shared.model.ops import ModelParts
 
     with running_stack(ModelParts.load(None, "cpu")) as stack:  # the embedded default
         yield stack

@@ -2,7 +2,7 @@ import pytest
 import torch
 from torchmetrics.image.fid import _compute_fid
 
-from shared.metrics import frechet_distance
+from meg_lab.fid import frechet_distance
 
 
 def test_frechet_distance_equals_torchmetrics() -> None:
@@ -20,7 +20,7 @@ def test_psnr_is_torchmetrics_and_takes_the_data_range() -> None:
     import numpy as np
     from torchmetrics.functional.image import peak_signal_noise_ratio
 
-    from shared.images import psnr, psnr_from_mse
+    from shared.model.images import psnr, psnr_from_mse
 
     g = torch.Generator().manual_seed(1)
     a = torch.rand(4, 3, 16, 16, generator=g)

@@ -7,10 +7,12 @@ import grpc
 import pytest
 import torch
 
-from shared.geometry import SD_V1_5
 from shared.pb import edge_pb2, edge_pb2_grpc
-from shared.protocols import PROTOCOLS, ProtocolError, each_es, get_protocol, plan, ue, ue_gather
-from shared.tiles import Share, ShareError, boundaries, crop, merge, seam_score, shares, weights
+from shared.protocol.geometry import SD_V1_5
+from shared.protocol.plan import plan
+from shared.protocol.registry import PROTOCOLS, get_protocol
+from shared.protocol.stages import ProtocolError, each_es, ue, ue_gather
+from shared.protocol.tiles import Share, ShareError, boundaries, crop, merge, seam_score, shares, weights
 from ue_client.overhead import protocol_overhead
 from ue_client.pick import Candidate, best, first, noise_sigma
 
@@ -128,8 +130,8 @@ def test_ask_shows_a_contact_sheet_then_takes_the_answer(monkeypatch: pytest.Mon
 
 def test_split_schedule_equals_the_whole_run(random_model_dir: object) -> None:
     """Steps [0, k) then [k, n) from that latent (the cooperative shared head) is the n-step run, exactly."""
-    from shared.denoise import DenoiseModel, denoise_alone
-    from shared.model_ops import DenoiseJob, ModelParts
+    from shared.model.denoise import DenoiseJob, DenoiseModel, denoise_alone
+    from shared.model.ops import ModelParts
 
     parts = ModelParts.load(str(random_model_dir), "cpu")
     model = DenoiseModel.from_parts(parts)
@@ -147,7 +149,8 @@ def test_split_schedule_equals_the_whole_run(random_model_dir: object) -> None:
 def test_shared_head_windows(random_model_dir: object) -> None:
     """One share with a head is the single-ES latent; two shares with a head start their windows from the same
     full-latent head (so a window's tail equals the whole run's tail cropped only where the UNet saw the same)."""
-    from shared.model_ops import ModelOps, ModelParts, Params
+    from shared.model.ops import ModelOps, ModelParts
+    from shared.protocol.params import Params
 
     parts = ModelParts.load(str(random_model_dir), "cpu")
     w = parts.geometry.latent_size

@@ -14,11 +14,12 @@ import pytest
 import torch
 from PIL import Image
 
-from shared.model_ops import ModelParts, Params
+from shared.model.ops import ModelParts
 from shared.pb import channel_pb2, channel_pb2_grpc
-from shared.procs import running, script
-from shared.protocols import PROTOCOLS
-from shared.tiles import DEFAULT_HEAD, default_halo
+from shared.protocol.params import Params
+from shared.protocol.registry import PROTOCOLS
+from shared.protocol.tiles import DEFAULT_HEAD, default_halo
+from tests.support.procs import running, script
 from ue_client.session import MultiOptions, generate
 from ue_client.transport import connect, discover
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import subprocess
 
-from shared.geometry import SD_V1_5
-from shared.procs import script
+from shared.protocol.geometry import SD_V1_5
+from tests.support.procs import script
 from ue_client.overhead import overhead_table, reduction_factor, table_ii
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from shared.power import P_MAX_FACTOR, block_sizes, oracle, uniform
+from shared.channel.power import P_MAX_FACTOR, block_sizes, oracle, uniform
 
 COHERENCE = 8  # the random model's latents are 4x4x4 = 64 symbols -> T = 8 blocks
 
@@ -19,7 +19,7 @@ COHERENCE = 8  # the random model's latents are 4x4x4 = 64 symbols -> T = 8 bloc
 @pytest.fixture(scope="module")
 def latent_set(random_model_dir: Path):
     from meg_lab.power_env import make_latent_set
-    from shared.model_loader import load_pipeline
+    from shared.model.loader import load_pipeline
 
     torch.set_num_threads(1)
     pipe, _ = load_pipeline(random_model_dir)
@@ -91,7 +91,7 @@ def test_oracle_beats_uniform_in_env(latent_set) -> None:
 
 
 def test_trained_policy_contract(trained_policy: Path) -> None:
-    from shared.power_ppo import load_ppo_policy
+    from shared.channel.power_ppo import load_ppo_policy
 
     policy = load_ppo_policy(trained_policy)
     assert policy.metadata["coherence"] == COHERENCE and policy.metadata["snr_db"] == 10.0
@@ -121,7 +121,7 @@ def test_policy_file_is_read_without_sb3_and_acts_as_sb3_does(trained_policy: Pa
 
     from stable_baselines3 import PPO
 
-    from shared.power_ppo import DEFAULT_POLICY_PATH, OBS_DIM, _NumpyActor, read_policy_file
+    from shared.channel.power_ppo import DEFAULT_POLICY_PATH, OBS_DIM, _NumpyActor, read_policy_file
 
     obs = np.random.default_rng(5).uniform(-1, 2, size=(64, OBS_DIM)).astype(np.float32)
     for path in (DEFAULT_POLICY_PATH, trained_policy):
@@ -139,14 +139,14 @@ def test_policy_file_is_read_without_sb3_and_acts_as_sb3_does(trained_policy: Pa
             "import json; print(json.dumps(load_policy('ppo')(np.ones(256), h, 16, 1.0).tolist()))")
     r = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
-    from shared.power_ppo import load_ppo_policy
+    from shared.channel.power_ppo import load_ppo_policy
 
     expected_p = load_ppo_policy(DEFAULT_POLICY_PATH)(np.ones(256), np.linspace(0.2, 2.0, 16), 16, 1.0)
     assert np.array_equal(np.array(json.loads(r.stdout)), expected_p) and expected_p.sum() > 0
 
 
 def test_policy_is_fast_for_sixteen_blocks(trained_policy: Path) -> None:
-    from shared.power_ppo import load_ppo_policy
+    from shared.channel.power_ppo import load_ppo_policy
 
     policy = load_ppo_policy(trained_policy)
     x, h = np.random.default_rng(0).normal(size=256), np.ones(16)

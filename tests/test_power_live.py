@@ -8,8 +8,8 @@ import grpc
 import numpy as np
 import pytest
 
-from shared.model_ops import Params
 from shared.pb import channel_pb2, channel_pb2_grpc
+from shared.protocol.params import Params
 from tests.conftest import running_stack
 from ue_client.session import EdgeClient, generate
 
@@ -19,8 +19,8 @@ pytestmark = pytest.mark.slow  # real processes / a model end to end (conftest: 
 @pytest.mark.parametrize("policy, budget", [("uniform", 0.5), ("oracle", 0.5), ("ppo", 0.5), ("none", 1.0)])
 def test_server_allocation_shows_in_proxy_stats(random_model_dir: Path, policy: str, budget: float) -> None:
     from edge_server.settings import EdgeSettings
-    from shared.channel import ChannelProfile
-    from shared.model_ops import ModelParts
+    from shared.channel.profiles import ChannelProfile
+    from shared.model.ops import ModelParts
 
     parts = ModelParts.load(str(random_model_dir), "cpu")
     settings = EdgeSettings(listen="127.0.0.1:0", power_policy=policy, power_budget=budget)
@@ -48,7 +48,7 @@ def test_server_allocation_shows_in_proxy_stats(random_model_dir: Path, policy: 
 
 
 def test_oracle_allocation_inverts_fading() -> None:
-    from shared.power import oracle, uniform
+    from shared.channel.power import oracle, uniform
 
     h = np.array([0.25, 0.5, 1.0, 2.0])
     x = np.ones(64)

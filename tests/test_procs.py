@@ -1,4 +1,4 @@
-"""shared.procs.running: a daemon that logs a lot keeps running (its output is drained, not left in a pipe)."""
+"""tests.support.procs.running: a daemon that logs a lot keeps running (its output is drained, not left in a pipe)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-from shared.procs import running
+from tests.support.procs import running
 
 #: A gRPC health server that says where it listens, then logs ~256 KiB (four pipe buffers) and leaves a mark.
 CHATTY = """

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from shared.procs import script
+from tests.support.procs import script
 
 pytestmark = pytest.mark.slow  # real processes / a model end to end (conftest: 600 s per test)
 
@@ -56,7 +56,7 @@ def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 def test_edge_and_proxy_metrics_match_the_load(random_model_dir: Path) -> None:
-    from shared.model_ops import ModelParts
+    from shared.model.ops import ModelParts
     from ue_client.edge_client import EdgeClient
     from ue_client.load import LoadConfig, run_load
 

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from shared.codegen import ROOT, generate, proto_files
+from tests.support.codegen import ROOT, generate, proto_files
 
 
 def test_generated_code_is_up_to_date(tmp_path: Path) -> None:
@@ -12,5 +12,5 @@ def test_generated_code_is_up_to_date(tmp_path: Path) -> None:
     assert len(made) == 3 * len(proto_files())
     for rel in made:
         committed = ROOT / rel
-        assert committed.exists(), f"{rel} is not committed; run python -m shared.codegen"
-        assert committed.read_text() == (tmp_path / rel).read_text(), f"{rel} is stale; run python -m shared.codegen"
+        assert committed.exists(), f"{rel} is not committed; run python -m tests.support.codegen"
+        assert committed.read_text() == (tmp_path / rel).read_text(), f"{rel} is stale; run python -m tests.support.codegen"

@@ -1,6 +1,8 @@
 import pytest
 
-from shared.protocols import PROTOCOLS, ProtocolError, check_prompt, get_protocol, plan
+from shared.protocol.plan import plan
+from shared.protocol.registry import PROTOCOLS, check_prompt, get_protocol
+from shared.protocol.stages import ProtocolError
 
 
 def test_ciag_plan_is_derived_from_the_stages() -> None:

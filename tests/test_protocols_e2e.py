@@ -9,9 +9,10 @@ import grpc
 import pytest
 import torch
 
-from shared.model_ops import Params
 from shared.pb import channel_pb2, channel_pb2_grpc
-from shared.protocols import PROTOCOLS, TASKS
+from shared.protocol.params import Params
+from shared.protocol.registry import PROTOCOLS
+from shared.protocol.stages import TASKS
 from ue_client.compare import run_compare
 from ue_client.overhead import protocol_overhead
 from ue_client.session import EdgeClient, generate

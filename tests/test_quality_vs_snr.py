@@ -5,9 +5,9 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from shared.images import psnr
-from shared.model_ops import Params
+from shared.model.images import psnr
 from shared.pb import channel_pb2, channel_pb2_grpc
+from shared.protocol.params import Params
 from ue_client.session import EdgeClient, generate
 
 pytestmark = pytest.mark.slow  # real processes / a model end to end (conftest: 600 s per test)

@@ -1,5 +1,5 @@
 """Cooperative rounds: the schedule cut into rounds, the plan written out per round, the ES keeping what
-later rounds use, and the windows fused between rounds (shared.tiles, shared.protocols, edge_server)."""
+later rounds use, and the windows fused between rounds (shared.protocol.tiles, shared.protocol.stages, edge_server)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,14 @@ import pytest
 import torch
 
 from edge_server.sessions import SessionGone, Sessions
-from shared import air
-from shared.geometry import SD_V1_5
 from shared.pb import edge_pb2, edge_pb2_grpc
-from shared.protocols import FUSE_ROUND, ProtocolError, get_protocol, plan, unroll
-from shared.schedule import cooperative_schedule, first_step
-from shared.tiles import Share, ShareError, crop, merge
+from shared.protocol.geometry import SD_V1_5
+from shared.protocol.plan import plan, unroll
+from shared.protocol.registry import FUSE_ROUND, get_protocol
+from shared.protocol.schedule import cooperative_schedule, first_step
+from shared.protocol.stages import ProtocolError
+from shared.protocol.tiles import Share, ShareError, crop, merge
+from shared.wire import air
 from ue_client.overhead import cooperative_rounds, protocol_overhead
 
 
@@ -122,7 +124,8 @@ def test_a_round_needs_its_generation_on_that_es(inproc_stack: object) -> None:
 def test_fused_rounds_make_the_windows_agree(random_model_dir: object) -> None:
     """Between rounds the UE fuses the windows, so every round starts from one latent: each window of the
     result is (to rounding) that window of the merge, and with one share the rounds are the whole run."""
-    from shared.model_ops import ModelOps, ModelParts, Params
+    from shared.model.ops import ModelOps, ModelParts
+    from shared.protocol.params import Params
 
     parts = ModelParts.load(str(random_model_dir), "cpu")
     w = parts.geometry.latent_size

@@ -14,11 +14,12 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from shared.model_ops import Params
+from shared.cli.errors import describe_auth_error
 from shared.pb import channel_pb2, channel_pb2_grpc, edge_pb2, edge_pb2_grpc
-from shared.procs import running, script
-from shared.security import TlsFiles, describe_auth_error, secure_channel
+from shared.protocol.params import Params
+from shared.rpc.security import TlsFiles, secure_channel
 from tests.conftest import BackgroundLoop
+from tests.support.procs import running, script
 from ue_client.edge_client import EdgeClient
 from ue_client.session import generate
 
@@ -56,8 +57,8 @@ def secure_stack(pki: tuple[Path, Path], random_model_dir: Path) -> Iterator[Sec
     from channel_emulator.proxy import create_proxy
     from edge_server.server import create_server
     from edge_server.settings import EdgeSettings
-    from shared.channel import IDEAL, load_profiles
-    from shared.model_ops import ModelParts
+    from shared.channel.profiles import IDEAL, load_profiles
+    from shared.model.ops import ModelParts
 
     good, _ = pki
     ue_token, admin_token = (good / "ue.token").read_text().strip(), (good / "admin.token").read_text().strip()
@@ -218,7 +219,7 @@ def test_tokens_without_tls_on_loopback(pki: tuple[Path, Path], random_model_dir
     """Plaintext stays possible on loopback, and a token still guards it (sent by a client interceptor)."""
     from edge_server.server import create_server
     from edge_server.settings import EdgeSettings
-    from shared.model_ops import ModelParts
+    from shared.model.ops import ModelParts
 
     good, _ = pki
     token = (good / "ue.token").read_text().strip()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.procs import running, script
+from tests.support.procs import running, script
 
 _PROXY = r'''
 import os, signal, sys, threading
@@ -24,7 +24,7 @@ port, es = int(sys.argv[1]), sys.argv[2]
 def probe():
     import grpc
     import numpy as np
-    from shared import air
+    from shared.wire import air
     from shared.pb import edge_pb2, edge_pb2_grpc
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:

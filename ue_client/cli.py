@@ -13,12 +13,14 @@ from typing import Any
 
 import grpc
 
-from shared.cliconf import parse, plain
-from shared.grpc_util import run_cli, target
-from shared.logs import add_log_flag, setup
-from shared.protocols import PROTOCOLS, TASKS, check_prompt
-from shared.security import ADMIN_TOKEN_ENV, UE_TOKEN_ENV, add_tls_flags, describe_rpc_error, read_token, tls_from_args
-from shared.serde import MAX_STEPS  # the ES's bound, checked before sending
+from shared.cli.config import parse, plain
+from shared.cli.errors import describe_rpc_error, run_cli
+from shared.cli.logs import add_log_flag, setup
+from shared.protocol.registry import PROTOCOLS, check_prompt
+from shared.protocol.stages import TASKS
+from shared.rpc.security import ADMIN_TOKEN_ENV, UE_TOKEN_ENV, add_tls_flags, read_token, tls_from_args
+from shared.rpc.target import target
+from shared.wire.limits import MAX_STEPS  # the ES's bound, checked before sending
 
 
 def _number(kind: type, lo: float, hi: float, what: str) -> Callable[[str], object]:
@@ -46,14 +48,14 @@ TIMEOUT = _number(float, 0.001, 86400, "the timeout is a positive number of seco
 
 
 def _params(args: argparse.Namespace) -> object:
-    from shared.model_ops import Params
+    from shared.protocol.params import Params
 
     return Params(seed=args.seed, steps=args.steps, guidance=args.guidance, fc=args.fc, strength=args.strength)
 
 
 def _load(args: argparse.Namespace) -> tuple[object, object]:
-    from shared.images import load_png
-    from shared.model_ops import ModelParts
+    from shared.model.images import load_png
+    from shared.model.ops import ModelParts
 
     parts = ModelParts.load(args.model, args.device)
     image_in = load_png(args.image, parts.geometry.image_size) if args.image else None
@@ -72,7 +74,7 @@ def _client(args: argparse.Namespace, parts: object) -> object:
 
 
 def _sends_seed(protocol: str, task: str) -> bool:
-    from shared.geometry import SEED_KEYS
+    from shared.protocol.geometry import SEED_KEYS
 
     stages = PROTOCOLS[protocol].stages.get(task, ())  # type: ignore[call-overload]  # task: a str from argparse
     return any(k in SEED_KEYS for st in stages for k in (*st.inputs, *st.outputs))
@@ -80,7 +82,7 @@ def _sends_seed(protocol: str, task: str) -> bool:
 
 def _check_fc(args: argparse.Namespace, remote: object) -> None:
     """``--fc`` must be a rate the ES ships a codec for, where the protocol sends a seed (FULL-ES sends none)."""
-    from shared.air import unsupported_rate_message
+    from shared.wire.air import unsupported_rate_message
 
     fc = round(float(args.fc or 1.0), 4)
     rates = [round(float(r), 4) for r in getattr(remote, "codec_fc", [])]
@@ -97,7 +99,7 @@ def _describe_link(acc: Any) -> str:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from shared.images import save_png
+    from shared.model.images import save_png
     from ue_client.session import MultiOptions, generate
 
     prompt = check_prompt(args.prompt)
@@ -157,16 +159,16 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _overhead(args: argparse.Namespace) -> int:
-    from shared.geometry import GEOMETRIES, Geometry
+    from shared.protocol.geometry import GEOMETRIES
     from ue_client.overhead import TABLE_II_FCS, format_table, overhead_table, reduction_factor, table_ii
 
     if args.geometry:
         geometry, source = GEOMETRIES[args.geometry], args.geometry
     else:
-        from shared.model_loader import default_model_path  # diffusers and torch only when a folder is read
+        from shared.model.loader import default_model_path, folder_geometry  # torch only when a folder is read
 
         folder = args.model or default_model_path()
-        geometry, source = Geometry.from_folder(folder), str(folder)
+        geometry, source = folder_geometry(folder), str(folder)
     fcs = tuple(args.fc) if args.fc else (1.0, *TABLE_II_FCS)
     if args.es_count < 1:
         raise ValueError(f"--es-count must be at least 1, got {args.es_count}")

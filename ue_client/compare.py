@@ -14,11 +14,12 @@ from typing import Any
 import torch
 from PIL import Image, ImageDraw
 
-from shared.images import psnr, save_png
-from shared.model_ops import ModelParts, Params
+from shared.model.images import psnr, save_png
+from shared.model.ops import ModelParts
 from shared.pb import channel_pb2, channel_pb2_grpc
-from shared.protocols import PROTOCOLS
-from shared.security import TlsFiles, secure_channel
+from shared.protocol.params import Params
+from shared.protocol.registry import PROTOCOLS
+from shared.rpc.security import TlsFiles, secure_channel
 from ue_client.overhead import protocol_overhead
 from ue_client.session import EdgeClient, MultiOptions, generate
 

@@ -12,10 +12,10 @@ from typing import Self, TypeVar
 
 import grpc
 
-from shared.grpc_util import REQUEST_ID_HEADER
-from shared.model_ops import ModelParts
+from shared.model.ops import ModelParts
 from shared.pb import edge_pb2, edge_pb2_grpc
-from shared.security import UE_TOKEN_ENV, TlsFiles, read_token, secure_channel
+from shared.rpc.security import UE_TOKEN_ENV, TlsFiles, read_token, secure_channel
+from shared.wire.headers import REQUEST_ID_HEADER
 
 log = logging.getLogger("meg.ue")
 T = TypeVar("T")
@@ -36,8 +36,8 @@ class EdgeClient:
         upstream ES behind the proxy by name (default: its first). ``tls``: connect with (mutual) TLS;
         ``token``: the bearer token (default: ``$MEG_TOKEN``, none if unset). ``retry``: retry UNAVAILABLE
         with backoff until the call's deadline."""
-        from shared.grpc_util import message_options
-        from shared.grpc_util import target as check_target
+        from shared.rpc.server import message_options
+        from shared.rpc.target import target as check_target
 
         self.target = check_target(target)
         self.timeout_s = timeout_s

@@ -32,7 +32,7 @@ from typing import Any, TextIO
 import grpc
 import numpy as np
 
-from shared.security import ADMIN_TOKEN_ENV, TlsFiles, read_token, secure_channel, tls_from_args
+from shared.rpc.security import ADMIN_TOKEN_ENV, TlsFiles, read_token, secure_channel, tls_from_args
 
 #: Prompts the virtual UEs cycle through (meg-tiny's vocabulary of shapes and colours).
 DEFAULT_PROMPTS = (
@@ -229,7 +229,7 @@ Connect = Callable[[str], Any]  # ue id -> an EdgeClient
 def run_load(parts: Any, cfg: LoadConfig, connect: Connect, image_in: Any = None,
              progress: TextIO | None = None) -> tuple[dict[str, object], list[RequestRecord]]:
     """Run the load; returns ``(summary, records)``. ``connect(ue_id)`` makes one UE's EdgeClient."""
-    from shared.model_ops import Params
+    from shared.protocol.params import Params
     from ue_client.session import generate
 
     before = proxy_stats(cfg.via, cfg.ue_id, tls=cfg.control_tls, token=cfg.admin_token)
@@ -434,7 +434,7 @@ def add_load_parser(sub: Any, model_flags: Callable[[argparse.ArgumentParser], N
 def run_cli(args: argparse.Namespace, load_model: Callable[[argparse.Namespace], tuple[Any, Any]],
             connect: Callable[[Any, str], Any]) -> int:
     """``meg-ue load``: ``load_model(args) -> (parts, image_in)``; ``connect(parts, ue_id) -> EdgeClient``."""
-    from shared.protocols import PROTOCOLS, check_prompt
+    from shared.protocol.registry import PROTOCOLS, check_prompt
 
     cfg = LoadConfig(
         via=args.via, ues=args.ues, requests=args.requests, duration_s=args.duration, rate=args.rate,

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import grpc
 
-from shared.images import save_png
-from shared.model_ops import ModelParts
-from shared.security import TlsFiles
+from shared.model.images import save_png
+from shared.model.ops import ModelParts
+from shared.rpc.security import TlsFiles
 from ue_client.edge_client import EdgeClient, check_geometry
 from ue_client.pick import Candidate, Chooser, chooser
 from ue_client.session import GenerationResult

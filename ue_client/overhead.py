@@ -1,12 +1,12 @@
 """Exact over-the-air accounting per protocol, derived from the protocol data and a model's geometry.
 
 Nothing is generated: for every ES segment of a protocol's plan, the uplink is what the segment receives
-and the downlink what it returns (:func:`shared.protocols.plan`); each tensor key's symbol count comes from
-:class:`shared.geometry.Geometry`. The prompt crosses losslessly and is counted in bytes, apart.
+and the downlink what it returns (:func:`shared.protocol.plan.plan`); each tensor key's symbol count comes from
+:class:`shared.protocol.geometry.Geometry`. The prompt crosses losslessly and is counted in bytes, apart.
 
 Multi-ES protocols (paper 1 §III) are counted for ``n_es`` edge servers, summed over their links: a
 parallel fan-out sends and returns its keys once per ES (the uplink once in all with ``broadcast``); a
-cooperative share sends and returns each ES's window (:mod:`shared.tiles`, overlap ``halo``), once per round
+cooperative share sends and returns each ES's window (:mod:`shared.protocol.tiles`, overlap ``halo``), once per round
 (``rounds``: with the windows fused every step, as many rounds as steps; :func:`cooperative_rounds`).
 """
 
@@ -14,10 +14,12 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from shared.geometry import SEED_KEYS, Geometry
-from shared.protocols import PROTOCOLS, TASKS, TEXT_KEYS, plan
-from shared.schedule import cooperative_schedule
-from shared.tiles import DEFAULT_SYNC, Share, default_halo
+from shared.protocol.geometry import SEED_KEYS, Geometry
+from shared.protocol.plan import plan
+from shared.protocol.registry import PROTOCOLS
+from shared.protocol.schedule import cooperative_schedule
+from shared.protocol.stages import TASKS, TEXT_KEYS
+from shared.protocol.tiles import DEFAULT_SYNC, Share, default_halo
 
 #: Paper 2's Table II compression rates.
 TABLE_II_FCS = (0.1, 0.3, 0.5, 0.7, 0.9)
@@ -45,7 +47,7 @@ class OverheadRow:
 
 def cooperative_rounds(steps: int, sync: int | None = None, task: str = "txt2img") -> int:
     """Rounds of a cooperative generation of ``steps`` steps fused every ``sync`` (None: the default; 0: one
-    round; img2img at the default strength) — :func:`shared.schedule.cooperative_schedule` without a head."""
+    round; img2img at the default strength) — :func:`shared.protocol.schedule.cooperative_schedule` without a head."""
     share = Share(0, 2, sync=DEFAULT_SYNC if sync is None else sync)
     return len(cooperative_schedule(steps, 0.0, share, task == "img2img"))
 

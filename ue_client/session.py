@@ -14,12 +14,17 @@ from typing import Any
 import grpc
 import torch
 
-from shared import air
-from shared.model_ops import DEFAULT_STRENGTH, ModelOps, ModelParts, Params, cooperative_schedule
+from shared.model.ops import ModelOps, ModelParts
 from shared.pb import air_pb2
-from shared.protocols import TEXT_KEYS, ProtocolError, Segment, get_protocol, plan, run_protocol, seed_of
-from shared.serde import segment_request
-from shared.tiles import DEFAULT_HEAD, DEFAULT_SYNC, Share, default_halo
+from shared.protocol.params import Params
+from shared.protocol.plan import plan
+from shared.protocol.registry import get_protocol
+from shared.protocol.runner import run_protocol
+from shared.protocol.schedule import DEFAULT_STRENGTH, cooperative_schedule
+from shared.protocol.serde import segment_request
+from shared.protocol.stages import TEXT_KEYS, ProtocolError, Segment, seed_of
+from shared.protocol.tiles import DEFAULT_HEAD, DEFAULT_SYNC, Share, default_halo
+from shared.wire import air
 from ue_client.edge_client import EdgeClient, GeometryMismatch, check_geometry  # noqa: F401  (re-exported)
 from ue_client.pick import Candidate, Chooser
 from ue_client.transport import EdgeFailure, fan_out
@@ -181,7 +186,7 @@ def generate(
         # every ES must run the same schedule: send the steps and strength explicitly (not each ES's default)
         params = replace(params, steps=params.steps or parts.meg.es_steps, strength=params.strength or DEFAULT_STRENGTH)
         try:
-            rounds = len(cooperative_schedule(params, parts.meg.es_steps, share_list[0], task == "img2img")[1])
+            rounds = len(cooperative_schedule(params.steps, params.strength, share_list[0], task == "img2img"))
         except ValueError as exc:
             raise ProtocolError(str(exc)) from None
     segments = plan(stages, task, rounds)  # type: ignore[arg-type]

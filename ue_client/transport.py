@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from shared.pb import channel_pb2, channel_pb2_grpc
-from shared.security import TlsFiles, secure_channel
+from shared.rpc.security import TlsFiles, secure_channel
 from ue_client.edge_client import EdgeClient
 
 

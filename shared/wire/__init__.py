@@ -1,0 +1,2 @@
+"""The wire layer (imports only ``shared.pb``): over-the-air tensors (:mod:`.air`), header names
+(:mod:`.headers`), size limits (:mod:`.limits`)."""

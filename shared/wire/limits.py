@@ -1,0 +1,21 @@
+"""Every size limit a MEG process enforces on what it is sent, in one place.
+
+The servers, the proxy and the CLIs check against these; ``meg-edge``'s settings may lower some of them
+(never raise them past what the wire accepts).
+"""
+
+from __future__ import annotations
+
+#: Largest message any MEG process accepts or sends (an image of 1024×1024×3 float32 is 12 MiB).
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+#: No over-the-air tensor may hold more values than this (64 Mi values, 256 MiB at float32).
+MAX_VALUES = 64 * 1024 * 1024
+#: No over-the-air tensor may have more dimensions than this (numpy's own limit).
+MAX_DIMS = 64
+
+#: Longest prompt accepted, in characters (the tokenizer keeps only its first tokens anyway).
+MAX_PROMPT_CHARS = 1000
+
+#: Largest ``steps`` the ES accepts: DDIM steps of the 1000 training timesteps (``meg-ue --steps`` checks it too).
+MAX_STEPS = 500
