@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ChannelApplied(_message.Message):
-    __slots__ = ("link", "direction", "model", "snr_db", "profile", "effective_snr_db", "blocks", "symbols", "payload_bytes", "energy", "noise_seed")
+    __slots__ = ("link", "direction", "model", "snr_db", "profile", "effective_snr_db", "blocks", "symbols", "payload_bytes", "energy", "noise_seed", "air_s", "queue_s", "slots", "resource_elements", "mcs")
     LINK_FIELD_NUMBER: _ClassVar[int]
     DIRECTION_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -19,6 +19,11 @@ class ChannelApplied(_message.Message):
     PAYLOAD_BYTES_FIELD_NUMBER: _ClassVar[int]
     ENERGY_FIELD_NUMBER: _ClassVar[int]
     NOISE_SEED_FIELD_NUMBER: _ClassVar[int]
+    AIR_S_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_S_FIELD_NUMBER: _ClassVar[int]
+    SLOTS_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_ELEMENTS_FIELD_NUMBER: _ClassVar[int]
+    MCS_FIELD_NUMBER: _ClassVar[int]
     link: str
     direction: str
     model: str
@@ -30,7 +35,12 @@ class ChannelApplied(_message.Message):
     payload_bytes: int
     energy: float
     noise_seed: int
-    def __init__(self, link: _Optional[str] = ..., direction: _Optional[str] = ..., model: _Optional[str] = ..., snr_db: _Optional[float] = ..., profile: _Optional[str] = ..., effective_snr_db: _Optional[float] = ..., blocks: _Optional[int] = ..., symbols: _Optional[int] = ..., payload_bytes: _Optional[int] = ..., energy: _Optional[float] = ..., noise_seed: _Optional[int] = ...) -> None: ...
+    air_s: float
+    queue_s: float
+    slots: int
+    resource_elements: int
+    mcs: int
+    def __init__(self, link: _Optional[str] = ..., direction: _Optional[str] = ..., model: _Optional[str] = ..., snr_db: _Optional[float] = ..., profile: _Optional[str] = ..., effective_snr_db: _Optional[float] = ..., blocks: _Optional[int] = ..., symbols: _Optional[int] = ..., payload_bytes: _Optional[int] = ..., energy: _Optional[float] = ..., noise_seed: _Optional[int] = ..., air_s: _Optional[float] = ..., queue_s: _Optional[float] = ..., slots: _Optional[int] = ..., resource_elements: _Optional[int] = ..., mcs: _Optional[int] = ...) -> None: ...
 
 class AirTensor(_message.Message):
     __slots__ = ("name", "shape", "dtype", "data", "transmission_id", "block_power", "block_length", "applied")

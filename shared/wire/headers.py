@@ -6,6 +6,8 @@
 ``meg-channel-control``   where an ES reaches the proxy's ChannelControl service for CSI
 ``meg-request-id``        repeats a RunSegment's ``request_id`` (the body is the truth) for logs
 ``authorization``         ``Bearer <token>``: grpc's access-token credentials
+``meg-airtime``           trailing metadata the proxy puts on every RPC through a cell: JSON of the
+                          message's time on the air per direction (``shared.channel.airtime``)
 ========================  =========================================================================
 """
 
@@ -16,3 +18,4 @@ ES_HEADER = "meg-es"
 CONTROL_HEADER = "meg-channel-control"
 REQUEST_ID_HEADER = "meg-request-id"
 AUTH_HEADER = "authorization"
+AIRTIME_HEADER = "meg-airtime"
