@@ -14,19 +14,20 @@ import grpc
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
+from channel_emulator.membership import DEFAULT_INTERVAL_S, DEFAULT_MAX_UPSTREAMS, Membership, Pattern
 from shared.channel.models import MODELS, ChannelConfigError
 from shared.channel.profiles import IDEAL, ChannelProfile, load_profiles
 from shared.cli.config import DeprecatedAlias, parse, plain
 from shared.cli.errors import describe_rpc_error, run_cli
 from shared.cli.logs import add_log_flag, setup
-from shared.pb import channel_pb2, channel_pb2_grpc
+from shared.pb import channel_pb2
+from shared.rpc.control import ControlClient, set_request
 from shared.rpc.security import (
     ADMIN_TOKEN_ENV,
     UE_TOKEN_ENV,
     TlsFiles,
     add_tls_flags,
     read_token,
-    secure_channel,
     tls_from_args,
 )
 from shared.rpc.server import serve_until_signal
@@ -60,6 +61,16 @@ def _direction_profile(args: argparse.Namespace, direction: str, book: object) -
                           csi_error=args.csi_error)
 
 
+def _membership(args: argparse.Namespace, fixed: dict[str, str], tls: TlsFiles | None) -> Membership | None:
+    """The ``--upstream-pattern`` follower (channel_emulator.membership), or None for fixed upstreams only."""
+    if not args.upstream_pattern:
+        if not fixed:
+            raise ValueError("give --upstream NAME=HOST:PORT (fixed) or --upstream-pattern 'es{i}=HOST:PORT' (followed)")
+        return None
+    patterns = [Pattern.parse(p) for p in args.upstream_pattern]
+    return Membership(patterns, args.max_upstreams, args.membership_interval_s, tls=tls, fixed=list(fixed))
+
+
 async def _serve(args: argparse.Namespace) -> None:
     from channel_emulator.link import LinkTable
     from channel_emulator.proxy import create_proxy
@@ -70,14 +81,18 @@ async def _serve(args: argparse.Namespace) -> None:
     upstream_ca = args.upstream_tls_ca or args.tls_ca
     upstream_tls = None if args.upstream_plaintext or not upstream_ca else \
         TlsFiles(args.tls_cert, args.tls_key, upstream_ca, args.upstream_tls_server_name)
+    fixed = _upstreams(args.upstream or [])
+    membership = _membership(args, fixed, upstream_tls)
     server, port, health = await create_proxy(
-        args.listen, _upstreams(args.upstream), table, advertise_as=args.advertise, tls=tls, upstream_tls=upstream_tls,
+        args.listen, fixed, table, advertise_as=args.advertise, tls=tls, upstream_tls=upstream_tls,
         ue_token=read_token(args.token_file, UE_TOKEN_ENV), admin_token=read_token(args.admin_token_file, ADMIN_TOKEN_ENV),
+        membership=membership,
     )
     if args.metrics_port is not None:
         from channel_emulator.metrics import serve_link_metrics
 
-        _, metrics_port = serve_link_metrics(table, args.listen, args.metrics_port)
+        _, metrics_port = serve_link_metrics(table, args.listen, args.metrics_port,
+                                             [membership.collector()] if membership else [])
         logging.getLogger("meg.channel").info("meg-channel metrics on port %d", metrics_port)
     print(f"meg-channel listening on port {port}", flush=True)
     await serve_until_signal(server, health, args.grace_s)
@@ -140,29 +155,26 @@ def to_plain(msg: Message) -> dict[str, object]:
 
 def _control(args: argparse.Namespace) -> int:
     token = read_token(args.admin_token_file, ADMIN_TOKEN_ENV)
-    with secure_channel(args.via, tls_from_args(args), token) as channel:
-        stub = channel_pb2_grpc.ChannelControlStub(channel)
-        t = CONTROL_DEADLINE_S
+    with ControlClient(args.via, tls_from_args(args), token, timeout_s=CONTROL_DEADLINE_S) as control:
+        reply: Message
         if args.command == "profiles":
-            reply = stub.ListProfiles(channel_pb2.ListProfilesRequest(), timeout=t)
+            reply = control.list_profiles()
         elif args.command == "show":
-            reply = stub.GetChannel(channel_pb2.GetChannelRequest(), timeout=t)
+            reply = control.get_channel()
         elif args.command == "stats":
-            reply = stub.GetStats(channel_pb2.GetStatsRequest(), timeout=t)
+            reply = control.stats()
         elif args.command == "reset":
-            reply = stub.ResetChannel(channel_pb2.ResetChannelRequest(stats=args.stats), timeout=t)
+            reply = control.reset(stats=args.stats)
         elif args.command == "csi":
-            reply = stub.GetCSI(channel_pb2.CSIRequest(link=args.link, direction=args.direction, blocks=args.blocks), timeout=t)
+            reply = control.csi(args.link, args.direction, blocks=args.blocks)
+        elif args.profile:
+            reply = control.set(set_request(args.link, args.direction, profile=args.profile))
+        elif args.snr_db is not None:
+            reply = control.set(set_request(args.link, args.direction, custom=channel_pb2.Profile(
+                model=args.channel_model, snr_db=args.snr_db, coherence_symbols=args.coherence,
+                k_factor=args.k_factor, csi_error=args.csi_error)))
         else:
-            req = channel_pb2.SetChannelRequest(link=args.link, direction=args.direction)
-            if args.profile:
-                req.profile = args.profile
-            elif args.snr_db is not None:
-                req.custom.CopyFrom(channel_pb2.Profile(model=args.channel_model, snr_db=args.snr_db, coherence_symbols=args.coherence,
-                                                        k_factor=args.k_factor, csi_error=args.csi_error))
-            else:
-                raise ValueError("set needs a PROFILE name or --snr-db")
-            reply = stub.SetChannel(req, timeout=t)
+            raise ValueError("set needs a PROFILE name or --snr-db")
     data = to_plain(reply)
     if args.json:
         print(json.dumps(data))
@@ -185,8 +197,17 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the channel proxy in front of one or more edge servers")
     serve.add_argument("--listen", default="127.0.0.1:50052", help="HOST:PORT to bind (port 0 = any free port)")
-    serve.add_argument("--upstream", action="append", required=True, metavar="[NAME=]HOST:PORT",
-                       help="an edge server (repeat for several; unnamed ones are es0, es1, ...)")
+    serve.add_argument("--upstream", action="append", metavar="[NAME=]HOST:PORT",
+                       help="a fixed edge server (repeat for several; unnamed ones are es0, es1, ...)")
+    serve.add_argument("--upstream-pattern", action="append", metavar="NAME=HOST:PORT",
+                       help="follow edge servers at runtime: for i = 0..--max-upstreams-1, e.g. 'es{i}=es{i}:50051' "
+                            "(compose), 'es{i}=es-{i}.es:50051' (StatefulSet), 'es{i}=127.0.0.1:{i+50061}'; one that "
+                            "resolves and answers health SERVING joins, one that stops is dropped (repeat for several)")
+    serve.add_argument("--max-upstreams", type=int, default=DEFAULT_MAX_UPSTREAMS,
+                       help=f"slots i per --upstream-pattern (default {DEFAULT_MAX_UPSTREAMS})")
+    serve.add_argument("--membership-interval-s", type=float, default=DEFAULT_INTERVAL_S,
+                       help=f"seconds between --upstream-pattern probes (default {DEFAULT_INTERVAL_S:g}; "
+                            "dropped after 2 failed ones)")
     serve.add_argument("--profiles", help="TOML file of named profiles and per-link settings")
     serve.add_argument("--advertise", help="HOST:PORT edge servers reach this proxy's control service at, for CSI "
                                            "(default: the listen address)")

@@ -17,10 +17,10 @@ import numpy as np
 
 from shared.channel.power import POLICIES
 from shared.channel.power_ppo import DEFAULT_POLICY_PATH
-from shared.pb import air_pb2, channel_pb2, channel_pb2_grpc
-from shared.rpc.security import TlsFiles, aio_channel
+from shared.pb import air_pb2
+from shared.rpc.control import AsyncControlClient
+from shared.rpc.security import TlsFiles
 from shared.wire import air
-from shared.wire.headers import AUTH_HEADER
 
 log = logging.getLogger("meg.edge.power")
 POLICY_NAMES = ("none", "uniform", "oracle", "ppo")
@@ -62,16 +62,13 @@ class PowerControl:
         self.budget = float(budget)
         self.csi_via = csi_via
         self.tls = tls
-        self._auth: tuple[tuple[str, str], ...] = ((AUTH_HEADER, f"Bearer {token}"),) if token else ()
-        self._stubs: dict[str, channel_pb2_grpc.ChannelControlStub] = {}
-        self._channels: list[grpc.aio.Channel] = []
+        self._token = token
+        self._controls: dict[str, AsyncControlClient] = {}
 
-    def _stub(self, address: str) -> channel_pb2_grpc.ChannelControlStub:
-        if address not in self._stubs:
-            channel = aio_channel(address, self.tls)
-            self._channels.append(channel)
-            self._stubs[address] = channel_pb2_grpc.ChannelControlStub(channel)
-        return self._stubs[address]
+    def _control(self, address: str) -> AsyncControlClient:
+        if address not in self._controls:
+            self._controls[address] = AsyncControlClient(address, self.tls, self._token, timeout_s=CSI_DEADLINE_S)
+        return self._controls[address]
 
     async def allocate(self, tensor: air_pb2.AirTensor, ue_id: str, advertised: str | None = None) -> None:
         """Ask the proxy for the CSI of ``tensor``'s downlink and write the policy's allocation into it.
@@ -83,10 +80,7 @@ class PowerControl:
             return
         x = air.air_array(tensor).reshape(-1)
         try:
-            csi = await self._stub(address).GetCSI(
-                channel_pb2.CSIRequest(link=f"{ue_id}->{self.es_name}", direction="downlink", symbols=x.size),
-                timeout=CSI_DEADLINE_S, metadata=self._auth,
-            )
+            csi = await self._control(address).csi(f"{ue_id}->{self.es_name}", "downlink", symbols=x.size)
         except grpc.aio.AioRpcError as exc:
             log.warning("no CSI from %s (%s: %s); sending %s at unit power", address, exc.code().name, exc.details(), tensor.name)
             return
@@ -95,5 +89,5 @@ class PowerControl:
         tensor.block_length = int(csi.coherence_symbols)
 
     async def close(self) -> None:
-        for channel in self._channels:
-            await channel.close()
+        for control in self._controls.values():
+            await control.close()

@@ -16,10 +16,11 @@ from PIL import Image, ImageDraw
 
 from shared.model.images import psnr, save_png
 from shared.model.ops import ModelParts
-from shared.pb import channel_pb2, channel_pb2_grpc
+from shared.pb import channel_pb2
 from shared.protocol.params import Params
 from shared.protocol.registry import PROTOCOLS
-from shared.rpc.security import TlsFiles, secure_channel
+from shared.rpc.control import ControlClient
+from shared.rpc.security import TlsFiles
 from ue_client.overhead import protocol_overhead
 from ue_client.session import EdgeClient, MultiOptions, generate
 
@@ -33,20 +34,16 @@ def read_links(proxy: str, links: list[str], tls: TlsFiles | None = None,
                token: str | None = None) -> dict[str, tuple[channel_pb2.Profile, channel_pb2.Profile]]:
     """``(uplink, downlink)`` profiles each link has now (the default for a link not seen yet). ``tls`` and the
     admin ``token`` reach a secured proxy's control service."""
-    with secure_channel(proxy, tls, token) as ch:
-        now = channel_pb2_grpc.ChannelControlStub(ch).GetChannel(channel_pb2.GetChannelRequest(), timeout=10)
-    known = {ls.link: ls for ls in now.links}
-    return {link: (known.get(link, now.default).uplink, known.get(link, now.default).downlink) for link in links}
+    with ControlClient(proxy, tls, token) as control:
+        return control.links(links)
 
 
 def set_links(proxy: str, settings: dict[str, tuple[channel_pb2.Profile, channel_pb2.Profile]],
               tls: TlsFiles | None = None, token: str | None = None) -> None:
     """Set each link's uplink and downlink profiles (``tls``, admin ``token``: as :func:`read_links`)."""
-    with secure_channel(proxy, tls, token) as ch:
-        stub = channel_pb2_grpc.ChannelControlStub(ch)
+    with ControlClient(proxy, tls, token) as control:
         for link, (up, down) in settings.items():
-            for direction, profile in (("uplink", up), ("downlink", down)):
-                stub.SetChannel(channel_pb2.SetChannelRequest(link=link, direction=direction, custom=profile), timeout=10)
+            control.set_link(link, up, down)
 
 
 def panel(images: dict[str, torch.Tensor], captions: dict[str, str], cell: int = 160) -> Image.Image:
@@ -71,8 +68,8 @@ def run_compare(parts: ModelParts, client: EdgeClient, prompt: str, task: str, p
     """Run the registry's protocols; ``clients`` (ES name -> client) are the session's ESs for ``multi_es``.
     ``tls`` and ``admin_token`` reach a secured proxy's control service (compare sets the links)."""
     out.mkdir(parents=True, exist_ok=True)
-    clients = dict(clients or {dict(client.metadata).get("meg-es", "es0"): client})
-    ue_id = dict(client.metadata)["meg-ue"]
+    clients = dict(clients or {client.es_name or "es0": client})
+    ue_id = client.ue_id
     links = [f"{ue_id}->{name}" for name in clients]
     before = read_links(proxy, links, tls, admin_token)
     ideal = channel_pb2.Profile(model="ideal")

@@ -15,7 +15,7 @@ import grpc
 from shared.model.ops import ModelParts
 from shared.pb import edge_pb2, edge_pb2_grpc
 from shared.rpc.security import UE_TOKEN_ENV, TlsFiles, read_token, secure_channel
-from shared.wire.headers import REQUEST_ID_HEADER
+from shared.wire.headers import ES_HEADER, REQUEST_ID_HEADER, UE_HEADER
 
 log = logging.getLogger("meg.ue")
 T = TypeVar("T")
@@ -42,7 +42,8 @@ class EdgeClient:
         self.target = check_target(target)
         self.timeout_s = timeout_s
         self.retry = retry
-        self.metadata: tuple[tuple[str, str], ...] = (("meg-ue", ue_id),) + ((("meg-es", es_name),) if es_name else ())
+        self.ue_id, self.es_name = ue_id, es_name
+        self.metadata: tuple[tuple[str, str], ...] = ((UE_HEADER, ue_id),) + (((ES_HEADER, es_name),) if es_name else ())
         token = token if token is not None else read_token(None, UE_TOKEN_ENV)
         self.channel = secure_channel(self.target, tls, token, options=message_options())
         self.stub = edge_pb2_grpc.EdgeServiceStub(self.channel)

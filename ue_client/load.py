@@ -16,7 +16,6 @@ and plots (``latency.png``: histogram and CDF; ``timeline.png``: throughput and 
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import random
@@ -32,7 +31,7 @@ from typing import Any, TextIO
 import grpc
 import numpy as np
 
-from shared.rpc.security import ADMIN_TOKEN_ENV, TlsFiles, read_token, secure_channel, tls_from_args
+from shared.rpc.security import TlsFiles
 
 #: Prompts the virtual UEs cycle through (meg-tiny's vocabulary of shapes and colours).
 DEFAULT_PROMPTS = (
@@ -201,21 +200,18 @@ def proxy_stats(via: str, ue_prefix: str, timeout: float = 10.0, tls: TlsFiles |
     """Sum of the proxy's ``GetStats`` counters per direction over the links of UEs named ``{ue_prefix}*``;
     None when ``via`` is not a channel proxy (an ES directly) or refuses (a secured proxy without the admin
     ``token``)."""
-    from shared.pb import channel_pb2, channel_pb2_grpc
+    from shared.rpc.control import ControlClient, stats_by_direction
 
-    with secure_channel(via, tls, token) as ch:
+    def ours(link: str) -> bool:
+        ue = link.partition("->")[0]
+        return ue.startswith(ue_prefix) and ue[len(ue_prefix):].isdigit()
+
+    with ControlClient(via, tls, token, timeout_s=timeout) as control:
         try:
-            reply = channel_pb2_grpc.ChannelControlStub(ch).GetStats(channel_pb2.GetStatsRequest(), timeout=timeout)
+            reply = control.stats()
         except grpc.RpcError:
             return None
-    keys = ("rpcs", "transmissions", "symbols", "payload_bytes", "message_bytes")
-    out = {d: dict.fromkeys(keys, 0) for d in ("uplink", "downlink")}
-    for e in reply.entries:
-        ue = e.link.partition("->")[0]
-        if e.direction in out and ue.startswith(ue_prefix) and ue[len(ue_prefix):].isdigit():
-            for k in keys:
-                out[e.direction][k] += int(getattr(e, k))
-    return out
+    return stats_by_direction(reply, ours)
 
 
 def _delta(after: dict[str, dict[str, int]], before: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
@@ -410,45 +406,3 @@ def format_summary(summary: dict[str, Any]) -> str:
     else:
         lines.append("  (no proxy stats: --via is not a channel proxy)")
     return "\n".join(lines)
-
-
-# --- the CLI ------------------------------------------------------------------------------------------------
-def add_load_parser(sub: Any, model_flags: Callable[[argparse.ArgumentParser], None]) -> None:
-    """Register ``meg-ue load`` on the subparsers ``sub`` (``model_flags`` adds the shared model flags)."""
-    p = sub.add_parser("load", help="load-test: N virtual UEs against an ES through the proxy; latency percentiles, "
-                                    "throughput, plots")
-    p.add_argument("--via", required=True, help="HOST:PORT of the channel proxy (or an ES directly)")
-    p.add_argument("--ues", type=int, required=True, help="virtual UEs (each its own link: UE ids {--ue-id}0..N-1)")
-    stop = p.add_mutually_exclusive_group(required=True)
-    stop.add_argument("--requests", type=int, help="measured requests in all (after --warmup)")
-    stop.add_argument("--duration", type=float, help="seconds to send for (after --warmup)")
-    p.add_argument("--rate", type=float, help="open loop: Poisson arrivals per second over all UEs; latency counts "
-                                              "from the intended send time (default: closed loop)")
-    p.add_argument("--protocol", default="FULL-ES", help="P[:WEIGHT],... mix of protocols (default FULL-ES)")
-    p.add_argument("--warmup", type=int, default=0, help="requests sent first and left out of the statistics")
-    p.add_argument("--prompt", action="append", help="prompt (repeat; default: a built-in list the UEs cycle)")
-    p.add_argument("--out", required=True, help="folder for results.json, requests.csv, latency.png, timeline.png")
-    model_flags(p)
-
-
-def run_cli(args: argparse.Namespace, load_model: Callable[[argparse.Namespace], tuple[Any, Any]],
-            connect: Callable[[Any, str], Any]) -> int:
-    """``meg-ue load``: ``load_model(args) -> (parts, image_in)``; ``connect(parts, ue_id) -> EdgeClient``."""
-    from shared.protocol.registry import PROTOCOLS, check_prompt
-
-    cfg = LoadConfig(
-        via=args.via, ues=args.ues, requests=args.requests, duration_s=args.duration, rate=args.rate,
-        protocols=parse_protocols(args.protocol, PROTOCOLS), task=args.task, steps=args.steps, fc=args.fc,
-        guidance=args.guidance, strength=args.strength, warmup=args.warmup, seed=args.seed, timeout_s=args.timeout,
-        ue_id=args.ue_id, prompts=tuple(check_prompt(p) for p in args.prompt) if args.prompt else DEFAULT_PROMPTS,
-        control_tls=tls_from_args(args), admin_token=read_token(getattr(args, "admin_token_file", None), ADMIN_TOKEN_ENV),
-    )
-    parts, image_in = load_model(args)
-    summary, records = run_load(parts, cfg, lambda ue: connect(parts, ue), image_in, progress=sys.stderr)
-    paths = write_outputs(Path(args.out), summary, records)
-    if args.json:
-        print(json.dumps(summary))
-    else:
-        print(format_summary(summary))
-        print("wrote " + ", ".join(str(p) for p in paths))
-    return 0

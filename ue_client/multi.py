@@ -12,6 +12,7 @@ import grpc
 
 from shared.model.images import save_png
 from shared.model.ops import ModelParts
+from shared.rpc.control import is_not_a_proxy
 from shared.rpc.security import TlsFiles
 from ue_client.edge_client import EdgeClient, check_geometry
 from ue_client.pick import Candidate, Chooser, chooser
@@ -28,7 +29,7 @@ def open_clients(via: str, es: str | None, parts: ModelParts, timeout_s: float, 
     try:
         available = discover(via, timeout=min(timeout_s, 10.0), tls=tls, token=token)
     except grpc.RpcError as exc:
-        if exc.code() != grpc.StatusCode.UNIMPLEMENTED:
+        if not is_not_a_proxy(exc):
             raise
         available = ["es0"]  # no channel control there: an ES reached directly
     clients = connect(via, pick_names(available, es), timeout_s, ue_id, tls=tls, token=token)

@@ -171,7 +171,7 @@ def generate(
     opts = options or MultiOptions()
     spec, stages = get_protocol(protocol, task)
     if clients is None:
-        clients = {} if client is None else {dict(client.metadata).get("meg-es", "es0"): client}
+        clients = {} if client is None else {client.es_name or "es0": client}
     names = list(clients) if spec.multi_es else list(clients)[:1]
     if not spec.local and not names:
         raise RuntimeError(f"{spec.name} needs an edge server: give --via HOST:PORT")

@@ -8,8 +8,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from shared.pb import channel_pb2, channel_pb2_grpc
-from shared.rpc.security import TlsFiles, secure_channel
+from shared.rpc.control import ControlClient
+from shared.rpc.security import TlsFiles
 from ue_client.edge_client import EdgeClient
 
 
@@ -24,9 +24,8 @@ class EdgeFailure(RuntimeError):
 def discover(via: str, timeout: float = 10.0, tls: TlsFiles | None = None, token: str | None = None) -> list[str]:
     """The edge servers behind the channel proxy at ``via``, by name (its ``GetChannel`` control RPC, which
     the proxy answers for the UE token)."""
-    with secure_channel(via, tls, token) as ch:
-        settings = channel_pb2_grpc.ChannelControlStub(ch).GetChannel(channel_pb2.GetChannelRequest(), timeout=timeout)
-    return list(settings.upstreams)
+    with ControlClient(via, tls, token, timeout_s=timeout) as control:
+        return control.upstreams()
 
 
 def pick_names(available: Sequence[str], wanted: str | None) -> list[str]:

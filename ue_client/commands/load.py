@@ -1,0 +1,58 @@
+"""``meg-ue load``: N virtual UEs against an ES through the proxy (the run itself: :mod:`ue_client.load`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from ue_client.commands import base
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("load", help="load-test: N virtual UEs against an ES through the proxy; latency percentiles, "
+                                    "throughput, plots")
+    p.add_argument("--via", required=True, help="HOST:PORT of the channel proxy (or an ES directly)")
+    p.add_argument("--ues", type=int, required=True, help="virtual UEs (each its own link: UE ids {--ue-id}0..N-1)")
+    stop = p.add_mutually_exclusive_group(required=True)
+    stop.add_argument("--requests", type=int, help="measured requests in all (after --warmup)")
+    stop.add_argument("--duration", type=float, help="seconds to send for (after --warmup)")
+    p.add_argument("--rate", type=float, help="open loop: Poisson arrivals per second over all UEs; latency counts "
+                                              "from the intended send time (default: closed loop)")
+    p.add_argument("--protocol", default="FULL-ES", help="P[:WEIGHT],... mix of protocols (default FULL-ES)")
+    p.add_argument("--warmup", type=int, default=0, help="requests sent first and left out of the statistics")
+    p.add_argument("--prompt", action="append", help="prompt (repeat; default: a built-in list the UEs cycle)")
+    p.add_argument("--out", required=True, help="folder for results.json, requests.csv, latency.png, timeline.png")
+    base.add_model_flags(p)
+    base.add_connection_flags(p, admin_use="to read its counters")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from shared.protocol.registry import PROTOCOLS, check_prompt
+    from shared.rpc.security import tls_from_args
+    from ue_client.edge_client import EdgeClient
+    from ue_client.load import DEFAULT_PROMPTS, LoadConfig, format_summary, parse_protocols, run_load, write_outputs
+
+    cfg = LoadConfig(
+        via=args.via, ues=args.ues, requests=args.requests, duration_s=args.duration, rate=args.rate,
+        protocols=parse_protocols(args.protocol, PROTOCOLS), task=args.task, steps=args.steps, fc=args.fc,
+        guidance=args.guidance, strength=args.strength, warmup=args.warmup, seed=args.seed, timeout_s=args.timeout,
+        ue_id=args.ue_id, prompts=tuple(check_prompt(p) for p in args.prompt) if args.prompt else DEFAULT_PROMPTS,
+        control_tls=tls_from_args(args), admin_token=base.admin_token(args),
+    )
+    parts, image_in = base.load_model(args)
+
+    def connect(ue_id: str) -> EdgeClient:  # one virtual UE: its own client and UE id
+        return base.open_client(argparse.Namespace(**{**vars(args), "ue_id": ue_id, "protocol": None}), parts)
+
+    summary, records = run_load(parts, cfg, connect, image_in, progress=sys.stderr)
+    paths = write_outputs(Path(args.out), summary, records)
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(format_summary(summary))
+        print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
