@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import numpy as np
@@ -38,7 +39,10 @@ from shared.rpc.server import (
     set_serving,
 )
 from shared.wire import air
-from shared.wire.headers import REQUEST_ID_HEADER
+from shared.wire.headers import CONTROL_HEADER, ES_HEADER, REQUEST_ID_HEADER, UE_HEADER
+
+if TYPE_CHECKING:
+    from channel_emulator.membership import Membership
 
 log = logging.getLogger("meg.channel")
 EDGE_SERVICE = edge_pb2.DESCRIPTOR.services_by_name["EdgeService"]
@@ -46,37 +50,77 @@ CONTROL_SERVICE_NAME = channel_pb2.DESCRIPTOR.services_by_name["ChannelControl"]
 #: Deadline given upstream when the caller sent none (every RPC has one).
 DEFAULT_DEADLINE_S = 300.0
 MAX_LINKS = 10_000
-UE_HEADER, ES_HEADER = "meg-ue", "meg-es"
-#: Added to every forwarded request: where the ES reaches this proxy's control service (for CSI).
-CONTROL_HEADER = "meg-channel-control"
 #: Most fading blocks one GetCSI may draw (also the most reported-but-unused draws a direction keeps).
 MAX_CSI_BLOCKS = MAX_PENDING_BLOCKS
 _HOP_HEADERS = {"user-agent", "content-type", "te", "grpc-timeout", "grpc-accept-encoding", "grpc-encoding"}
 
 
-class Upstreams:
-    """The edge servers behind the proxy, by name, each with one shared gRPC channel."""
+class UpstreamGone(LookupError):
+    """The named edge server was an upstream and has left (channel_emulator.membership dropped it)."""
 
-    def __init__(self, targets: Mapping[str, str], options: list[tuple[str, int]], tls: TlsFiles | None = None) -> None:
+
+class Upstreams:
+    """The edge servers behind the proxy, by name, each with one shared gRPC channel. Fixed ones come from
+    ``--upstream``; :class:`channel_emulator.membership.Membership` adds and drops the discovered ones at runtime
+    (``dynamic``: the table may be empty until the first one joins)."""
+
+    def __init__(self, targets: Mapping[str, str], options: list[tuple[str, int]], tls: TlsFiles | None = None,
+                 dynamic: bool = False) -> None:
         """``tls``: the proxy's client side (CA of the edge servers, its own cert/key for mutual TLS).
         The channels reconnect within ~1 s of an edge server coming back (RECONNECT_OPTIONS)."""
-        if not targets:
+        if not targets and not dynamic:
             raise ValueError("the proxy needs at least one upstream edge server")
-        self.targets = dict(targets)
-        self.channels = {name: aio_channel(addr, tls, [*options, *RECONNECT_OPTIONS]) for name, addr in targets.items()}
-        self.first = next(iter(targets))
+        self.options, self.tls = [*options, *RECONNECT_OPTIONS], tls
+        self.targets: dict[str, str] = {}
+        self.channels: dict[str, grpc.aio.Channel] = {}
+        #: name -> why it left (kept for the error a UE that still asks for it gets)
+        self.gone: dict[str, str] = {}
+        #: every channel ever opened, by (name, address): a dropped ES's in-flight RPCs finish, a rejoin reuses it
+        self._opened: dict[tuple[str, str], grpc.aio.Channel] = {}
+        self._calls: dict[tuple[str, str, str], Callable[..., Any]] = {}
+        for name, addr in targets.items():
+            self.add(name, addr)
+
+    @property
+    def first(self) -> str | None:
+        return next(iter(self.targets), None)
+
+    def add(self, name: str, addr: str) -> None:
+        """Route ``name`` to ``addr`` from the next RPC on."""
+        key = (name, addr)
+        if key not in self._opened:
+            self._opened[key] = aio_channel(addr, self.tls, self.options)
+        self.gone.pop(name, None)
+        self.targets[name], self.channels[name] = addr, self._opened[key]
+
+    def drop(self, name: str, reason: str) -> None:
+        """Stop routing to ``name`` (its links and counters stay in the LinkTable)."""
+        self.targets.pop(name, None)
+        self.channels.pop(name, None)
+        self.gone[name] = reason
+
+    def call(self, name: str, path: str) -> Callable[..., Any]:
+        """The raw-bytes unary callable of ``path`` on upstream ``name`` (cached per address)."""
+        key = (name, self.targets[name], path)
+        if key not in self._calls:
+            self._calls[key] = self.channels[name].unary_unary(path)
+        return self._calls[key]
 
     async def close(self) -> None:
-        for ch in self.channels.values():
+        for ch in self._opened.values():
             await ch.close()
 
 
 def _route(context: grpc.aio.ServicerContext, upstreams: Upstreams, table: LinkTable) -> tuple[str, str]:
     """``(link name, upstream name)`` from the request headers; raises ValueError for bad names."""
     md = dict(context.invocation_metadata() or ())
-    ue, es = str(md.get(UE_HEADER, "ue")), str(md.get(ES_HEADER, upstreams.first))
+    ue, es = str(md.get(UE_HEADER, "ue")), str(md.get(ES_HEADER, upstreams.first or ""))
     if not NAME.fullmatch(ue):
         raise ValueError(f"UE id {ue!r} in the {UE_HEADER} header must be 1-64 letters, digits or _.:-")
+    if es in upstreams.gone or not es:
+        now = ", ".join(upstreams.targets) or "none"
+        raise UpstreamGone(f"edge server {es} has left the proxy ({upstreams.gone[es]}); upstreams now: {now}" if es
+                           else "no edge server has joined the proxy yet (it follows --upstream-pattern)")
     if es not in upstreams.channels:
         raise ValueError(f"no upstream edge server named {es!r}; known: {', '.join(upstreams.channels)}")
     link = f"{ue}->{es}"
@@ -94,7 +138,6 @@ def _forwarder(method: object, table: LinkTable, upstreams: Upstreams, advertise
     classes = {"uplink": in_cls, "downlink": out_cls}
     method_name: str = method.name  # type: ignore[attr-defined]
     path = f"/{EDGE_SERVICE.full_name}/{method_name}"
-    calls = {name: ch.unary_unary(path) for name, ch in upstreams.channels.items()}  # bytes in, bytes out
 
     def through(link: str, direction: str, raw: bytes) -> bytes:
         if not perturb[direction]:
@@ -112,6 +155,8 @@ def _forwarder(method: object, table: LinkTable, upstreams: Upstreams, advertise
                                 f"channel proxy: the request does not parse as {in_desc.full_name}: {exc}")
         except (ValueError, ChannelConfigError) as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"channel proxy: {exc}")
+        except UpstreamGone as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"channel proxy: {exc}")
         remaining = context.time_remaining()
         metadata = tuple(
             (k, v) for k, v in context.invocation_metadata() or ()
@@ -120,14 +165,15 @@ def _forwarder(method: object, table: LinkTable, upstreams: Upstreams, advertise
         if log.isEnabledFor(logging.DEBUG):
             rid = next((v for k, v in metadata if k == REQUEST_ID_HEADER), "-")
             log.debug("forward %s %s -> %s request_id=%s uplink %d B", method_name, link, es, rid, len(up))
+        address = upstreams.targets[es]
         try:
-            response = await calls[es](
+            response = await upstreams.call(es, path)(  # bytes in, bytes out
                 up, timeout=DEFAULT_DEADLINE_S if remaining is None else remaining, metadata=metadata
             )
         except grpc.aio.AioRpcError as exc:
             details = exc.details() or ""
             if exc.code() == grpc.StatusCode.UNAVAILABLE:
-                details = f"edge server {es} at {upstreams.targets[es]} is unreachable through the proxy: {details}"
+                details = f"edge server {es} at {address} is unreachable through the proxy: {details}"
             await context.abort(exc.code(), details)
         try:
             return through(link, "downlink", response)
@@ -221,17 +267,18 @@ class ChannelControlServicer(channel_pb2_grpc.ChannelControlServicer):
 async def create_proxy(
     listen: str, upstreams: Mapping[str, str], table: LinkTable, max_message_bytes: int | None = None,
     advertise_as: str | None = None, tls: TlsFiles | None = None, upstream_tls: TlsFiles | None = None,
-    ue_token: str | None = None, admin_token: str | None = None,
+    ue_token: str | None = None, admin_token: str | None = None, membership: Membership | None = None,
 ) -> tuple[grpc.aio.Server, int, object]:
     """Build and start the proxy; returns ``(server, port, health)``. Bind ``HOST:0`` for a free port.
 
     ``advertise_as``: the control address edge servers should use for CSI (default: the bound address).
     ``tls``: the server side (with a CA, clients must present certificates); ``upstream_tls``: the client side
     towards the edge servers. ``ue_token`` guards the edge service (and is forwarded upstream with each
-    request), ``admin_token`` the ChannelControl service; ``None`` leaves that service open.
+    request), ``admin_token`` the ChannelControl service; ``None`` leaves that service open. ``membership``
+    adds and drops discovered edge servers at runtime (started once the server is).
     """
     options = server_options(max_message_bytes) if max_message_bytes else server_options()
-    ups = Upstreams(upstreams, [o for o in options if o[0] != "grpc.so_reuseport"], upstream_tls)
+    ups = Upstreams(upstreams, [o for o in options if o[0] != "grpc.so_reuseport"], upstream_tls, dynamic=membership is not None)
     advertise: list[str] = [""]  # filled in once the port is bound
     handlers = {
         m.name: grpc.unary_unary_rpc_method_handler(_forwarder(m, table, ups, advertise))
@@ -253,6 +300,8 @@ async def create_proxy(
     host = listen.rpartition(":")[0]
     advertise[0] = advertise_as or f"{'127.0.0.1' if host in ('0.0.0.0', '[::]', '') else host}:{port}"
     await server.start()
+    if membership is not None:
+        await membership.start(ups)  # one round first: the edge servers already up are routable once SERVING
     await set_serving(health, [CONTROL_SERVICE_NAME])
     log.info("meg-channel on port %d -> %s (default uplink %s, downlink %s)", port, dict(upstreams),
              table.default["uplink"], table.default["downlink"])
