@@ -21,7 +21,7 @@ metric                            type     what
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, start_http_server
@@ -66,11 +66,14 @@ class LinkCollector(Collector):
         yield GaugeMetricFamily("meg_channel_links", "Links the proxy tracks", value=len({r[0] for r in rows}))
 
 
-def serve_link_metrics(table: LinkTable, listen: str, port: int) -> tuple[WSGIServer, int]:
+def serve_link_metrics(table: LinkTable, listen: str, port: int, extra: Sequence[Collector] = ()) -> tuple[WSGIServer, int]:
     """Serve ``table``'s counters on ``http://HOST:port/metrics`` (``HOST`` from ``listen``; 0 = a free port)
-    in a daemon thread, from a registry of its own. Returns ``(server, port)``."""
+    in a daemon thread, from a registry of its own, with the ``extra`` collectors (the upstream membership's).
+    Returns ``(server, port)``."""
     registry = CollectorRegistry()
     registry.register(LinkCollector(table))
+    for collector in extra:
+        registry.register(collector)
     host = listen.rpartition(":")[0].strip("[]") or "0.0.0.0"
     server, _thread = start_http_server(port, addr=host, registry=registry)
     return server, int(server.server_port)
