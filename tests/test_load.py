@@ -78,3 +78,62 @@ def test_open_loop_overload_gets_resource_exhausted_fast(random_model_dir: Path,
     served = [float(r["latency_s"]) for r in rows if r["status"] == "OK"]
     assert np.median(refused) < np.min(served)  # refused at once, not after waiting for a place
     assert all("at capacity" in r["error"] for r in rows if r["status"] == "RESOURCE_EXHAUSTED")
+
+
+def test_no_token_reaches_a_file_a_log_line_or_stdout(random_model_dir: Path, proxy_addr: str, tmp_path: Path) -> None:
+    """Issue 23 (2): the admin token (and the key path) used to land in results.json and ``--json``."""
+    secret = "s3cr3t-admin-token-4711"
+    token_file = tmp_path / "admin.token"
+    token_file.write_text(secret + "\n")
+    out = tmp_path / "run"
+    argv = [script("meg-ue"), "--log-level", "debug", "load", "--via", proxy_addr, "--model", str(random_model_dir),
+            "--out", str(out), "--json", "--ues", "1", "--requests", "1", "--steps", "2",
+            "--admin-token-file", str(token_file)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    assert secret not in done.stdout and secret not in done.stderr
+    for path in out.iterdir():
+        assert secret.encode() not in path.read_bytes(), path
+    config = json.loads(done.stdout)["config"]
+    assert config["admin_token_given"] is True and "admin_token" not in config and config["control_tls"] is False
+
+
+def test_out_is_never_overwritten_without_asking(random_model_dir: Path, tmp_path: Path) -> None:
+    """Issue 23 (15): a folder with an earlier run's files is refused (before the model loads) unless --overwrite."""
+    (tmp_path / "results.json").write_text('{"earlier": true}\n')
+    argv = [script("meg-ue"), "load", "--via", "127.0.0.1:9", "--model", str(random_model_dir), "--out", str(tmp_path),
+            "--ues", "1", "--requests", "1"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 1, done.stderr
+    assert f"--out {tmp_path} is not empty" in done.stderr and "--overwrite" in done.stderr
+    assert json.loads((tmp_path / "results.json").read_text()) == {"earlier": True}
+
+
+def test_requests_are_on_disk_as_they_end_and_ctrl_c_keeps_them(random_model_dir: Path, proxy_addr: str,
+                                                               tmp_path: Path) -> None:
+    """Issue 23 (15): requests.csv grows while the run goes; Ctrl-C writes the summary of what ended."""
+    import signal
+    import time
+
+    argv = [script("meg-ue"), "load", "--via", proxy_addr, "--model", str(random_model_dir), "--out", str(tmp_path),
+            "--json", "--ues", "2", "--duration", "600", "--steps", "2"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    csv_path = tmp_path / "requests.csv"
+    deadline = time.monotonic() + 120
+    try:
+        while not (csv_path.exists() and len(csv_path.read_text().splitlines()) >= 4):  # header + 3 rows
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
+            time.sleep(0.05)
+        assert not (tmp_path / "results.json").exists()  # the summary comes at the end, in one piece
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr
+    summary = json.loads(stdout)
+    assert summary["interrupted"] is True
+    rows = list(csv.DictReader(csv_path.open()))
+    assert len(rows) == summary["requests"] + summary["warmup_requests"] >= 3
+    assert json.loads((tmp_path / "results.json").read_text())["requests"] == summary["requests"]
+    assert not list(tmp_path.glob(".*.tmp"))

@@ -1,16 +1,19 @@
 """``meg-ue compare``: every single-ES protocol (``--multi-es``: every multi-ES one, over all the session's
 ESs) of the registry on one prompt through the proxy; a labelled panel and the measured accounting beside
 the predicted one (like paper 1, Figs. 5 and 6). Quality is PSNR against the perfectly received image: the
-same generation (Full-ES, same seed, the first ES) over an ideal link. The links' settings are read before
-and put back afterwards, whatever happens in between."""
+same generation (Full-ES, same seed, the first ES) over an ideal link. The links it changes are put back
+afterwards, whatever happens in between, but only where nobody changed them meanwhile (:class:`LinkGuard`),
+and a failure to put them back never hides the error that stopped the run."""
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import grpc
 import torch
 from PIL import Image, ImageDraw
 
@@ -19,10 +22,12 @@ from shared.model.ops import ModelParts
 from shared.pb import channel_pb2
 from shared.protocol.params import Params
 from shared.protocol.registry import PROTOCOLS
-from shared.rpc.control import ControlClient
+from shared.rpc.control import ControlClient, LinkProfiles, link_profiles, set_request
 from shared.rpc.security import TlsFiles
 from ue_client.overhead import protocol_overhead
 from ue_client.session import EdgeClient, MultiOptions, generate
+
+log = logging.getLogger("meg.ue")
 
 
 def protocols(task: str, multi_es: bool) -> list[str]:
@@ -31,19 +36,83 @@ def protocols(task: str, multi_es: bool) -> list[str]:
 
 
 def read_links(proxy: str, links: list[str], tls: TlsFiles | None = None,
-               token: str | None = None) -> dict[str, tuple[channel_pb2.Profile, channel_pb2.Profile]]:
+               token: str | None = None) -> dict[str, LinkProfiles]:
     """``(uplink, downlink)`` profiles each link has now (the default for a link not seen yet). ``tls`` and the
     admin ``token`` reach a secured proxy's control service."""
     with ControlClient(proxy, tls, token) as control:
         return control.links(links)
 
 
-def set_links(proxy: str, settings: dict[str, tuple[channel_pb2.Profile, channel_pb2.Profile]],
-              tls: TlsFiles | None = None, token: str | None = None) -> None:
+def set_links(proxy: str, settings: dict[str, LinkProfiles], tls: TlsFiles | None = None,
+              token: str | None = None) -> None:
     """Set each link's uplink and downlink profiles (``tls``, admin ``token``: as :func:`read_links`)."""
     with ControlClient(proxy, tls, token) as control:
         for link, (up, down) in settings.items():
             control.set_link(link, up, down)
+
+
+class LinkGuard:
+    """Change links for a while, then put back only what it changed and only where nobody else changed it
+    since (compare-and-restore, per link and direction).
+
+    What it puts back: the setting the link had before its first change, or, for a link the proxy had not
+    seen then, the proxy's default *at restore time* (the control API cannot forget a link, so it follows
+    the default as an unseen link would). A direction whose setting differs from what the guard last set
+    was changed by an operator meanwhile: it is left alone and named in :attr:`left`. The check and the
+    put-back are two calls, not one atomic step: a change landing between them is overwritten (the proxy
+    offers no compare-and-set)."""
+
+    def __init__(self, control: ControlClient) -> None:
+        self.control = control
+        self._before: dict[str, tuple[bool, LinkProfiles]] = {}  # link -> (seen before, its settings then)
+        self._set: dict[str, LinkProfiles] = {}  # link -> what the guard set last
+        self.restored: list[str] = []
+        self.left: dict[str, str] = {}  # "link direction" -> why it was not put back
+
+    def set(self, settings: dict[str, LinkProfiles]) -> None:
+        """Set each link's ``(uplink, downlink)``, remembering its settings before the first change."""
+        new = [link for link in settings if link not in self._before]
+        if new:
+            now = self.control.get_channel()
+            seen = {ls.link for ls in now.links}
+            for link, profiles in link_profiles(now, new).items():
+                self._before[link] = (link in seen, profiles)
+        for link, (up, down) in settings.items():
+            self.control.set_link(link, up, down)
+            self._set[link] = (up, down)
+
+    def restore(self) -> None:
+        """Put back what it changed (see the class doc); raises ``grpc.RpcError`` if the proxy cannot be asked."""
+        if not self._set:
+            return
+        now = self.control.get_channel()
+        current = link_profiles(now, list(self._set))
+        default = (now.default.uplink, now.default.downlink)
+        for link, mine in self._set.items():
+            seen, before = self._before[link]
+            target = before if seen else default
+            for i, direction in enumerate(("uplink", "downlink")):
+                if current[link][i] != mine[i]:
+                    self.left[f"{link} {direction}"] = "changed by someone else meanwhile: left as it is"
+                    log.warning("not restoring %s %s: changed by someone else meanwhile", link, direction)
+                    continue
+                self.control.set(set_request(link, direction, custom=target[i]))
+                self.restored.append(f"{link} {direction}")
+        self._set.clear()
+
+    def restore_quietly(self) -> None:
+        """:meth:`restore` while another error is on its way out: a failure here is logged, never raised (it
+        must not replace the error that matters)."""
+        try:
+            self.restore()
+        except Exception as exc:  # noqa: BLE001
+            log.error("could not put the links back (%s); check them with meg-channel show", describe(exc))
+
+
+def describe(exc: BaseException) -> str:
+    if isinstance(exc, grpc.RpcError):
+        return f"{exc.code().name}: {exc.details()}"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def panel(images: dict[str, torch.Tensor], captions: dict[str, str], cell: int = 160) -> Image.Image:
@@ -71,21 +140,25 @@ def run_compare(parts: ModelParts, client: EdgeClient, prompt: str, task: str, p
     clients = dict(clients or {client.es_name or "es0": client})
     ue_id = client.ue_id
     links = [f"{ue_id}->{name}" for name in clients]
-    before = read_links(proxy, links, tls, admin_token)
     ideal = channel_pb2.Profile(model="ideal")
-    try:
-        # the perfectly received image: Full-ES over an ideal link, same seed
-        set_links(proxy, {links[0]: (ideal, ideal)}, tls, admin_token)
-        reference = generate(parts, client, prompt, "FULL-ES", task, params, image_in).image
-        save_png(reference, out / "reference.png")
-        if snr_db is None:
-            set_links(proxy, before, tls, admin_token)
-        else:
-            awgn = channel_pb2.Profile(model="awgn", snr_db=snr_db)
-            set_links(proxy, {link: (awgn, awgn) for link in links}, tls, admin_token)
-        rows, images, captions = _run_all(parts, client, clients, prompt, task, params, image_in, out, multi_es, options)
-    finally:
-        set_links(proxy, before, tls, admin_token)
+    with ControlClient(proxy, tls, admin_token) as control:
+        guard = LinkGuard(control)
+        try:
+            # the perfectly received image: Full-ES over an ideal link, same seed
+            guard.set({links[0]: (ideal, ideal)})
+            reference = generate(parts, client, prompt, "FULL-ES", task, params, image_in).image
+            save_png(reference, out / "reference.png")
+            if snr_db is None:
+                guard.restore()  # the protocols run over the links as the proxy is set
+            else:
+                awgn = channel_pb2.Profile(model="awgn", snr_db=snr_db)
+                guard.set({link: (awgn, awgn) for link in links})
+            rows, images, captions = _run_all(parts, client, clients, prompt, task, params, image_in, out, multi_es,
+                                              options)
+        except BaseException:
+            guard.restore_quietly()
+            raise
+        guard.restore()
     for row in rows:
         row["psnr_vs_ideal_db"] = round(psnr(images[str(row["protocol"])], reference, max_db=100), 2)
     panel({"IDEAL LINK": reference, **images}, {"IDEAL LINK": "Full-ES, ideal link\n(reference)", **captions}).save(out / "panel.png")
@@ -97,7 +170,8 @@ def run_compare(parts: ModelParts, client: EdgeClient, prompt: str, task: str, p
         lines.append(f"{row['protocol']:8s} {up['symbols']:9,d} {down['symbols']:9,d} {up['symbols'] + down['symbols']:9,d} "
                      f"{up['text_bytes']:6d} {row['seconds']:8.2f} {row['psnr_vs_ideal_db']:14.2f}")
     table = "\n".join(lines)
-    report: dict[str, object] = {"prompt": prompt, "task": task, "snr_db": snr_db, "rows": rows, "panel": str(out / "panel.png"), "table": table}
+    report: dict[str, object] = {"prompt": prompt, "task": task, "snr_db": snr_db, "rows": rows, "panel": str(out / "panel.png"),
+                                 "table": table, "links_left": dict(guard.left)}
     (out / "overhead.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
 

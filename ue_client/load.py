@@ -18,20 +18,23 @@ from __future__ import annotations
 
 import csv
 import json
+import math
+import os
 import random
 import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Self, TextIO
 
 import grpc
 import numpy as np
 
 from shared.rpc.security import TlsFiles
+from shared.wire.limits import MAX_SEED
 
 #: Prompts the virtual UEs cycle through (meg-tiny's vocabulary of shapes and colours).
 DEFAULT_PROMPTS = (
@@ -59,8 +62,8 @@ class LoadConfig:
     timeout_s: float = 120.0
     ue_id: str = "ue"  # UE i is f"{ue_id}{i}"
     prompts: tuple[str, ...] = DEFAULT_PROMPTS
-    control_tls: TlsFiles | None = None  # for the proxy's counters: mTLS towards a secured proxy
-    admin_token: str | None = None  # and its admin token (GetStats)
+    control_tls: TlsFiles | None = field(default=None, repr=False)  # for the proxy's counters: mTLS towards a secured proxy
+    admin_token: str | None = field(default=None, repr=False)  # and its admin token (GetStats); never written out
 
     def __post_init__(self) -> None:
         if self.ues < 1:
@@ -75,8 +78,20 @@ class LoadConfig:
             raise ValueError(f"--rate must be positive, got {self.rate}")
         if self.warmup < 0:
             raise ValueError(f"--warmup must be >= 0, got {self.warmup}")
-        if not self.protocols or any(w <= 0 for _, w in self.protocols):
-            raise ValueError("every protocol weight must be positive")
+        if not self.protocols or any(not (math.isfinite(w) and w > 0) for _, w in self.protocols):
+            raise ValueError("every protocol weight must be a positive finite number")
+
+    def public(self) -> dict[str, object]:
+        """The settings as ``results.json`` and ``--json`` show them: no token, no key or certificate path
+        (only whether TLS and an admin token were used)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("control_tls", "admin_token")}
+        out["control_tls"] = bool(self.control_tls and self.control_tls.enabled)
+        out["admin_token_given"] = self.admin_token is not None
+        return out
+
+    def request_seed(self, k: int) -> int:
+        """Request ``k``'s seed: ``seed + k``, wrapped explicitly modulo 2^64 (the wire's uint64)."""
+        return (self.seed + k) % (MAX_SEED + 1)
 
 
 def parse_protocols(text: str, known: Any) -> tuple[tuple[str, float], ...]:
@@ -91,8 +106,8 @@ def parse_protocols(text: str, known: Any) -> tuple[tuple[str, float], ...]:
             w = float(weight) if weight else 1.0
         except ValueError:
             raise ValueError(f"protocol weight {weight!r} of {name} is not a number") from None
-        if not w > 0:
-            raise ValueError(f"protocol weight of {name} must be positive, got {weight}")
+        if not (math.isfinite(w) and w > 0):
+            raise ValueError(f"protocol weight of {name} must be a positive finite number, got {weight}")
         out.append((name, w))
     return tuple(out)
 
@@ -189,7 +204,7 @@ def summarize(records: list[RequestRecord], cfg: LoadConfig, wall_s: float) -> d
         "downlink": {"symbols": sum(r.downlink_symbols for r in measured),
                      "bytes": sum(r.downlink_bytes for r in measured)},
     }
-    return {"config": {**asdict(cfg), "mode": "open" if cfg.rate else "closed"}, "wall_s": round(wall_s, 3),
+    return {"config": {**cfg.public(), "mode": "open" if cfg.rate else "closed"}, "wall_s": round(wall_s, 3),
             "warmup_requests": len(records) - len(measured), **overall, "per_protocol": per,
             "ue_accounting": ue_acc}
 
@@ -223,11 +238,15 @@ Connect = Callable[[str], Any]  # ue id -> an EdgeClient
 
 
 def run_load(parts: Any, cfg: LoadConfig, connect: Connect, image_in: Any = None,
-             progress: TextIO | None = None) -> tuple[dict[str, object], list[RequestRecord]]:
-    """Run the load; returns ``(summary, records)``. ``connect(ue_id)`` makes one UE's EdgeClient."""
+             progress: TextIO | None = None, on_record: Callable[[RequestRecord], None] | None = None,
+             ) -> tuple[dict[str, object], list[RequestRecord]]:
+    """Run the load; returns ``(summary, records)``. ``connect(ue_id)`` makes one UE's EdgeClient;
+    ``on_record(record)`` sees each request as it ends (:class:`RequestLog` streams them to a CSV). Ctrl-C
+    stops sending and returns what was done (``summary["interrupted"]``)."""
     from shared.protocol.params import Params
     from ue_client.session import generate
 
+    interrupted = False
     before = proxy_stats(cfg.via, cfg.ue_id, tls=cfg.control_tls, token=cfg.admin_token)
     clients = [connect(f"{cfg.ue_id}{i}") for i in range(cfg.ues)]
     plan = _Plan(cfg)
@@ -244,7 +263,7 @@ def run_load(parts: Any, cfg: LoadConfig, connect: Connect, image_in: Any = None
             protocol = plan.protocol(k)
             rec = RequestRecord(k, f"{cfg.ue_id}{i}", protocol, k < cfg.warmup, intended_s=intended)
             rec.sent_s = time.monotonic() - plan.start
-            params = Params(seed=cfg.seed + k, steps=cfg.steps, guidance=cfg.guidance, fc=cfg.fc, strength=cfg.strength)
+            params = Params(seed=cfg.request_seed(k), steps=cfg.steps, guidance=cfg.guidance, fc=cfg.fc, strength=cfg.strength)
             try:
                 result = generate(parts, client, cfg.prompts[k % len(cfg.prompts)], protocol=protocol, task=cfg.task,
                                   params=params, image_in=image_in)
@@ -260,9 +279,20 @@ def run_load(parts: Any, cfg: LoadConfig, connect: Connect, image_in: Any = None
             rec.latency_s = rec.done_s - rec.intended_s
             with lock:
                 records.append(rec)
+                if on_record is not None:
+                    on_record(rec)
+
+    crashed: list[BaseException] = []
+
+    def guarded(i: int) -> None:
+        try:
+            worker(i)
+        except BaseException as exc:  # noqa: BLE001  (re-raised in the main thread: a run must not end quietly)
+            crashed.append(exc)
+            plan.stop.set()
 
     ticker = _Ticker(records, lock, plan, cfg, progress) if progress is not None else None
-    threads = [threading.Thread(target=worker, args=(i,), name=f"ue{i}", daemon=True) for i in range(cfg.ues)]
+    threads = [threading.Thread(target=guarded, args=(i,), name=f"ue{i}", daemon=True) for i in range(cfg.ues)]
     try:
         if ticker:
             ticker.start()
@@ -272,6 +302,7 @@ def run_load(parts: Any, cfg: LoadConfig, connect: Connect, image_in: Any = None
             while t.is_alive():
                 t.join(0.5)
     except KeyboardInterrupt:
+        interrupted = True
         plan.stop.set()
         for t in threads:
             t.join(cfg.timeout_s)
@@ -280,9 +311,12 @@ def run_load(parts: Any, cfg: LoadConfig, connect: Connect, image_in: Any = None
             ticker.finish()
         for c in clients:
             c.close()
+    if crashed:
+        raise crashed[0]
     wall = time.monotonic() - plan.start
     records.sort(key=lambda r: r.index)
     summary = summarize(records, cfg, wall)
+    summary["interrupted"] = interrupted
     after = proxy_stats(cfg.via, cfg.ue_id, tls=cfg.control_tls, token=cfg.admin_token)
     summary["proxy"] = _delta(after, before) if before is not None and after is not None else None
     return summary, records
@@ -322,17 +356,66 @@ class _Ticker(threading.Thread):
 
 
 # --- files ----------------------------------------------------------------------------------------------
-def write_outputs(out: Path, summary: dict[str, object], records: list[RequestRecord]) -> list[Path]:
-    """``results.json``, ``requests.csv``, ``latency.png`` and ``timeline.png`` under ``out``."""
+def prepare_out(out: Path, overwrite: bool) -> None:
+    """Make ``out``; a folder that already holds files is refused unless ``overwrite`` (an earlier run's
+    results are never replaced without a word)."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise ValueError(f"--out {out} is not empty (an earlier run's files?): give another folder or --overwrite")
     out.mkdir(parents=True, exist_ok=True)
-    paths = [out / "results.json", out / "requests.csv"]
-    paths[0].write_text(json.dumps(summary, indent=2) + "\n")
-    with paths[1].open("w", newline="") as f:
-        w = csv.writer(f)
-        names = [fl.name for fl in fields(RequestRecord)]
-        w.writerow(names)
-        for r in records:
-            w.writerow([round(v, 6) if isinstance(v, float) else v for v in (getattr(r, n) for n in names)])
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` all or nothing: a temporary file beside it, flushed, then ``os.replace``."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with tmp.open("w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class RequestLog:
+    """``requests.csv``, one row per request as it ends (flushed at once: a crash or Ctrl-C keeps every row
+    written so far). Thread-safe; use as a context manager."""
+
+    COLUMNS = tuple(fl.name for fl in fields(RequestRecord))
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file = path.open("w", newline="")
+        self._csv = csv.writer(self._file)
+        self._lock = threading.Lock()
+        self._csv.writerow(self.COLUMNS)
+        self._file.flush()
+
+    def __call__(self, rec: RequestRecord) -> None:
+        row = [round(v, 6) if isinstance(v, float) else v for v in (getattr(rec, n) for n in self.COLUMNS)]
+        with self._lock:
+            self._csv.writerow(row)
+            self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def write_outputs(out: Path, summary: dict[str, object], records: list[RequestRecord]) -> list[Path]:
+    """``results.json`` (atomically) and the plots ``latency.png``, ``timeline.png`` under ``out`` (the rows
+    are already in ``requests.csv``: :class:`RequestLog`)."""
+    paths = [out / "results.json"]
+    write_atomic(paths[0], json.dumps(summary, indent=2) + "\n")
+    if (out / "requests.csv").exists():
+        paths.append(out / "requests.csv")
     try:
         paths += plot(out, records)
     except ImportError:  # matplotlib is the `plots` extra

@@ -25,6 +25,7 @@ from shared.protocol.serde import segment_request
 from shared.protocol.stages import TEXT_KEYS, ProtocolError, Segment, seed_of
 from shared.protocol.tiles import DEFAULT_HEAD, DEFAULT_SYNC, Share, default_halo
 from shared.wire import air
+from shared.wire.limits import MAX_SEED
 from ue_client.edge_client import EdgeClient, GeometryMismatch, check_geometry  # noqa: F401  (re-exported)
 from ue_client.pick import Candidate, Chooser
 from ue_client.transport import EdgeFailure, fan_out
@@ -107,6 +108,13 @@ class GenerationResult:
     rounds: int | None = None  # cooperative: how many rounds ran (fusions on the UE: rounds - 1)
     broadcast: bool = False
     fallback_from: str | None = None  # the cooperative protocol that failed over to this one
+    es_requested: int | None = None  # multi-ES: how many ESs the session asked for (default: those it had)
+    es_missing: list[str] = field(default_factory=list)  # multi-ES: asked for by name, not behind the proxy
+
+    @property
+    def es_used(self) -> list[str]:
+        """Multi-ES: the ESs whose work made the image (the session's, less those that failed)."""
+        return [n for n in self.es or {} if n not in self.failed]
 
     def summary(self) -> dict[str, object]:
         out: dict[str, object] = {
@@ -118,6 +126,8 @@ class GenerationResult:
             out["totals"] = {"uplink": asdict(self.uplink), "downlink": asdict(self.downlink),
                              "uplink_counted_as": "broadcast" if self.broadcast else "unicast"}
             out["failed"] = dict(self.failed)
+            out["es_requested"] = self.es_requested if self.es_requested is not None else len(self.es)
+            out["es_used"], out["es_missing"] = self.es_used, list(self.es_missing)
             if self.candidates:
                 out["picked"] = self.picked
                 out["candidates"] = [{"es": c.es, "seconds": round(c.seconds, 4), "score": c.score} for c in self.candidates]
@@ -190,6 +200,11 @@ def generate(
         except ValueError as exc:
             raise ProtocolError(str(exc)) from None
     segments = plan(stages, task, rounds)  # type: ignore[arg-type]
+    if any(seg.fan == "each" for seg in segments) and params.seed + len(names) - 1 > MAX_SEED:
+        # a parallel fan-out gives ES i the seed seed + i (uint64 on the wire): refuse rather than wrap, so that
+        # --seed S always means the seeds S, S+1, ... (and no ES drops out of the session)
+        raise ValueError(f"--seed {params.seed}: {spec.name} gives each of its {len(names)} ESs the seed seed + i, "
+                         f"which overflows 2^64-1; use a seed up to {MAX_SEED - len(names) + 1}")
     request_id = uuid.uuid4().hex[:12]
     accounts = {n: (LinkAccount(), LinkAccount()) for n in names}
     totals = (LinkAccount(), LinkAccount())

@@ -39,6 +39,22 @@ def pick_names(available: Sequence[str], wanted: str | None) -> list[str]:
     return names
 
 
+def split_names(available: Sequence[str], wanted: str | None) -> tuple[list[str], list[str]]:
+    """``(present, missing)``: the names of ``wanted`` (comma-separated; ``None``/``"all"``: every one) that
+    ``available`` has, in the order asked, and those it has not (gone, not joined yet, or mistyped). A
+    name twice, or none present, is an error naming what is there."""
+    if not wanted or wanted == "all":
+        return list(available), []
+    names = [n.strip() for n in wanted.split(",") if n.strip()]
+    if len(set(names)) != len(names):
+        raise ValueError(f"--es {wanted!r}: name each edge server at most once")
+    present = [n for n in names if n in available]
+    if not present:
+        raise ValueError(f"--es {wanted!r}: the proxy has none of them; it has edge servers "
+                         f"{', '.join(available) or '(none)'}")
+    return present, [n for n in names if n not in available]
+
+
 def connect(via: str, names: Sequence[str], timeout_s: float = 120.0, ue_id: str = "ue",
             retry: bool = False, tls: TlsFiles | None = None, token: str | None = None) -> dict[str, EdgeClient]:
     """One client per named ES, all through the proxy at ``via`` (links ``ue_id->name``).

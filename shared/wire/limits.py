@@ -19,3 +19,6 @@ MAX_PROMPT_CHARS = 1000
 
 #: Largest ``steps`` the ES accepts: DDIM steps of the 1000 training timesteps (``meg-ue --steps`` checks it too).
 MAX_STEPS = 500
+
+#: Largest seed: ``GenerationParams.seed`` is a uint64 (a parallel fan-out's per-ES seeds ``seed + i`` too).
+MAX_SEED = 2**64 - 1

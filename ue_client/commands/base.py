@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, TypeVar
 from shared.protocol.registry import PROTOCOLS
 from shared.protocol.stages import TASKS
 from shared.rpc.security import ADMIN_TOKEN_ENV, UE_TOKEN_ENV, add_tls_flags, read_token, tls_from_args
-from shared.wire.limits import MAX_STEPS  # the ES's bound, checked before sending
+from shared.wire.limits import MAX_SEED, MAX_STEPS  # the ES's bounds, checked before sending
 
 if TYPE_CHECKING:
     import torch
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from shared.pb import edge_pb2
     from shared.protocol.params import Params
     from ue_client.edge_client import EdgeClient
+    from ue_client.multi import EsSession
 
 N = TypeVar("N", int, float)
 
@@ -39,7 +40,7 @@ def number(kind: Callable[[str], N], lo: float, hi: float, what: str) -> Callabl
 
 
 STEPS = number(int, 0, MAX_STEPS, f"steps is 0 (the model's default) or 1 to {MAX_STEPS}")
-SEED = number(int, 0, 2**64 - 1, "the seed is a whole number from 0 to 2^64-1")
+SEED = number(int, 0, MAX_SEED, "the seed is a whole number from 0 to 2^64-1")
 GUIDANCE = number(float, 0, 50, "guidance is 0 (the model's default) to 50")
 FC = number(float, 0, 1, "fc is a compression rate in (0, 1]; 0 = 1, the raw latent")
 STRENGTH = number(float, 0, 1, "strength is in [0, 1]; 0 = the default 0.6")
@@ -116,9 +117,9 @@ def open_client(args: argparse.Namespace, parts: ModelParts) -> EdgeClient:
     return client
 
 
-def open_clients(args: argparse.Namespace, parts: ModelParts) -> dict[str, EdgeClient]:
-    """The multi-ES session's clients (:func:`ue_client.multi.open_clients`)."""
-    from ue_client.multi import open_clients as open_all
+def open_session(args: argparse.Namespace, parts: ModelParts) -> EsSession:
+    """The multi-ES session (:func:`ue_client.multi.open_session`: its clients, and the ESs asked for but missing)."""
+    from ue_client.multi import open_session as open_all
 
     return open_all(args.via, args.es, parts, args.timeout, args.ue_id, tls=tls_from_args(args), token=ue_token(args))
 

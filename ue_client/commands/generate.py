@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
     if spec.multi_es:
         from ue_client.multi import make_chooser
 
-        clients = base.open_clients(args, parts)
+        session = base.open_session(args, parts)
+        clients = session.clients
         options = MultiOptions(pick=make_chooser(args.pick, out), halo=args.overlap, head=args.head,
                                sync=args.sync_every, broadcast=args.broadcast, fallback=args.fallback)
         client = next(iter(clients.values()))
@@ -77,6 +79,12 @@ def run(args: argparse.Namespace) -> int:
                           clients=clients or None, options=options)
     finally:
         base.close_all([client, *clients.values()])
+    if spec.multi_es:
+        from ue_client.multi import shortfall
+
+        result.es_requested, result.es_missing = session.requested, session.missing
+        if (line := shortfall(result.protocol, result)) is not None:
+            print(line, file=sys.stderr)  # stdout may be --json
     save_png(result.image, out)
     if args.save_sketch and result.sketch is not None:
         save_png(result.sketch, args.save_sketch)

@@ -24,7 +24,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--protocol", default="FULL-ES", help="P[:WEIGHT],... mix of protocols (default FULL-ES)")
     p.add_argument("--warmup", type=int, default=0, help="requests sent first and left out of the statistics")
     p.add_argument("--prompt", action="append", help="prompt (repeat; default: a built-in list the UEs cycle)")
-    p.add_argument("--out", required=True, help="folder for results.json, requests.csv, latency.png, timeline.png")
+    p.add_argument("--out", required=True, help="folder for results.json, requests.csv (streamed as requests end), "
+                   "latency.png, timeline.png; must be empty or new")
+    p.add_argument("--overwrite", action="store_true", help="replace the files of an earlier run in --out")
     base.add_model_flags(p)
     base.add_connection_flags(p, admin_use="to read its counters")
     p.set_defaults(run=run)
@@ -34,7 +36,16 @@ def run(args: argparse.Namespace) -> int:
     from shared.protocol.registry import PROTOCOLS, check_prompt
     from shared.rpc.security import tls_from_args
     from ue_client.edge_client import EdgeClient
-    from ue_client.load import DEFAULT_PROMPTS, LoadConfig, format_summary, parse_protocols, run_load, write_outputs
+    from ue_client.load import (
+        DEFAULT_PROMPTS,
+        LoadConfig,
+        RequestLog,
+        format_summary,
+        parse_protocols,
+        prepare_out,
+        run_load,
+        write_outputs,
+    )
 
     cfg = LoadConfig(
         via=args.via, ues=args.ues, requests=args.requests, duration_s=args.duration, rate=args.rate,
@@ -43,16 +54,22 @@ def run(args: argparse.Namespace) -> int:
         ue_id=args.ue_id, prompts=tuple(check_prompt(p) for p in args.prompt) if args.prompt else DEFAULT_PROMPTS,
         control_tls=tls_from_args(args), admin_token=base.admin_token(args),
     )
+    out = Path(args.out)
+    prepare_out(out, args.overwrite)
     parts, image_in = base.load_model(args)
 
     def connect(ue_id: str) -> EdgeClient:  # one virtual UE: its own client and UE id
         return base.open_client(argparse.Namespace(**{**vars(args), "ue_id": ue_id, "protocol": None}), parts)
 
-    summary, records = run_load(parts, cfg, connect, image_in, progress=sys.stderr)
-    paths = write_outputs(Path(args.out), summary, records)
+    with RequestLog(out / "requests.csv") as log:
+        summary, records = run_load(parts, cfg, connect, image_in, progress=sys.stderr, on_record=log)
+    paths = write_outputs(out, summary, records)
     if args.json:
         print(json.dumps(summary))
     else:
         print(format_summary(summary))
         print("wrote " + ", ".join(str(p) for p in paths))
+    if summary["interrupted"]:
+        print("meg-ue load: interrupted; the results cover the requests that ended", file=sys.stderr)
+        return 130
     return 0

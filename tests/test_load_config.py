@@ -1,0 +1,81 @@
+"""``meg-ue load``'s settings and the UE's seeds: odd values are refused with a message, never run quietly."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from shared.protocol.registry import PROTOCOLS
+from shared.rpc.security import TlsFiles
+from shared.wire.limits import MAX_SEED
+from ue_client.load import LoadConfig, RequestLog, RequestRecord, parse_protocols, prepare_out, summarize, write_atomic
+
+
+@pytest.mark.parametrize("text", ["CIAG:inf", "CIAG:nan", "CIAG:-1", "CIAG:0", "FULL-ES,CIAG:1e400"])
+def test_protocol_weights_must_be_positive_and_finite(text: str) -> None:
+    """Issue 23 (14): ``CIAG:inf`` passed and the run ended with 0 requests and exit 0."""
+    with pytest.raises(ValueError, match="positive finite"):
+        parse_protocols(text, PROTOCOLS)
+    with pytest.raises(ValueError, match="positive finite"):
+        LoadConfig(via="x:1", ues=1, requests=1, protocols=(("CIAG", math.inf),))
+
+
+def test_request_seeds_wrap_explicitly() -> None:
+    cfg = LoadConfig(via="x:1", ues=1, requests=3, seed=MAX_SEED)
+    assert [cfg.request_seed(k) for k in range(3)] == [MAX_SEED, 0, 1]
+
+
+def test_the_summary_shows_no_token_and_no_key_path() -> None:
+    cfg = LoadConfig(via="x:1", ues=1, requests=1, admin_token="tok-123",
+                     control_tls=TlsFiles(cert="/keys/ue.pem", key="/keys/ue.key", ca="/keys/ca.pem"))
+    text = repr(summarize([], cfg, 1.0)) + repr(cfg)
+    assert "tok-123" not in text and "/keys/" not in text
+    assert summarize([], cfg, 1.0)["config"]["admin_token_given"] is True  # type: ignore[index]
+
+
+def test_prepare_out(tmp_path: Path) -> None:
+    prepare_out(tmp_path / "new" / "run", overwrite=False)  # made
+    prepare_out(tmp_path / "new" / "run", overwrite=False)  # empty: fine
+    (tmp_path / "new" / "run" / "requests.csv").write_text("x\n")
+    with pytest.raises(ValueError, match="not empty"):
+        prepare_out(tmp_path / "new" / "run", overwrite=False)
+    prepare_out(tmp_path / "new" / "run", overwrite=True)
+    with pytest.raises(ValueError, match="is a file"):
+        prepare_out(tmp_path / "new" / "run" / "requests.csv", overwrite=True)
+
+
+def test_request_log_flushes_each_row(tmp_path: Path) -> None:
+    with RequestLog(tmp_path / "r.csv") as log:
+        log(RequestRecord(0, "ue0", "CIAG", False, latency_s=0.1234567))
+        lines = (tmp_path / "r.csv").read_text().splitlines()  # read while still open
+        assert lines[0].startswith("index,ue,protocol") and lines[1].startswith("0,ue0,CIAG,False")
+
+
+def test_write_atomic_replaces_in_one_step(tmp_path: Path) -> None:
+    path = tmp_path / "results.json"
+    path.write_text("old")
+    write_atomic(path, "new")
+    assert path.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["results.json"]
+
+
+def test_parallel_seeds_that_overflow_are_refused(random_model_dir: Path) -> None:
+    """Issue 23 (14): ``--seed 2^64-1`` made ES 1's seed ``2^64`` and dropped it from UIDG; now an error that
+    names the largest seed that works (nothing is sent: the check comes first)."""
+    from shared.model.ops import ModelParts
+    from shared.protocol.params import Params
+    from ue_client.edge_client import EdgeClient
+    from ue_client.session import generate
+    from ue_client.transport import EdgeFailure
+
+    parts = ModelParts.load(str(random_model_dir), "cpu")
+    clients = {n: EdgeClient("127.0.0.1:9", timeout_s=2, es_name=n, retry=False) for n in ("es0", "es1")}
+    try:
+        with pytest.raises(ValueError, match=rf"overflows 2\^64-1; use a seed up to {MAX_SEED - 1}"):
+            generate(parts, None, "a red circle", "UIDG", params=Params(seed=MAX_SEED, steps=2), clients=clients)
+        with pytest.raises(EdgeFailure):  # the largest good seed is sent (and fails here only for want of an ES)
+            generate(parts, None, "a red circle", "UIDG", params=Params(seed=MAX_SEED - 1, steps=2), clients=clients)
+    finally:
+        for c in clients.values():
+            c.close()
