@@ -6,6 +6,7 @@ before the source is copied, so editing code does not reinstall dependencies.
     python requirements.py pyproject.toml                  # everything (the meg image)
     python requirements.py pyproject.toml --proxy          # only what meg-channel needs (the proxy image)
     python requirements.py pyproject.toml --without torch  # everything but torch (installed separately)
+    python requirements.py pyproject.toml --extra plots    # ... and an optional-dependencies group (repeat)
 """
 
 from __future__ import annotations
@@ -27,9 +28,13 @@ def main() -> None:
     p.add_argument("pyproject")
     p.add_argument("--proxy", action="store_true", help="only the proxy's dependencies")
     p.add_argument("--without", action="append", default=[], help="leave this distribution out (repeat)")
+    p.add_argument("--extra", action="append", default=[], help="add this optional-dependencies group (repeat)")
     args = p.parse_args()
     with open(args.pyproject, "rb") as f:
-        deps: list[str] = tomllib.load(f)["project"]["dependencies"]
+        project = tomllib.load(f)["project"]
+    deps: list[str] = list(project["dependencies"])
+    for extra in args.extra:
+        deps += project["optional-dependencies"][extra]
     left_out = {n.lower() for n in args.without}
     for dep in deps:
         name = _name(dep)

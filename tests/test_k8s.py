@@ -1,9 +1,14 @@
-"""deploy/k8s renders with `kubectl kustomize` and validates offline (kubernetes-validate, strict), and the
-pieces fit together: stable ES names behind a headless Service, the proxy's upstreams, probes, profiles."""
+"""deploy/k8s renders with `kubectl kustomize` and validates offline (kubernetes-validate, strict) against the
+Kubernetes schema version pinned below, and the pieces fit together: stable ES names behind a headless
+Service, a proxy that follows them (no ES listed by hand), probes, profiles, images a registry can replace.
+
+Needs `kubectl` (any version with `kustomize` built in, >= 1.14) on PATH and the `dev` extra
+(kubernetes-validate). Debian has no kubectl package, so `.ci/run` cannot install it cheaply; without it
+these tests are skipped and pytest's summary (`-ra`, the project's default) lists the skip with the reason.
+"""
 
 from __future__ import annotations
 
-import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -16,7 +21,14 @@ ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "k8s"
 KUBECTL = shutil.which("kubectl")
 
-pytestmark = pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed (needed for `kubectl kustomize`)")
+#: The schema version the manifests are validated against (kubernetes-validate ships 1.25 .. 1.37): pinned, so
+#: a new kubernetes-validate release does not silently change what "valid" means.
+KUBERNETES_VERSION = "1.32.0"
+
+pytestmark = pytest.mark.skipif(
+    KUBECTL is None,
+    reason="SKIPPED deploy/k8s validation: kubectl is not on PATH (tests/test_k8s.py renders the manifests with "
+           "`kubectl kustomize`; install kubectl, https://kubernetes.io/docs/tasks/tools/)")
 
 
 def render(folder: Path) -> list[dict[str, Any]]:
@@ -50,7 +62,7 @@ def test_manifests_validate_offline(which: str, request: pytest.FixtureRequest) 
     kubernetes_validate = pytest.importorskip("kubernetes_validate")
     docs = request.getfixturevalue(which)
     assert {d["kind"] for d in docs} == {"Namespace", "ConfigMap", "Service", "StatefulSet", "Deployment", "Job"}
-    version = kubernetes_validate.latest_version()
+    version = KUBERNETES_VERSION
     for doc in docs:
         kubernetes_validate.validate(doc, version, strict=True)  # raises ValidationError with the path
     # and an invalid one is caught (the validator is really checking)
@@ -70,10 +82,17 @@ def test_edge_servers_have_stable_names_the_proxy_uses(base: list[dict[str, Any]
 
     proxy = container(by_kind(base, "Deployment", "channel"), "meg-channel")
     assert by_kind(base, "Deployment", "channel")["spec"]["replicas"] == 1  # one channel state
-    upstreams = [a.split("=", 1)[1] for a in proxy["args"] if a.startswith("--upstream=")]
-    # one upstream per ES pod, named as the pod names itself (es<ordinal>), at <pod>.<headless service>
-    expected = [f"es{i}=es-{i}.{svc['metadata']['name']}:50051" for i in range(sts["spec"]["replicas"])]
-    assert upstreams == expected
+    assert not [a for a in proxy["args"] if a.startswith("--upstream=")], "no ES listed by hand: the proxy follows them"
+    from channel_emulator.membership import Pattern
+
+    patterns = [Pattern.parse(a.split("=", 1)[1]) for a in proxy["args"] if a.startswith("--upstream-pattern=")]
+    max_up = int(next(a.split("=", 1)[1] for a in proxy["args"] if a.startswith("--max-upstreams=")))
+    # each ES pod, named as the pod names itself (es<ordinal>), at <pod>.<headless service>, for as many
+    # replicas as --max-upstreams allows (scaling the StatefulSet is all a user does)
+    assert len(patterns) == 1 and max_up >= 8 * sts["spec"]["replicas"]
+    for i in range(max_up):
+        assert patterns[0].expand(i) == (f"es{i}", f"{sts['metadata']['name']}-{i}.{svc['metadata']['name']}:50051")
+    assert svc["spec"].get("publishNotReadyAddresses", False) is False  # an unready ES leaves the proxy
     es_cmd = " ".join(container(sts, "meg-edge")["args"])
     assert '--name "es${HOSTNAME##*-}"' in es_cmd and "--listen 0.0.0.0:50051" in es_cmd
     adv = next(a for a in proxy["args"] if a.startswith("--advertise="))
@@ -117,7 +136,35 @@ def test_gpu_overlay_puts_edge_servers_on_gpus(base: list[dict[str, Any]], gpu: 
     es = container(by_kind(gpu, "StatefulSet", "es"), "meg-edge")
     assert es["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert {"name": "MEG_DEVICE", "value": "cuda"} in es["env"]
-    assert re.fullmatch(r"meg:.*gpu.*", es["image"])
+    assert es["image"] == "meg:local-gpu"  # the image `docker compose --profile gpu build gpu0` tags
     # only the edge servers change: the proxy and the load job are the same as in the base
     for kind, name in [("Deployment", "channel"), ("Job", "ue-load"), ("Service", "es")]:
         assert by_kind(gpu, kind, name) == by_kind(base, kind, name)
+
+
+def _images(docs: list[dict[str, Any]]) -> set[str]:
+    out = set()
+    for d in docs:
+        spec = d.get("spec", {}).get("template", {}).get("spec", {})
+        for c in [*spec.get("containers", []), *spec.get("initContainers", [])]:
+            out.add(c["image"])
+    return out
+
+
+@pytest.mark.parametrize("which, names", [("base", ["meg", "meg-proxy"]), ("gpu", ["meg", "meg-proxy", "meg-gpu"])])
+def test_kustomize_edit_set_image_reaches_every_container(which: str, names: list[str], tmp_path: Path) -> None:
+    """What the docs tell a user: `kustomize edit set image NAME=REGISTRY/...` in that folder. That command
+    appends to the folder's ``images:`` list; done here on a copy, every rendered container must then come
+    from the registry (a hard-coded image would stay local: ImagePullBackOff on a real cluster)."""
+    shutil.copytree(K8S, tmp_path / "k8s")
+    folder = tmp_path / "k8s" / ("gpu" if which == "gpu" else "base")
+    kfile = folder / "kustomization.yaml"
+    doc = yaml.safe_load(kfile.read_text())
+    doc["images"] = [i for i in doc.get("images", []) if i["name"] not in names] + [
+        {"name": n, "newName": f"registry.example/{n}", "newTag": "v9"} for n in names]
+    kfile.write_text(yaml.safe_dump(doc))
+    docs = render(tmp_path / "k8s" if which == "base" else folder)
+    images = _images(docs)
+    assert images and all(i.startswith("registry.example/") and i.endswith(":v9") for i in images), images
+    if which == "gpu":  # the GPU edge servers get the GPU image, never the CPU image set for `meg`
+        assert container(by_kind(docs, "StatefulSet", "es"), "meg-edge")["image"] == "registry.example/meg-gpu:v9"
