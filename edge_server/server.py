@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import TypeVar
 
 import grpc
 
@@ -31,7 +35,27 @@ from shared.rpc.server import (
 )
 
 log = logging.getLogger("meg.edge")
+T = TypeVar("T")
 SERVICE_NAME = edge_pb2.DESCRIPTOR.services_by_name["EdgeService"].full_name
+
+
+async def _in_own_thread(fn: Callable[[], T]) -> T:
+    """``fn()`` in a thread that ends with it, not in a pooled executor thread that stays: a thread that ran
+    torch kernels keeps an idle OpenMP team while it lives, and that throttles the engine's (see
+    :mod:`edge_server.engine`)."""
+    done: Future[T] = Future()
+
+    def run() -> None:
+        try:
+            done.set_result(fn())
+        except BaseException as exc:  # noqa: BLE001  (re-raised in the caller)
+            done.set_exception(exc)
+
+    thread = threading.Thread(target=run, name="meg-load", daemon=True)
+    thread.start()
+    result = await asyncio.wrap_future(done)
+    thread.join()
+    return result
 
 
 async def create_server(settings: EdgeSettings, parts: ModelParts | None = None) -> tuple[grpc.aio.Server, int, object]:
@@ -41,7 +65,7 @@ async def create_server(settings: EdgeSettings, parts: ModelParts | None = None)
     Bind ``HOST:0`` to get a free port.
     """
     if parts is None:
-        parts = await asyncio.to_thread(ModelParts.load, settings.model, settings.device)
+        parts = await _in_own_thread(lambda: ModelParts.load(settings.model, settings.device))
     tls = TlsFiles(settings.tls_cert, settings.tls_key, settings.tls_ca)
     power = PowerControl(settings.power_policy, settings.csi_via, settings.name, settings.power_budget, settings.power_model,
                          tls=tls if tls.enabled else None, token=read_token(settings.control_token_file, ADMIN_TOKEN_ENV))

@@ -11,7 +11,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import grpc
 import torch
 
-from edge_server.engine import Cancelled, Engine, EngineClosed, QueueFull, batched_parts
+from edge_server.engine import Cancelled, Engine, EngineClosed, EngineParts, QueueFull
 from edge_server.idempotency import IdempotencyConflict, ResultCache, fingerprint, request_key
 from edge_server.metrics import EdgeMetrics
 from edge_server.power_control import PowerControl
@@ -50,8 +50,9 @@ class EdgeServicer(edge_pb2_grpc.EdgeServiceServicer):
         self.results: ResultCache[edge_pb2.SegmentResponse] = ResultCache(orphan_grace_s=settings.orphan_grace_s)
         self.sessions = Sessions()  # what a cooperative generation's later rounds need from its first
         max_batch = settings.max_concurrency or settings.max_batch  # max_concurrency: the old name
-        self.engine = Engine(DenoiseModel.from_parts(parts), max_batch, settings.max_queue, self.metrics)
-        self.ops_parts = batched_parts(parts, self.engine)  # the requests' VAE decodes batch on the engine too
+        # the engine's thread builds the model's constant parts and runs every kernel (see edge_server.engine)
+        self.engine = Engine(lambda: DenoiseModel.from_parts(parts), max_batch, settings.max_queue, self.metrics)
+        self.ops_parts = EngineParts(parts, self.engine)  # T, E, D, C, S batch on the engine too
         #: admitted RunSegment calls (a thread each) until their work ends; beyond it RESOURCE_EXHAUSTED
         self.capacity = max_batch + settings.max_queue
         self._pool = ThreadPoolExecutor(self.capacity, thread_name_prefix="meg-segment")

@@ -3,6 +3,7 @@ batched run equals it alone; cancelled / late requests stop within one step; a f
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import Counter
@@ -190,7 +191,7 @@ def test_full_queue_refuses_at_once_and_bad_jobs_fail_alone(parts: ModelParts, m
         t.join(5)  # QueueFull comes at once, not when a place frees (the others run 400 steps)
         assert not t.is_alive()
         assert isinstance(refused[id(third)], QueueFull)
-        assert "max queue 1" in str(refused[id(third)])
+        assert "--max-queue 1" in str(refused[id(third)])
         cancel.set()
         for t in threads:
             t.join(60)
@@ -260,38 +261,158 @@ def test_rpc_admission_and_cancellation(small_es: tuple[str, object]) -> None:
     assert metrics.images.labels("FULL-ES")._value.get() == 1
 
 
-def test_vae_decodes_batch_on_the_engine_and_equal_one_by_one(parts: ModelParts, model: DenoiseModel) -> None:
-    from edge_server.engine import batched_parts
+def test_every_part_batches_on_the_engine_and_equals_one_by_one(parts: ModelParts, model: DenoiseModel) -> None:
+    """T, E, D, C, C⁻¹ and S of concurrent requests run on the engine's thread, batched, and each caller gets
+    what its input gives alone."""
+    from edge_server.engine import EngineParts
+    from shared.model.codec import CodecConfig, SeedCodec
 
+    g = parts.geometry
+    n = g.latent_channels * g.latent_size ** 2
+    parts.codecs[0.5] = SeedCodec(CodecConfig.make(n, 0.5, "residual", hidden=32)).eval()
     engine = Engine(model, max_batch=2, max_queue=2)
-    view = batched_parts(parts, engine)
-    vae = parts.pipe.vae
-    sizes: list[int] = []
-    decode = view.pipe.vae.decode
+    view = EngineParts(parts, engine)
+    threads_seen: set[int] = set()
+    seen_fn = parts.decode_images
 
-    def counting(x: torch.Tensor) -> torch.Tensor:
-        sizes.append(x.shape[0])
-        return vae.decode(x).sample
+    def spy(z: torch.Tensor) -> torch.Tensor:
+        threads_seen.add(threading.get_ident())
+        return seen_fn(z)
 
-    zs = [torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(i)) for i in range(8)]
-    out: dict[int, torch.Tensor] = {}
+    gen = torch.Generator().manual_seed(0)
+    inputs = {
+        "embed": [f"prompt {i}" for i in range(6)],
+        "encode_images": [torch.rand(1, 3, g.image_size, g.image_size, generator=gen) for _ in range(6)],
+        "decode_images": [torch.randn(1, g.latent_channels, g.latent_size, g.latent_size, generator=gen)
+                          for _ in range(6)],
+        "compress": [torch.randn(1, g.latent_channels, g.latent_size, g.latent_size, generator=gen) for _ in range(6)],
+        "decompress": [torch.randn(1, round(0.5 * n), generator=gen) for _ in range(6)],
+        "sketch": [torch.rand(1, 3, g.image_size, g.image_size, generator=gen) for _ in range(6)],
+    }
+
+    def via(view_or_parts: ModelParts, name: str, x: object) -> torch.Tensor:
+        if name in ("compress", "decompress"):
+            return getattr(view_or_parts, name)(0.5, x)  # type: ignore[no-any-return]
+        return getattr(view_or_parts, name)(x)  # type: ignore[no-any-return]
+
+    with torch.no_grad():
+        alone = {(k, i): via(parts, k, x) for k, xs in inputs.items() for i, x in enumerate(xs)}
+    out: dict[tuple[str, int], torch.Tensor] = {}
     busy = threading.Thread(target=engine.submit, args=(DenoiseJob(cond=parts.embed("x"), steps=60, guidance=7.5),))
     try:
+        parts.decode_images = spy  # type: ignore[method-assign]
         busy.start()  # calls that arrive during a UNet step wait for the next gap and go together
-        threads = [threading.Thread(target=lambda i=i: out.__setitem__(i, engine.run_batched("vae", counting, zs[i])))
-                   for i in range(8)]
+        threads = [threading.Thread(target=lambda k=k, i=i, x=x: out.__setitem__((k, i), via(view, k, x)))
+                   for k, xs in inputs.items() for i, x in enumerate(xs)]
         for t in threads:
             t.start()
         for t in threads:
             t.join(60)
         busy.join(60)
-        via_view = decode(zs[0]).sample  # what ModelOps.op_decode calls on the view
     finally:
+        del parts.decode_images
         engine.close()
-    assert sum(sizes) == 8 and max(sizes) > 1, sizes
-    with torch.no_grad():
-        for i, z in enumerate(zs):
-            torch.testing.assert_close(out[i], vae.decode(z).sample, rtol=1e-4, atol=1e-5)
-        torch.testing.assert_close(via_view, vae.decode(zs[0]).sample, rtol=1e-4, atol=1e-5)
+        del parts.codecs[0.5]
+    assert threads_seen == {engine._thread.ident}
+    batches = engine.side_batches
+    for name in ("text", "vae.encode", "vae.decode", "codec.encode 0.5", "codec.decode 0.5", "sketch"):
+        assert sum(batches[name]) == 6 and max(batches[name]) > 1, (name, batches)
+    assert out.keys() == alone.keys()
+    for key, want in alone.items():
+        torch.testing.assert_close(out[key], want, rtol=1e-4, atol=1e-5, msg=lambda m, key=key: f"{key}: {m}")
     ops = ModelOps(view, Params())
     assert ops.parts.geometry == parts.geometry and ops.parts.pipe.unet is parts.pipe.unet
+
+
+# --- the engine's thread gets the machine's cores (issue 24) -----------------------------------------------
+@pytest.fixture(scope="module")
+def engine_cpu(random_model_dir: Path) -> dict[str, float]:
+    """What :mod:`tests.support.engine_cpu` measures in a fresh ES process (one request served first)."""
+    import json
+    import subprocess
+    import sys
+
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("one CPU core: there is no second core for the engine's kernels to use")
+    done = subprocess.run([sys.executable, "-m", "tests.support.engine_cpu", str(random_model_dir)],
+                          check=False, capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def test_the_engines_openmp_team_is_not_throttled(engine_cpu: dict[str, float]) -> None:
+    """Before the fix the event loop, the loader and the worker threads kept OpenMP teams of their own, so the
+    engine's team outnumbered the cores and its partner thread slept between kernels (~3 sleeps per matmul)."""
+    assert engine_cpu["sleeps_per_call"] < 0.5, engine_cpu
+
+
+def test_a_kernel_from_the_engines_thread_uses_more_than_one_core(engine_cpu: dict[str, float]) -> None:
+    load = engine_cpu["load"]
+    if load > (os.cpu_count() or 1) - 0.5:
+        pytest.skip(f"the machine is busy (load average {load:.1f} on {os.cpu_count()} cores): wall-clock cores "
+                    "would measure the other tenants; the throttling test above checks the cause either way")
+    assert engine_cpu["cores"] > 1.3, engine_cpu
+
+
+# --- a step that raises (issue 23 item 13) -----------------------------------------------------------------
+class _FlakyUNet:
+    """The UNet, except that calls from ``fail_from`` on raise; ``on_call`` runs before every call."""
+
+    def __init__(self, unet: torch.nn.Module) -> None:
+        self.unet, self.dtype = unet, unet.dtype
+        self.calls = 0
+        self.fail_from: int | None = None
+        self.on_call: list[object] = []
+
+    def __call__(self, *args: object, **kwargs: object) -> object:
+        self.calls += 1
+        for f in self.on_call:
+            f(self.calls)  # type: ignore[operator]
+        if self.fail_from is not None and self.calls >= self.fail_from:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered (injected)")
+        return self.unet(*args, **kwargs)
+
+
+def test_a_failing_step_fails_its_requests_and_the_engine_goes_on(parts: ModelParts) -> None:
+    """A request dropped (cancelled) just before a step that raises used to make the failure path call
+    ``set_exception`` on its future twice: InvalidStateError killed the engine thread and every later request
+    hung. Now the step's requests fail with EngineFailed, the dropped one stays Cancelled, the engine serves on;
+    after ``max_step_failures`` failures in a row it gives up (healthy False, EngineClosed, on_failure)."""
+    from edge_server.engine import EngineClosed, EngineFailed
+
+    flaky = _FlakyUNet(parts.pipe.unet)
+    model = DenoiseModel(flaky, parts.pipe.scheduler.config, parts.uncond(), (4, 4, 4), torch.device("cpu"))  # type: ignore[arg-type]
+    engine = Engine(model, max_batch=4, max_queue=4, max_step_failures=2)
+    gave_up: list[str] = []
+    engine.on_failure.append(gave_up.append)
+    cond = parts.embed("x")
+    cancel = threading.Event()
+    out: dict[int, object] = {}
+    dropped = DenoiseJob(cond=cond, steps=50, guidance=7.5, seed=0)
+    victim = DenoiseJob(cond=cond, steps=50, guidance=7.5, seed=1)
+
+    def arm(n: int) -> None:
+        if n == 3:
+            cancel.set()  # `dropped` leaves at the next step, which fails
+            flaky.fail_from = 4
+
+    flaky.on_call.append(arm)
+    try:
+        threads = [_submit(engine, dropped, out, cancel), _submit(engine, victim, out)]
+        for t in threads:
+            t.join(60)
+        assert isinstance(out[id(dropped)], Cancelled), out
+        assert isinstance(out[id(victim)], EngineFailed) and "injected" in str(out[id(victim)])
+        assert engine.healthy and engine._thread.is_alive()
+        flaky.fail_from = None
+        assert isinstance(engine.submit(DenoiseJob(cond=cond, steps=3, guidance=7.5, seed=2)), torch.Tensor)
+        flaky.fail_from = 0  # from now on every step fails: two in a row and the engine gives up
+        for seed in (3, 4):
+            with pytest.raises(EngineFailed):
+                engine.submit(DenoiseJob(cond=cond, steps=3, guidance=7.5, seed=seed))
+        assert not engine.healthy and gave_up and "2 batched steps in a row failed" in gave_up[0]
+        with pytest.raises(EngineClosed, match="engine stopped"):
+            engine.submit(DenoiseJob(cond=cond, steps=3, guidance=7.5, seed=5))
+    finally:
+        engine.close()

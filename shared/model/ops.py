@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -86,12 +87,17 @@ class ModelParts:
         return cls(pipe, meg, name=str(path) if path else "meg-tiny", codecs=codecs)
 
     @torch.no_grad()
-    def embed(self, prompt: str) -> torch.Tensor:
-        """Text encoder T: ``prompt -> [1, L, D]`` float32 on the CPU (one thread at a time: concurrent calls
-        race on the fast tokenizer's truncation/padding settings and return wrong lengths)."""
+    def embed_batch(self, prompts: Sequence[str]) -> torch.Tensor:
+        """Text encoder T on ``B`` prompts: ``-> [B, L, D]`` float32 on the CPU (every prompt padded to ``L``
+        tokens, so a row equals the prompt encoded alone). One thread at a time: concurrent calls race on the
+        fast tokenizer's truncation/padding settings and return wrong lengths."""
         with self._lock:
-            cond, _ = self.pipe.encode_prompt(prompt, self.device, 1, False)
+            cond, _ = self.pipe.encode_prompt(list(prompts), self.device, 1, False)
         return cond.float().cpu()
+
+    def embed(self, prompt: str) -> torch.Tensor:
+        """Text encoder T: ``prompt -> [1, L, D]`` float32 on the CPU."""
+        return self.embed_batch([prompt])
 
     def uncond(self) -> torch.Tensor:
         """The empty prompt's embedding ``[1, L, D]``, a constant of the model (for guidance)."""
@@ -99,6 +105,48 @@ class ModelParts:
             if self._uncond is None:
                 self._uncond = self.embed("")
             return self._uncond
+
+    @torch.no_grad()
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """VAE encoder E: images ``[B, 3, H, H]`` in [0, 1] -> scaled posterior means ``[B, C, h, h]`` (float32, CPU)."""
+        vae = self.pipe.vae
+        x = (images.to(self.device, vae.dtype) * 2 - 1).clamp(-1, 1)
+        return (vae.encode(x).latent_dist.mean * vae.config.scaling_factor).float().cpu()
+
+    @torch.no_grad()
+    def decode_images(self, latents: torch.Tensor) -> torch.Tensor:
+        """VAE decoder D: latents ``[B, C, h, h]`` -> images ``[B, 3, H, H]`` in [0, 1] (float32, CPU)."""
+        from shared.model.vae import decode, to_unit
+
+        return to_unit(decode(self.pipe.vae, latents))
+
+    def codec(self, fc: float) -> SeedCodec | None:
+        """The seed codec at rate ``fc`` (None at fc = 0 or 1: the seed is the raw latent); ValueError if none."""
+        if fc in (0.0, 1.0):
+            return None
+        if fc not in self.codecs:
+            raise ValueError(f"no seed codec for fc={fc:g}; this model has {self.codec_rates() or 'none'}")
+        return self.codecs[fc]
+
+    @torch.no_grad()
+    def compress(self, fc: float, latents: torch.Tensor) -> torch.Tensor:
+        """C: latents ``[B, C, h, h]`` -> seeds ``[B, k]`` (the latents themselves at fc = 1)."""
+        codec = self.codec(fc)
+        return latents if codec is None else codec.encode(latents.to(codec.mean.device)).float().cpu()
+
+    @torch.no_grad()
+    def decompress(self, fc: float, seeds: torch.Tensor) -> torch.Tensor:
+        """C⁻¹: seeds ``[B, k]`` -> latents ``[B, C, h, h]``."""
+        codec = self.codec(fc)
+        if codec is None:
+            return seeds
+        g = self.geometry
+        return codec.decode(seeds.to(codec.mean.device)).float().cpu().reshape(
+            -1, g.latent_channels, g.latent_size, g.latent_size)
+
+    def sketch(self, images: torch.Tensor) -> torch.Tensor:
+        """Sketcher S: area-downsample ``[B, 3, H, H]`` by the sketch factor -> ``[B, 3, H/4, H/4]``."""
+        return F.avg_pool2d(images, SKETCH_FACTOR)
 
     def fresh_pipeline(self, img2img: bool = False) -> StableDiffusionPipeline:
         """The same modules with a private scheduler, so concurrent requests don't share scheduler state."""
@@ -144,38 +192,18 @@ class ModelOps:
     def op_encode_prompt(self, prompt: str) -> tuple[torch.Tensor]:
         return (self.parts.embed(prompt),)
 
-    @torch.no_grad()
     def op_encode_image(self, image: torch.Tensor) -> tuple[torch.Tensor]:
         """VAE encoder: ``[1, 3, H, H]`` in [0, 1] -> scaled posterior mean ``[1, C, h, h]``."""
-        vae = self.parts.pipe.vae
-        x = (image.to(self.parts.device, vae.dtype) * 2 - 1).clamp(-1, 1)
-        z = vae.encode(x).latent_dist.mean * vae.config.scaling_factor
-        return (z.float().cpu(),)
+        return (self.parts.encode_images(image),)
 
     # --- C / C⁻¹ ------------------------------------------------------------------------------------
-    def _codec(self) -> SeedCodec | None:
-        fc = self.params.fc
-        if fc in (0.0, 1.0):
-            return None
-        if fc not in self.parts.codecs:
-            raise ValueError(f"no seed codec for fc={fc:g}; this model has {self.parts.codec_rates() or 'none'}")
-        return self.parts.codecs[fc]
-
-    @torch.no_grad()
     def op_compress(self, latent: torch.Tensor) -> tuple[torch.Tensor]:
         """C: latent ``[1, C, h, h]`` -> seed ``[1, k]`` (the latent itself at fc = 1)."""
-        codec = self._codec()
-        return (latent if codec is None else codec.encode(latent.to(codec.mean.device)).float().cpu(),)
+        return (self.parts.compress(self.params.fc, latent),)
 
-    @torch.no_grad()
     def op_decompress(self, seed: torch.Tensor) -> tuple[torch.Tensor]:
         """C⁻¹: seed ``[1, k]`` -> latent ``[1, C, h, h]``."""
-        codec = self._codec()
-        if codec is None:
-            return (seed,)
-        g = self.parts.geometry
-        latent = codec.decode(seed.to(codec.mean.device)).float().cpu()
-        return (latent.reshape(1, g.latent_channels, g.latent_size, g.latent_size),)
+        return (self.parts.decompress(self.params.fc, seed),)
 
     # --- U -----------------------------------------------------------------------------------------
     def op_denoise(self, cond: torch.Tensor, init_latent: torch.Tensor | None = None) -> tuple[torch.Tensor]:
@@ -205,17 +233,14 @@ class ModelOps:
         return denoise_alone(DenoiseModel.from_parts(self.parts), job, lambda _state: self._check_deadline())
 
     # --- D -----------------------------------------------------------------------------------------
-    @torch.no_grad()
     def op_decode(self, latent: torch.Tensor) -> tuple[torch.Tensor]:
         """VAE decoder: latent ``[1, C, h, h]`` -> image ``[1, 3, H, H]`` in [0, 1] (float32, CPU)."""
-        from shared.model.vae import decode, to_unit
-
-        return (to_unit(decode(self.parts.pipe.vae, latent)),)
+        return (self.parts.decode_images(latent),)
 
     # --- S, K (ESUC) -----------------------------------------------------------------------------------
     def op_sketch(self, image: torch.Tensor) -> tuple[torch.Tensor]:
         """Sketcher S: area-downsample ``[1, 3, H, H]`` by the sketch factor -> ``[1, 3, H/4, H/4]``."""
-        return (F.avg_pool2d(image, SKETCH_FACTOR),)
+        return (self.parts.sketch(image),)
 
     def op_complete(self, cond: torch.Tensor, sketch: torch.Tensor) -> tuple[torch.Tensor]:
         """Completer K on the UE: upsample the sketch (bicubic), encode it, refine it by img2img with the
