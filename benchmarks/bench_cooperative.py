@@ -2,8 +2,8 @@
 the UE in this process; everything the ESs send and receive crosses the proxy and is counted on its link.
 
 ``seams``  (meg-tiny, the trained model): for several prompts and seeds, the single-ES image (UIEG, one ES)
-           against UIDCG's arms (coop_arms: fused every step, the default; windows never fused; a shared head;
-           naive tiling): PSNR vs the single-ES image and the seam score (mean |horizontal gradient| on the
+           against UIDCG's arms (coop_arms: fused every DEFAULT_SYNC = 5 steps, the default; fused every step;
+           windows never fused; a shared head; naive tiling): PSNR vs the single-ES image and the seam score (mean |horizontal gradient| on the
            tile border / elsewhere; shared.protocol.tiles.seam_score) of each, for txt2img and for img2img (shapes
            inputs whose objects cross the cut). Writes seams.json and docs/img/multi-es.png.
 ``latency`` (a random pipeline with SD-v1.5's UNet widths, `meg-edge make-random-model --size sd-v1-5`,
@@ -12,7 +12,10 @@ the UE in this process; everything the ESs send and receive crosses the proxy an
            OMP_NUM_THREADS=1), also for the 1-ES arm. Writes latency.json.
 
     python benchmarks/bench_cooperative.py seams
-    python benchmarks/bench_cooperative.py latency --model /tmp/sd256 --reps 3 --steps 4
+    python benchmarks/bench_cooperative.py latency --model /tmp/sd256 --reps 3 --steps 4 [--only 'every step,never']
+
+(The committed latency*.json predate the every-5-steps default: their "(default)" arm is every step. With 2 or
+4 steps the every-5-steps arm is one round, the same as never fused; docs/multi-es.md names the --only used.)
 """
 
 from __future__ import annotations
