@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -18,34 +17,23 @@ from shared.rpc.security import TlsFiles
 from ue_client.edge_client import EdgeClient, check_geometry
 from ue_client.pick import Candidate, Chooser, chooser
 from ue_client.session import GenerationResult
-from ue_client.transport import connect, discover, split_names
+from ue_client.transport import connect, discover, pick_names
 
 
-@dataclass
-class EsSession:
-    """The ESs a multi-ES generation runs on: one checked client per ES (session order), how many were
-    asked for and which of those the proxy does not have (issue 21: said on stderr and in ``--json``)."""
-
-    clients: dict[str, EdgeClient]
-    requested: int
-    missing: list[str] = field(default_factory=list)
-
-
-def open_session(via: str, es: str | None, parts: ModelParts, timeout_s: float, ue_id: str,
-                 tls: TlsFiles | None = None, token: str | None = None) -> EsSession:
+def open_clients(via: str, es: str | None, parts: ModelParts, timeout_s: float, ue_id: str,
+                 tls: TlsFiles | None = None, token: str | None = None) -> dict[str, EdgeClient]:
     """One checked client per ES of the session: the proxy's upstreams (learnt over its control RPC),
-    narrowed by ``es`` (comma-separated names; a name the proxy does not have is *missing*, the others go
-    on). A target that is an ES, not a proxy, is the one ES ``es0``. An ES whose model differs is an error;
-    one that does not answer stays in the session and fails there by name (a parallel protocol goes on
-    without it)."""
+    narrowed by ``es`` (comma-separated names; one the proxy does not have is an error naming it). A target
+    that is an ES, not a proxy, is the one ES ``es0``. An ES whose model differs is an error; one that does
+    not answer stays in the session and fails there by name (a parallel protocol goes on without it, and
+    says so: :func:`shortfall`)."""
     try:
         available = discover(via, timeout=min(timeout_s, 10.0), tls=tls, token=token)
     except grpc.RpcError as exc:
         if not is_not_a_proxy(exc):
             raise
         available = ["es0"]  # no channel control there: an ES reached directly
-    names, missing = split_names(available, es)
-    clients = connect(via, names, timeout_s, ue_id, tls=tls, token=token)
+    clients = connect(via, pick_names(available, es), timeout_s, ue_id, tls=tls, token=token)
     try:
         for c in clients.values():
             try:
@@ -57,22 +45,15 @@ def open_session(via: str, es: str | None, parts: ModelParts, timeout_s: float, 
         for c in clients.values():
             c.close()
         raise
-    return EsSession(clients, len(names) + len(missing), missing)
-
-
-def open_clients(via: str, es: str | None, parts: ModelParts, timeout_s: float, ue_id: str,
-                 tls: TlsFiles | None = None, token: str | None = None) -> dict[str, EdgeClient]:
-    """:func:`open_session`'s clients alone."""
-    return open_session(via, es, parts, timeout_s, ue_id, tls, token).clients
+    return clients
 
 
 def shortfall(protocol: str, result: GenerationResult) -> str | None:
     """One line for stderr when a multi-ES generation ran on fewer ESs than it asked for, or on one only."""
-    used, requested = result.es_used, result.es_requested or 0
+    used, requested = result.es_used, result.es_requested
     if result.es is None or (len(used) >= requested and len(used) > 1):
         return None
-    gone = [*result.es_missing, *result.failed]
-    why = f"; missing: {', '.join(gone)}" if gone else ""
+    why = f"; missing: {', '.join(result.es_missing)}" if result.es_missing else ""
     return (f"meg-ue: {protocol} asked for {requested} edge server{'s' * (requested != 1)} and ran on "
             f"{len(used)} ({', '.join(used) or 'none'}){why}")
 

@@ -108,13 +108,21 @@ class GenerationResult:
     rounds: int | None = None  # cooperative: how many rounds ran (fusions on the UE: rounds - 1)
     broadcast: bool = False
     fallback_from: str | None = None  # the cooperative protocol that failed over to this one
-    es_requested: int | None = None  # multi-ES: how many ESs the session asked for (default: those it had)
-    es_missing: list[str] = field(default_factory=list)  # multi-ES: asked for by name, not behind the proxy
+
+    @property
+    def es_requested(self) -> int:
+        """Multi-ES: how many ESs the session asked (``--es``, default every upstream the proxy had)."""
+        return len(self.es or {})
 
     @property
     def es_used(self) -> list[str]:
         """Multi-ES: the ESs whose work made the image (the session's, less those that failed)."""
         return [n for n in self.es or {} if n not in self.failed]
+
+    @property
+    def es_missing(self) -> list[str]:
+        """Multi-ES: the session's ESs that gave nothing (why: :attr:`failed`)."""
+        return [n for n in self.es or {} if n in self.failed]
 
     def summary(self) -> dict[str, object]:
         out: dict[str, object] = {
@@ -126,8 +134,7 @@ class GenerationResult:
             out["totals"] = {"uplink": asdict(self.uplink), "downlink": asdict(self.downlink),
                              "uplink_counted_as": "broadcast" if self.broadcast else "unicast"}
             out["failed"] = dict(self.failed)
-            out["es_requested"] = self.es_requested if self.es_requested is not None else len(self.es)
-            out["es_used"], out["es_missing"] = self.es_used, list(self.es_missing)
+            out["es_requested"], out["es_used"], out["es_missing"] = self.es_requested, self.es_used, self.es_missing
             if self.candidates:
                 out["picked"] = self.picked
                 out["candidates"] = [{"es": c.es, "seconds": round(c.seconds, 4), "score": c.score} for c in self.candidates]

@@ -29,30 +29,17 @@ def discover(via: str, timeout: float = 10.0, tls: TlsFiles | None = None, token
 
 
 def pick_names(available: Sequence[str], wanted: str | None) -> list[str]:
-    """``wanted`` (comma-separated names, ``None``/``"all"``: every one) checked against ``available``."""
+    """``wanted`` (comma-separated names, ``None``/``"all"``: every one) checked against ``available``: a name
+    the proxy does not have (gone, not joined yet, mistyped) is an error that names it, as is a name twice."""
     if not wanted or wanted == "all":
         return list(available)
     names = [n.strip() for n in wanted.split(",") if n.strip()]
     unknown = [n for n in names if n not in available]
     if unknown or len(set(names)) != len(names):
-        raise ValueError(f"--es {wanted!r}: the proxy has edge servers {', '.join(available)} (each at most once)")
+        gone = f" ({', '.join(unknown)}: not behind it now)" if unknown else ""
+        raise ValueError(f"--es {wanted!r}: the proxy has edge servers {', '.join(available) or '(none)'}{gone} "
+                         "(each at most once)")
     return names
-
-
-def split_names(available: Sequence[str], wanted: str | None) -> tuple[list[str], list[str]]:
-    """``(present, missing)``: the names of ``wanted`` (comma-separated; ``None``/``"all"``: every one) that
-    ``available`` has, in the order asked, and those it has not (gone, not joined yet, or mistyped). A
-    name twice, or none present, is an error naming what is there."""
-    if not wanted or wanted == "all":
-        return list(available), []
-    names = [n.strip() for n in wanted.split(",") if n.strip()]
-    if len(set(names)) != len(names):
-        raise ValueError(f"--es {wanted!r}: name each edge server at most once")
-    present = [n for n in names if n in available]
-    if not present:
-        raise ValueError(f"--es {wanted!r}: the proxy has none of them; it has edge servers "
-                         f"{', '.join(available) or '(none)'}")
-    return present, [n for n in names if n not in available]
 
 
 def connect(via: str, names: Sequence[str], timeout_s: float = 120.0, ue_id: str = "ue",

@@ -20,7 +20,6 @@ if TYPE_CHECKING:
     from shared.pb import edge_pb2
     from shared.protocol.params import Params
     from ue_client.edge_client import EdgeClient
-    from ue_client.multi import EsSession
 
 N = TypeVar("N", int, float)
 
@@ -117,9 +116,9 @@ def open_client(args: argparse.Namespace, parts: ModelParts) -> EdgeClient:
     return client
 
 
-def open_session(args: argparse.Namespace, parts: ModelParts) -> EsSession:
-    """The multi-ES session (:func:`ue_client.multi.open_session`: its clients, and the ESs asked for but missing)."""
-    from ue_client.multi import open_session as open_all
+def open_clients(args: argparse.Namespace, parts: ModelParts) -> dict[str, EdgeClient]:
+    """The multi-ES session's clients (:func:`ue_client.multi.open_clients`)."""
+    from ue_client.multi import open_clients as open_all
 
     return open_all(args.via, args.es, parts, args.timeout, args.ue_id, tls=tls_from_args(args), token=ue_token(args))
 

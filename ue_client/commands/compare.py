@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +40,7 @@ def run(args: argparse.Namespace) -> int:
     parts, image_in = base.load_model(args)
     clients: dict[str, EdgeClient] = {}
     if args.multi_es:
-        session = base.open_session(args, parts)
-        clients = session.clients
-        if session.missing:
-            print(f"meg-ue: compare asked for {session.requested} edge servers; missing: {', '.join(session.missing)}",
-                  file=sys.stderr)
+        clients = base.open_clients(args, parts)
         client = next(iter(clients.values()))
     else:
         client = base.open_client(args, parts)

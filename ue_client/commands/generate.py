@@ -65,8 +65,7 @@ def run(args: argparse.Namespace) -> int:
     if spec.multi_es:
         from ue_client.multi import make_chooser
 
-        session = base.open_session(args, parts)
-        clients = session.clients
+        clients = base.open_clients(args, parts)
         options = MultiOptions(pick=make_chooser(args.pick, out), halo=args.overlap, head=args.head,
                                sync=args.sync_every, broadcast=args.broadcast, fallback=args.fallback)
         client = next(iter(clients.values()))
@@ -82,7 +81,6 @@ def run(args: argparse.Namespace) -> int:
     if spec.multi_es:
         from ue_client.multi import shortfall
 
-        result.es_requested, result.es_missing = session.requested, session.missing
         if (line := shortfall(result.protocol, result)) is not None:
             print(line, file=sys.stderr)  # stdout may be --json
     save_png(result.image, out)
