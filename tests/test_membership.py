@@ -268,8 +268,24 @@ def test_proxy_follows_edge_servers_started_and_stopped_by_hand(random_model_dir
         # es1 stopped (SIGTERM: it says NOT_SERVING, drains, exits)
         left = _wait(lambda: upstreams(via) == ["es0"], 10, "es1 is dropped")
         print(f"es1 dropped {left:.1f} s after it exited")
-        res = uidg(via, "again.png", "--es", "es0,es1")
+        res = uidg(via, "again.png", "--es", "es0,es1")  # a UE that asks for it by name
         assert res.returncode != 0 and "es1" in (res.stdout + res.stderr), res.stdout + res.stderr
+        print(f"meg-ue --es es0,es1 after es1 left: {(res.stdout + res.stderr).strip().splitlines()[-1]}")
+        # a UE that learnt both before es1 left: its UIDG goes on with es0 and names es1 as gone
+        from shared.model.ops import ModelParts
+        from shared.protocol.params import Params
+        from ue_client.session import MultiOptions, generate
+        from ue_client.transport import connect
+
+        clients = connect(via, ["es0", "es1"], ue_id="early")
+        try:
+            r = generate(ModelParts.load(str(random_model_dir), "cpu"), None, "a red circle", "UIDG", "txt2img",
+                         Params(seed=1, steps=2), None, clients=clients, options=MultiOptions(pick="first"))  # type: ignore[arg-type]
+        finally:
+            for c in clients.values():
+                c.close()
+        assert set(r.failed) == {"es1"} and "edge server es1 has left the proxy" in r.failed["es1"], r.failed
+        assert "UNAVAILABLE" in r.failed["es1"]
         tail = "".join(pproc.tail)  # type: ignore[attr-defined]
         assert "edge server es1 joined at" in tail and "edge server es1 at" in tail and "left" in tail
         metrics_port = int(next(line.rsplit(" ", 1)[1] for line in tail.splitlines() if "metrics on port" in line))
