@@ -1,24 +1,26 @@
-"""Serving throughput of one ES under many UEs, side by side in one run (issue 10; docs/serving.md).
+"""Serving throughput of one ES under many UEs, side by side in one run (issues 10 and 24; docs/serving.md).
 
 Arms, all meg-tiny txt2img at 25 DDIM steps (guidance as the model ships), interleaved round by round so that
 machine noise hits every arm alike:
 
-* ``offline-batched``: this process, one diffusers ``StableDiffusionPipeline`` call with 16 prompts
-  (text encoder + DDIM + VAE decode) — the most the model gives on this machine;
-* ``offline-one``: the same pipeline, one prompt per call, one call after another;
+* ``offline-batched``: the stock diffusers pipeline as a user runs it — a plain script in its own process
+  (``benchmarks/offline_reference.py``), main thread, one ``StableDiffusionPipeline`` call with all 16 prompts
+  (text encoder + DDIM + VAE decode): the reference;
+* ``offline-one``: the same script, one prompt per call, one call after another;
 * ``served-N`` (N = 1, 4, 16): N virtual UEs (:mod:`ue_client.load`, closed loop, FULL-ES) through a real
   ``meg-channel`` (AWGN 20 dB) to a real ``meg-edge`` (its batching engine, max batch 16): images/s and
   latency p50/p99 of the measured requests (the first round of each arm, one request per UE, is warm-up).
 
-The machine is shared and busy, so besides images/s (wall clock) every arm also reports images per CPU-second
-of all the processes involved (offline: this process; served: the ES, the proxy and this process, the UEs'
-side), read from ``/proc``: a measure of work per image that other tenants' load disturbs far less.
+Every arm also reports images per CPU-second of the processes involved (offline: the script's process over its
+timed calls; served: the ES, the proxy and this process, the UEs' side), read from ``/proc``, and the served
+arms the ES's own cores (its CPU-seconds per wall second: the engine should keep both cores of 2 busy).
 
 Then the proxy's own ceiling: 64 KiB seeds (16,384 float32) per second that it forwards (``Probe``, echoed by
 the ES, channel applied both ways) with 64 concurrent callers, against the ES's images/s at 16 UEs.
 
-Writes ``benchmarks/results/serving/serving.json`` and ``docs/img/serving.png``. From the repo root:
-``python -m benchmarks.bench_serving [ROUNDS]`` (default 5 rounds; ~5 minutes on 2 CPU cores).
+Writes ``benchmarks/results/serving/serving.json`` (``serving-quick.json`` with ``--quick``) and
+``docs/img/serving.png``. From the repo root: ``python -m benchmarks.bench_serving [--rounds N] [--quick]``
+(default 5 rounds, ~5 minutes on a quiet 2-core machine; ``--quick``: 1 round, 1 and 16 UEs, a smoke).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -63,36 +66,22 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / tick
 
 
-def offline(parts: ModelParts, n_prompts: int, calls: int) -> float:
-    """Images/s of ``calls`` pipeline calls with ``n_prompts`` prompts each (seeded like the ES), run in a
-    worker thread as the ES runs its model: on this machine torch in a process's main thread was 2.5-3× slower
-    per image (and burned as much more CPU) than in another thread of the same process, which would flatter
-    the served arms."""
-    out: list[float] = []
-    worker = threading.Thread(target=lambda: out.append(_offline(parts, n_prompts, calls)))
-    worker.start()
-    worker.join()
-    return out[0]
+def offline(n_prompts: int, per_call: int, steps: int = STEPS, repeats: int = 1) -> dict[str, float]:
+    """The stock pipeline in a plain script of its own (:mod:`benchmarks.offline_reference`): images/s and
+    images per CPU-second of ``n_prompts`` images, ``per_call`` prompts per call."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "offline_reference.py"), "--prompts", str(n_prompts),
+         "--per-call", str(per_call), "--steps", str(steps), "--repeats", str(repeats)],
+        check=True, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    return {k: out[k] for k in ("images_per_s", "images_per_cpu_s", "cpu_s", "wall_s", "cores")}
 
 
-def _offline(parts: ModelParts, n_prompts: int, calls: int) -> float:
-    pipe = parts.fresh_pipeline()
-    size = parts.geometry.image_size
-    t0 = time.perf_counter()
-    for c in range(calls):
-        prompts = [PROMPTS[(c * n_prompts + i) % len(PROMPTS)] for i in range(n_prompts)]
-        with torch.no_grad():
-            pipe(prompt=prompts, num_inference_steps=STEPS, guidance_scale=parts.meg.guidance, height=size,
-                 width=size, generator=[torch.Generator("cpu").manual_seed(c * n_prompts + i) for i in range(n_prompts)],
-                 output_type="pt")
-    return n_prompts * calls / (time.perf_counter() - t0)
-
-
-def served(parts: ModelParts, via: str, ues: int, round_: int) -> dict[str, Any]:
+def served(parts: ModelParts, via: str, ues: int, round_: int, per_ue: int) -> dict[str, Any]:
     from ue_client.edge_client import EdgeClient
     from ue_client.load import LoadConfig, run_load
 
-    cfg = LoadConfig(via=via, ues=ues, requests=ues * PER_UE[ues], warmup=ues, steps=STEPS, seed=1000 * round_,
+    cfg = LoadConfig(via=via, ues=ues, requests=ues * per_ue, warmup=ues, steps=STEPS, seed=1000 * round_,
                      ue_id=f"bench{ues}r{round_}-", timeout_s=600)
     summary, _ = run_load(parts, cfg, lambda ue: EdgeClient(via, timeout_s=600, ue_id=ue))
     assert summary["ok"] == summary["requests"], summary["errors"]
@@ -170,10 +159,12 @@ def _drain(proc: Any) -> None:
     threading.Thread(target=run, daemon=True).start()
 
 
-def main(rounds: int = 5) -> dict[str, Any]:
+def main(rounds: int = 5, quick: bool = False) -> dict[str, Any]:
     from tests.support.procs import running, script
 
     parts = ModelParts.load(None, "cpu")
+    concurrency = (1, 16) if quick else CONCURRENCY
+    per_ue = {1: 2, 16: 1} if quick else PER_UE
     arms: dict[str, list[dict[str, Any]]] = {}
     with contextlib.ExitStack() as stack:
         es_argv = [script("meg-edge"), "serve", "--listen", "127.0.0.1:0", "--max-batch", "16", "--max-queue", "64"]
@@ -183,59 +174,69 @@ def main(rounds: int = 5) -> dict[str, Any]:
                    "--snr-db", "20"]
         ch, ch_port = stack.enter_context(running(ch_argv, "meg.v1.ChannelControl"))
         via = f"127.0.0.1:{ch_port}"
-        offline(parts, 1, 1)  # warm-up (allocator, first-call costs)
-        pids = {"offline": [os.getpid()], "served": [os.getpid(), es.pid, ch.pid]}
+        pids = [os.getpid(), es.pid, ch.pid]
         for r in range(rounds):
             # the ratios' two sides run next to each other; every other round in reverse
-            order = ["offline-batched", "served-16", "offline-one", "served-1", "served-4"]
+            order = ["offline-batched", *(f"served-{n}" for n in reversed(concurrency)), "offline-one"]
             if r % 2:
                 order.reverse()
             for arm in order:
-                cpu0 = cpu_seconds(pids[arm.split("-")[0]])
                 if arm == "offline-batched":
-                    res = {"images_per_s": offline(parts, BATCH, 1)}
+                    res = offline(BATCH, BATCH)
                 elif arm == "offline-one":
-                    res = {"images_per_s": offline(parts, 1, 4)}
+                    res = offline(4, 1)
                 else:
-                    res = served(parts, via, int(arm.split("-")[1]), r)
-                cpu = cpu_seconds(pids[arm.split("-")[0]]) - cpu0
-                images = BATCH if arm == "offline-batched" else 4 if arm == "offline-one" else res["requests"] + int(
-                    arm.split("-")[1])  # served: the warm-up round counts too (it ran inside the CPU window)
-                res.update(cpu_s=cpu, images_per_cpu_s=images / cpu)
+                    ues = int(arm.split("-")[1])
+                    cpu0, es0, w0 = cpu_seconds(pids), cpu_seconds([es.pid]), time.perf_counter()
+                    res = served(parts, via, ues, r, per_ue[ues])
+                    wall = time.perf_counter() - w0
+                    cpu = cpu_seconds(pids) - cpu0
+                    images = res["requests"] + ues  # the warm-up round counts too (it ran inside the CPU window)
+                    res.update(cpu_s=cpu, images_per_cpu_s=images / cpu, es_cores=(cpu_seconds([es.pid]) - es0) / wall)
                 arms.setdefault(arm, []).append(res)
                 print(f"round {r} {arm}: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
                                                      for k, v in res.items()), flush=True)
-        probe = [asyncio.run(_probe_ceiling(via, 64, 5.0)) for _ in range(2)]
+        probe = [asyncio.run(_probe_ceiling(via, 64, 1.0 if quick else 5.0)) for _ in range(1 if quick else 2)]
+    top = f"served-{concurrency[-1]}"
     median = {arm: {k: statistics.median(x[k] for x in runs) for k in runs[0]} for arm, runs in arms.items()}
     ratio_rounds = [
-        {"served16_over_offline_batched": arms["served-16"][i]["images_per_s"] / arms["offline-batched"][i]["images_per_s"],
-         "served16_over_offline_one": arms["served-16"][i]["images_per_s"] / arms["offline-one"][i]["images_per_s"],
-         "served16_over_served1": arms["served-16"][i]["images_per_s"] / arms["served-1"][i]["images_per_s"],
-         "offline_batched_over_one": arms["offline-batched"][i]["images_per_s"] / arms["offline-one"][i]["images_per_s"],
-         "cpu_served16_over_offline_batched": arms["served-16"][i]["images_per_cpu_s"]
-         / arms["offline-batched"][i]["images_per_cpu_s"],
-         "cpu_served16_over_offline_one": arms["served-16"][i]["images_per_cpu_s"]
-         / arms["offline-one"][i]["images_per_cpu_s"]}
+        {"served16_over_reference": arms[top][i]["images_per_s"] / arms["offline-batched"][i]["images_per_s"],
+         "served16_over_served1": arms[top][i]["images_per_s"] / arms["served-1"][i]["images_per_s"],
+         "served16_over_offline_one": arms[top][i]["images_per_s"] / arms["offline-one"][i]["images_per_s"],
+         "reference_over_offline_one": arms["offline-batched"][i]["images_per_s"] / arms["offline-one"][i]["images_per_s"],
+         "cpu_served16_over_reference": arms[top][i]["images_per_cpu_s"] / arms["offline-batched"][i]["images_per_cpu_s"],
+         "es_cores_at_16": arms[top][i]["es_cores"]}
         for i in range(rounds)
     ]
     ratios = {k: statistics.median(r[k] for r in ratio_rounds) for k in ratio_rounds[0]}
     proxy = {"seeds_per_s": statistics.median(p["seeds_per_s"] for p in probe), "runs": probe,
              "over_es_images_per_s_at_16": statistics.median(p["seeds_per_s"] for p in probe)
-             / median["served-16"]["images_per_s"]}
+             / median[top]["images_per_s"]}
     result = {
         "what": f"meg-tiny FULL-ES txt2img, {STEPS} steps; served = through meg-channel (AWGN 20 dB) to meg-edge "
-                "(batching engine, max batch 16); offline = diffusers pipeline in this process",
+                "(batching engine, max batch 16); reference (offline-batched) = the stock diffusers pipeline in a "
+                "plain script of its own (main thread, one call with the 16 prompts)",
+        "quick": quick, "load_average_at_end": os.getloadavg(),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
                     "python": sys.version.split()[0]},
         "rounds": rounds, "arms": arms, "median": median, "ratios_median_of_rounds": ratios,
         "ratios_by_round": ratio_rounds, "proxy_ceiling_64KiB": proxy,
     }
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(result, indent=2) + "\n")
-    plot(result)
+    out = OUT.with_name("serving-quick.json") if quick else OUT
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    if not quick:
+        plot(result)
     print(json.dumps({"median": median, "ratios": ratios, "proxy_seeds_per_s": proxy["seeds_per_s"]}, indent=2))
     return result
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 5)
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("rounds_pos", nargs="?", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--quick", action="store_true", help="1 round, 1 and 16 UEs: a smoke, not a measurement")
+    a = ap.parse_args()
+    main(1 if a.quick else a.rounds_pos or a.rounds, a.quick)

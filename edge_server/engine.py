@@ -135,14 +135,21 @@ class Engine:
     (one thread)."""
 
     def __init__(self, model: DenoiseModel | Callable[[], DenoiseModel], max_batch: int = 16, max_queue: int = 64,
-                 metrics: EngineMetrics | None = None, max_step_failures: int = 3) -> None:
+                 metrics: EngineMetrics | None = None, max_step_failures: int = 3,
+                 batching: str = "continuous") -> None:
         """``model``: the model, or a factory the engine's thread calls first (so that the model's first
         kernels, e.g. the empty prompt's embedding, run on that thread too); ``max_batch``: requests denoised
         together (each takes 2 UNet rows with guidance); ``max_queue``: requests waiting to join beyond those
         (more -> :class:`QueueFull`); ``max_step_failures``: batched steps in a row that may fail before the
-        engine gives up (:attr:`healthy` False, every later request :class:`EngineClosed`)."""
+        engine gives up (:attr:`healthy` False, every later request :class:`EngineClosed`). ``batching``:
+        ``"continuous"`` (requests join and leave the running batch at any step) or ``"equal"`` — the
+        baseline of ``benchmarks/bench_mixed.py``: Triton-style dynamic batching, which only groups equal
+        requests (same steps, task, strength, guidance, shapes) and runs each batch to its end before the next."""
         if max_batch < 1 or max_queue < 0:
             raise ValueError(f"max_batch must be >= 1 and max_queue >= 0, got {max_batch} and {max_queue}")
+        if batching not in ("continuous", "equal"):
+            raise ValueError(f"batching is 'continuous' or 'equal', got {batching!r}")
+        self.batching = batching
         self.max_batch = max_batch
         self.max_queue = max_queue
         self.metrics = metrics
@@ -251,6 +258,13 @@ class Engine:
                 self._waiting.remove(p)
                 _settle(p.future, reason)
         taken: list[_Pending] = []
+        if self.batching == "equal":  # a batch forms only when none runs, of requests equal to the oldest
+            if not self._running and self._waiting:
+                like = _likeness(self._waiting[0].job)
+                for p in [p for p in self._waiting if _likeness(p.job) == like][:self.max_batch]:
+                    self._waiting.remove(p)
+                    taken.append(p)
+            return taken
         while self._waiting and len(self._running) + len(taken) < self.max_batch:
             taken.append(self._waiting.popleft())
         return taken
@@ -383,6 +397,13 @@ class Engine:
         why = f"the edge server's engine stopped: {self.failure}" if self.failure else "the edge server is shutting down"
         for f in futures:
             _settle(f, EngineClosed(why))
+
+
+def _likeness(job: DenoiseJob) -> tuple[object, ...]:
+    """What must be equal for the ``"equal"`` batcher to group two jobs (they then run the same steps)."""
+    shape = tuple((job.noise if job.noise is not None else job.cond).shape)
+    return (job.steps, job.init_latent is None, job.strength, job.guidance > 1, job.start_step, job.end_step,
+            tuple(job.cond.shape), shape)
 
 
 def _pending(state: DenoiseState) -> _Pending:

@@ -204,7 +204,7 @@ class EdgeServicer(edge_pb2_grpc.EdgeServiceServicer):
                                  f"{exc} (its earlier round ran elsewhere, expired after {self.sessions.ttl_s:g} s, or "
                                  "this edge server restarted); run the generation again") from None
             later = {k for s in segments[segment.index + 1:] if s.actor == "ES" for k in s.held}
-            ops = ModelOps(self.ops_parts, params, time.monotonic() + budget, denoiser=denoise)
+            ops = ModelOps(self.ops_parts, params, time.monotonic() + budget, denoiser=denoise, task=request.task or "txt2img")
             started = time.perf_counter()
             work: Future[dict[str, object]] = self._pool.submit(run_segment, segment, workspace, ops)
             work.add_done_callback(self._release)

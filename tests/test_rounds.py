@@ -145,3 +145,30 @@ def test_fused_rounds_make_the_windows_agree(random_model_dir: object) -> None:
     alone = run([Share(i, 2, 1) for i in range(2)])
     assert fused.shape == whole.shape and bool(torch.isfinite(fused).all())
     assert not torch.allclose(fused, alone)  # the fusion changed the trajectory
+
+
+@pytest.mark.parametrize("task", ["txt2img", "img2img"])
+def test_one_es_in_rounds_equals_the_single_es_image(random_model_dir: object, task: str) -> None:
+    """A cooperative generation with one ES, cut into rounds, is the single-ES generation (issue 23 item 11:
+    img2img's later rounds used to run txt2img's step ranges — at 25 steps, strength 0.6, sync 5 the rounds ran
+    (10,15), (5,10), (10,15) and returned a part-denoised image)."""
+    from shared.model.ops import ModelOps, ModelParts
+    from shared.protocol.params import Params
+
+    parts = ModelParts.load(str(random_model_dir), "cpu")
+    g, w = parts.geometry, parts.geometry.latent_size
+    params = Params(seed=4, steps=25, strength=0.6)
+    ops = ModelOps(parts, params, task=task)
+    cond = parts.embed("a green triangle")
+    init = None
+    if task == "img2img":
+        (init,) = ops.op_encode_image(torch.rand(1, 3, g.image_size, g.image_size,
+                                                 generator=torch.Generator().manual_seed(1)))
+    (single,) = ops.op_denoise(cond, init)  # what FULL-ES / one ES alone makes
+    share = Share(0, 1, sync=5)
+    rounds = cooperative_schedule(25, 0.6, share, task == "img2img")
+    assert len(rounds) == (3 if task == "img2img" else 5)
+    (part,) = ops.op_denoise_window(cond, share, 0, init)
+    for r in range(1, len(rounds)):
+        (part,) = ops.op_denoise_round(cond, share, r, crop(merge([part], [share], w), share, w))
+    torch.testing.assert_close(part, single, rtol=1e-4, atol=1e-4)

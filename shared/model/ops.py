@@ -170,10 +170,12 @@ class ModelOps:
     """:class:`ModelParts` bound to one request: ``call(op, *inputs)`` for :mod:`shared.protocol.stages`."""
 
     def __init__(self, parts: ModelParts, params: Params, deadline: float | None = None,
-                 denoiser: Denoiser | None = None) -> None:
-        """``denoiser`` runs the DDIM loops (the ES passes its batching engine); default: alone, here."""
+                 denoiser: Denoiser | None = None, task: str = "txt2img") -> None:
+        """``denoiser`` runs the DDIM loops (the ES passes its batching engine); default: alone, here. ``task``:
+        the generation's (a cooperative round's place in the schedule depends on it)."""
         self.parts = parts
         self.params = params
+        self.task = task
         self.deadline = deadline  # time.monotonic() value
         self.denoiser = denoiser or self._denoise_alone
 
@@ -303,8 +305,9 @@ class ModelOps:
                          latent_in: torch.Tensor) -> tuple[torch.Tensor]:
         """Round ``round_ >= 1`` on share's window of the fused latent ``latent_in [1, C, h, x1-x0]`` (part-way
         through the schedule, as the UE fused it) -> ``latent_part`` of the same shape. DDIM (eta 0) keeps no
-        state besides the latent, so a window resumed from the fused latent is exactly where the UE left it."""
-        steps, a, b = self._schedule(share, round_, False)
+        state besides the latent, so a window resumed from the fused latent is exactly where the UE left it.
+        The rounds are the generation's task's: img2img's begin where its strength enters the schedule."""
+        steps, a, b = self._schedule(share, round_, self.task == "img2img")
         if a == 0:
             raise ValueError("round 0 is denoise_window's (it starts from noise or from the input image)")
         return (self._denoise(cond, None, steps, self.params.strength, noise=latent_in, start_step=a,
