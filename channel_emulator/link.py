@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from google.protobuf.message import Message
 
+from channel_emulator.replay import REPLAY
 from channel_emulator.walker import air_tensors
 from shared.channel.models import ChannelConfigError
 from shared.channel.profiles import ChannelProfile, ProfileBook
@@ -214,13 +215,17 @@ class LinkTable:
             lc = profile.block_length
             blocks = 1 if lc == 0 else math.ceil(x.size / lc)
             fading = d.take_fading(blocks)
-            result = transmit(
-                x, profile, np.random.default_rng(noise_seed),
-                block_power=np.asarray(t.block_power) if len(t.block_power) else None,
-                power_block_length=int(t.block_length),
-                fading=None if fading is None else fading[0],
-                fading_estimate=None if fading is None else fading[1],
-            )
+            if profile.trace:  # a trace link: the trace's H on the tensor's resource elements (replay.py)
+                result = REPLAY.transmit(link, direction, x, profile, noise_seed,
+                                         np.asarray(t.block_power) if len(t.block_power) else None, int(t.block_length))
+            else:
+                result = transmit(
+                    x, profile, np.random.default_rng(noise_seed),
+                    block_power=np.asarray(t.block_power) if len(t.block_power) else None,
+                    power_block_length=int(t.block_length),
+                    fading=None if fading is None else fading[0],
+                    fading_estimate=None if fading is None else fading[1],
+                )
             dt = air.WIRE_DTYPES[t.dtype]
             received = result.received
             if dt.itemsize == 2:

@@ -25,6 +25,8 @@ from channel_emulator.link import (
     profile_from_proto,
     profile_to_proto,
 )
+from channel_emulator.mobility import SERVING
+from channel_emulator.replay import REPLAY
 from channel_emulator.walker import carries_air
 from shared.channel.models import ChannelConfigError
 from shared.pb import channel_pb2, channel_pb2_grpc, edge_pb2
@@ -114,7 +116,8 @@ class Upstreams:
 def _route(context: grpc.aio.ServicerContext, upstreams: Upstreams, table: LinkTable) -> tuple[str, str]:
     """``(link name, upstream name)`` from the request headers; raises ValueError for bad names."""
     md = dict(context.invocation_metadata() or ())
-    ue, es = str(md.get(UE_HEADER, "ue")), str(md.get(ES_HEADER, upstreams.first or ""))
+    ue = str(md.get(UE_HEADER, "ue"))
+    es = str(md[ES_HEADER] if ES_HEADER in md else SERVING.get(ue) or upstreams.first or "")  # SERVING: handovers
     if not NAME.fullmatch(ue):
         raise ValueError(f"UE id {ue!r} in the {UE_HEADER} header must be 1-64 letters, digits or _.:-")
     if es in upstreams.gone or not es:
@@ -254,6 +257,12 @@ class ChannelControlServicer(channel_pb2_grpc.ChannelControlServicer):
                                 f"symbols={request.symbols} is more than a tensor may hold ({air.MAX_VALUES})")
         d = self.table.links[request.link][request.direction]
         p = d.profile
+        if p.trace:  # a trace link: the gains of the next transmission's PRBs, pinned for it (replay.py)
+            try:
+                h, lc = REPLAY.csi(request.link, request.direction, p, int(request.symbols), int(request.blocks))
+            except ChannelConfigError as exc:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            return channel_pb2.CSIResponse(gains=h.tolist(), coherence_symbols=lc, snr_db=p.snr_db, model=p.model)
         lc = p.block_length
         blocks = int(request.blocks) or ((1 if lc == 0 else -(-int(request.symbols) // lc)) if request.symbols else 0)
         if not 1 <= blocks <= MAX_CSI_BLOCKS:

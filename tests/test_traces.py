@@ -325,3 +325,120 @@ def test_save_refuses_a_bad_trace_and_leaves_no_file(tmp_path: Path) -> None:
     with pytest.raises(TraceError, match="NaN"):
         save_trace(tmp_path / "t.npz", np.array([[1, np.nan]], np.complex64), meta)
     assert list(tmp_path.iterdir()) == []
+
+
+# --- replay in the proxy's link table (in process, a virtual clock) ---------------------------------------------
+
+
+def _synthetic_trace(path: Path, slots: int = 100, prbs: int = 25, seed: int = 0) -> Path:
+    """A per-PRB trace of a 5 MHz carrier at 15 kHz, i.i.d. CN(0, 1) gains (no Sionna needed)."""
+    rng = np.random.default_rng(seed)
+    h = (rng.normal(size=(slots, prbs)) + 1j * rng.normal(size=(slots, prbs))) / np.sqrt(2)
+    from shared.channel.trace import normalise
+
+    save_trace(path, normalise(h), TraceMeta(model="TDL-A", per="prb", numerology=0, bandwidth_mhz=5.0, prbs=prbs,
+                                             generator="test"))
+    return path
+
+
+def test_link_table_replays_the_trace_on_the_tensors_resource_elements(tmp_path: Path) -> None:
+    """A trace profile in the proxy's LinkTable: the tensor's ⌈n/2⌉ REs start in the slot of its arrival (+ the
+    profile's offset) and fill the carrier PRB by PRB (5 MHz: 25 PRB × 144 RE); the received values are exactly
+    transmit_on_grid's on those gains with the recorded noise seed."""
+    from channel_emulator.link import LinkTable
+    from channel_emulator.replay import REPLAY
+    from shared.channel.profiles import IDEAL, profile_from_mapping
+    from shared.channel.scheduler import VirtualClock
+    from shared.channel.trace import estimate_gains
+    from shared.pb import edge_pb2
+    from shared.wire import air
+
+    path = _synthetic_trace(tmp_path / "t.npz")
+    profile = profile_from_mapping("moving", {"trace": str(path), "snr_db": 15, "csi_error": 0.1,
+                                              "trace_offset_s": 0.003})
+    assert profile.model == "awgn"
+    clock = VirtualClock(50.0)
+    REPLAY.restart(clock.now)
+    try:
+        table = LinkTable(load_profiles_book(profile), IDEAL, profile)
+        x = np.random.default_rng(2).normal(size=9000).astype(np.float32)  # 4,500 RE: PRB 0..24 of slot 10, 6 of 11
+        clock.advance_to(50.0105)
+        msg = edge_pb2.ProbeResponse(tensors=[air.to_air("x", x)])
+        assert table.apply("u->es0", "downlink", msg, msg.ByteSize())
+        applied = msg.tensors[0].applied
+        alloc = Allocation.contiguous(4500, 10, 25, 144)
+        assert alloc.slots[-1] == 11 and applied.blocks == 2
+        trace = load_trace(path)
+        h = trace.gains(alloc.slots, trace.element_of(alloc.subcarriers), offset_slots=3)
+        np.testing.assert_array_equal(h[:144], trace.h[13, 0])  # PRB 0 of slot 10 + 3
+        rng = np.random.default_rng(applied.noise_seed)
+        want = transmit_on_grid(x, h, 15.0, rng, h_hat=estimate_gains(h, 0.1, rng))
+        np.testing.assert_array_equal(air.air_array(msg.tensors[0]), want.received)
+        assert applied.effective_snr_db == pytest.approx(want.effective_snr_db)
+    finally:
+        REPLAY.restart(__import__("time").monotonic)
+
+
+def test_csi_of_a_trace_link_is_what_the_next_transmission_gets(tmp_path: Path) -> None:
+    """GetCSI's per-PRB gains (of the next slot on) pin the next transmission: it starts there, whatever the clock
+    says by then, and its receiver equalises with exactly the reported CSI."""
+    from channel_emulator.link import LinkTable
+    from channel_emulator.replay import REPLAY
+    from shared.channel.profiles import IDEAL, profile_from_mapping
+    from shared.channel.scheduler import VirtualClock
+    from shared.pb import edge_pb2
+    from shared.wire import air
+
+    path = _synthetic_trace(tmp_path / "t.npz", seed=4)
+    profile = profile_from_mapping("moving", {"trace": str(path), "snr_db": 200, "csi_error": 0.2})
+    clock = VirtualClock(0.0)
+    REPLAY.restart(clock.now)
+    try:
+        table = LinkTable(load_profiles_book(profile), IDEAL, profile)
+        table.link("u->es0")
+        x = np.random.default_rng(3).normal(size=2 * 144 * 30).astype(np.float32)  # 30 PRBs' worth
+        clock.advance_to(0.0204)  # slot 20: the CSI is of slot 21 on
+        reported, coherence = REPLAY.csi("u->es0", "downlink", profile, symbols=x.size)
+        assert coherence == 288 and reported.shape == (30,)
+        clock.advance_to(0.0507)  # the transmission comes later: it still gets the reported units
+        msg = edge_pb2.ProbeResponse(tensors=[air.to_air("x", x)])
+        table.apply("u->es0", "downlink", msg, msg.ByteSize())
+        got = air.air_array(msg.tensors[0]).astype(np.float64)
+        trace = load_trace(path)
+        units = np.arange(30)
+        h_true = np.abs(trace.h[21 + units // 25, units % 25])
+        # noiseless ZF with Ĥ: |x̂| / |x| per RE = |H| / |Ĥ| — with |Ĥ| the reported value, |H| the trace's
+        ratio = np.hypot(got[0::2], got[1::2]) / np.hypot(x[0::2], x[1::2])
+        np.testing.assert_allclose(ratio.reshape(30, 144) * reported[:, None], np.repeat(h_true[:, None], 144, 1),
+                                   rtol=2e-4)
+        assert np.abs(reported - h_true).std() > 0.05  # the CSI error is there (so the check is not trivial)
+        assert not REPLAY.pins  # used once
+    finally:
+        REPLAY.restart(__import__("time").monotonic)
+
+
+def load_profiles_book(*profiles: ChannelProfile) -> Any:
+    from shared.channel.profiles import BUILTIN_PROFILES, ProfileBook
+
+    return ProfileBook({**BUILTIN_PROFILES, **{p.name: p for p in profiles}}, {})
+
+
+def test_trace_profiles_in_a_profiles_file(tmp_path: Path) -> None:
+    from shared.channel.profiles import load_profiles
+
+    path = _synthetic_trace(tmp_path / "t.npz")
+    good = tmp_path / "p.toml"
+    good.write_text(f'[profiles.drive]\ntrace = "{path}"\nsnr_db = 12\ntrace_offset_s = 0.5\ntrace_gain_db = -3\n')
+    p = load_profiles(good).get("drive")
+    assert (p.model, p.trace, p.snr_db, p.trace_offset_s, p.trace_gain_db) == ("awgn", str(path), 12.0, 0.5, -3.0)
+    for body, message in [
+        (f'trace = "{tmp_path}/nope.npz"\nsnr_db = 3', "nope.npz: no such trace file"),
+        (f'trace = "{path}"', "a trace needs snr_db, the mean SNR it is scaled to"),
+        (f'trace = "{path}"\nsnr_db = 3\nmodel = "rayleigh"', "its model must be awgn"),
+        (f'trace = "{path}"\nsnr_db = 3\ntrace_offset_s = -1', "trace_offset_s must be a finite number >= 0"),
+    ]:
+        bad = tmp_path / "bad.toml"
+        bad.write_text(f"[profiles.drive]\n{body}\n")
+        with pytest.raises(ChannelConfigError) as info:
+            load_profiles(bad)
+        assert str(info.value).startswith(f"{bad}: ") and message in str(info.value), str(info.value)

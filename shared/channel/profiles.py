@@ -24,6 +24,10 @@ class ChannelProfile:
     coherence_symbols: int = 0
     k_factor: float = 0.0
     csi_error: float = 0.0
+    #: a trace file (shared.channel.trace) replayed instead of drawn fading; snr_db is then its mean SNR
+    trace: str = ""
+    trace_offset_s: float = 0.0  # where in the trace the replay starts
+    trace_gain_db: float = 0.0  # an SNR / path-loss offset on top of snr_db
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:
@@ -38,6 +42,10 @@ class ChannelProfile:
             raise ChannelConfigError(f"Rician K must be finite and >= 0, got {self.k_factor}")
         if not math.isfinite(self.csi_error) or self.csi_error < 0:
             raise ChannelConfigError(f"CSI error must be finite and >= 0, got {self.csi_error}")
+        if self.trace:
+            from shared.channel.trace import check_trace_profile
+
+            check_trace_profile(self)
 
     @property
     def noise_power(self) -> float:
@@ -74,7 +82,11 @@ def profile_from_mapping(name: str, raw: Mapping[str, object]) -> ChannelProfile
     if unknown:
         raise ChannelConfigError(f"profile {name!r}: unknown keys {sorted(unknown)}; known: {sorted(known)}")
     values = dict(raw)
-    for key in ("snr_db", "k_factor", "csi_error"):
+    if "trace" in values:
+        values.setdefault("model", "awgn")  # the trace brings the fading; the model adds the noise
+        if "snr_db" not in values:
+            raise ChannelConfigError(f"profile {name!r}: a trace needs snr_db, the mean SNR it is scaled to")
+    for key in ("snr_db", "k_factor", "csi_error", "trace_offset_s", "trace_gain_db"):
         if key in values:
             if not isinstance(values[key], (int, float)) or isinstance(values[key], bool):
                 raise ChannelConfigError(f"profile {name!r}: {key} must be a number, got {values[key]!r}")

@@ -261,6 +261,26 @@ def load_trace_cached(path: str | Path) -> Trace:
     return _CACHE[key]
 
 
+def check_trace_profile(profile: Any) -> None:
+    """Validate a profile's trace settings (``shared.channel.profiles.ChannelProfile``: ``trace``,
+    ``trace_offset_s``, ``trace_gain_db``) and load its file now, so a bad trace is a start-up or SetChannel error
+    naming the file and field, never a failed transmission. Raises TraceError."""
+    where = f"profile {profile.name!r}" if profile.name else "profile"
+    if not isinstance(profile.trace, str):
+        raise TraceError(f"{where}: trace must be a file name, got {profile.trace!r}")
+    if profile.model != "awgn":
+        raise TraceError(f"{where}: a trace brings its own fading; its model must be awgn (the noise), got "
+                         f"{profile.model!r}")
+    if not profile.noisy or not math.isfinite(profile.snr_db):
+        raise TraceError(f"{where}: a trace needs snr_db, the mean SNR it is scaled to")
+    for key in ("trace_offset_s", "trace_gain_db"):
+        v = getattr(profile, key)
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or (key == "trace_offset_s" and v < 0):
+            raise TraceError(f"{where}: {key} must be a finite number{' >= 0' if key == 'trace_offset_s' else ''}, "
+                             f"got {v!r}")
+    load_trace_cached(profile.trace)
+
+
 # --- special cases and imports -------------------------------------------------------------------------------
 
 
@@ -363,6 +383,7 @@ class GridTransmission:
     effective_snr_db: float  # 10·log10(mean_i |H|² p_i / N0); inf for a noiseless link
     h: np.ndarray  # [m] complex gains applied
     h_hat: np.ndarray  # [m] the receiver's CSI
+    blocks: int = 1  # slots spanned (set by the caller that knows the allocation)
 
 
 def _power_per_symbol(block_power: np.ndarray | None, n: int, block_length: int) -> np.ndarray:
