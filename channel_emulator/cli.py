@@ -15,8 +15,9 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from channel_emulator.membership import DEFAULT_INTERVAL_S, DEFAULT_MAX_UPSTREAMS, Membership, Pattern
+from shared.channel.cell import DUPLEXES, JITTER_DISTRIBUTIONS, SCHEDULERS, CellConfig
 from shared.channel.models import MODELS, ChannelConfigError
-from shared.channel.profiles import IDEAL, ChannelProfile, load_profiles
+from shared.channel.profiles import IDEAL, ChannelProfile, ProfileBook, load_profiles
 from shared.cli.config import DeprecatedAlias, parse, plain
 from shared.cli.errors import describe_rpc_error, run_cli
 from shared.cli.logs import add_log_flag, setup
@@ -71,11 +72,35 @@ def _membership(args: argparse.Namespace, fixed: dict[str, str], tls: TlsFiles |
     return Membership(patterns, args.max_upstreams, args.membership_interval_s, tls=tls, fixed=list(fixed))
 
 
+#: ``serve`` flags of the default cell: flag attribute -> CellConfig field.
+_CELL_FLAGS = {"bandwidth_mhz": "bandwidth_mhz", "numerology": "numerology", "overhead": "overhead", "duplex": "duplex",
+               "tdd_pattern": "tdd_pattern", "scheduler": "scheduler", "delay_ms": "delay_ms", "jitter_ms": "jitter_ms",
+               "jitter": "jitter", "queue_limit": "queue_limit"}
+
+
+def _cells(args: argparse.Namespace, book: ProfileBook) -> dict[str, CellConfig]:
+    """The cells: the profiles file's ``[cells.*]``, the default one changed (or made) by the serve flags."""
+    cells = dict(book.cells)
+    flags = {field: getattr(args, attr) for attr, field in _CELL_FLAGS.items() if getattr(args, attr) is not None}
+    if flags:
+        if "default" not in cells and "bandwidth_mhz" not in flags:
+            raise ChannelConfigError(f"cell settings ({', '.join('--' + f.replace('_', '-') for f in flags)}) need a "
+                                     "cell: give --bandwidth-mhz (or [cells.default] in --profiles)")
+        base = cells.get("default")
+        cells["default"] = base.with_changes(**flags) if base else CellConfig(**flags)  # named cells keep theirs
+    return cells
+
+
 async def _serve(args: argparse.Namespace) -> None:
+    from channel_emulator.cells import CellSet
     from channel_emulator.link import LinkTable
+    from channel_emulator.mobility import start_motion
     from channel_emulator.proxy import create_proxy
+    from shared.channel.scenario import load_scenario
 
     book = load_profiles(args.profiles)
+    scenario = load_scenario(args.scenario) if args.scenario else None  # a bad file: a start-up error
+    cells = CellSet(_cells(args, book), args.clock, seed=args.seed)
     table = LinkTable(book, _direction_profile(args, "uplink", book), _direction_profile(args, "downlink", book), args.seed)
     tls = tls_from_args(args)
     upstream_ca = args.upstream_tls_ca or args.tls_ca
@@ -86,13 +111,17 @@ async def _serve(args: argparse.Namespace) -> None:
     server, port, health = await create_proxy(
         args.listen, fixed, table, advertise_as=args.advertise, tls=tls, upstream_tls=upstream_tls,
         ue_token=read_token(args.token_file, UE_TOKEN_ENV), admin_token=read_token(args.admin_token_file, ADMIN_TOKEN_ENV),
-        membership=membership,
+        membership=membership, cells=cells, insecure_open_control=args.insecure_open_control,
     )
+    start_motion(scenario, table, lambda: membership.upstreams.targets if membership and membership.upstreams
+                 else fixed, cells.clock, cells.cell_of)  # trace replay's slots and the scenario start now
+    for name, cell in cells.settings_by_name().items():
+        logging.getLogger("meg.channel").info("cell %s: %s (%s clock)", name, cell.describe(), cells.clock_mode)
     if args.metrics_port is not None:
-        from channel_emulator.metrics import serve_link_metrics
+        from channel_emulator.metrics import CellCollector, serve_link_metrics
 
         _, metrics_port = serve_link_metrics(table, args.listen, args.metrics_port,
-                                             [membership.collector()] if membership else [])
+                                             [*([membership.collector()] if membership else []), CellCollector(cells)])
         logging.getLogger("meg.channel").info("meg-channel metrics on port %d", metrics_port)
     print(f"meg-channel listening on port {port}", flush=True)
     await serve_until_signal(server, health, args.grace_s)
@@ -124,6 +153,12 @@ def _print(command: str, data: dict[str, Any]) -> None:
             snr_s = f"{snr:7.2f}" if isinstance(snr, float) and math.isfinite(snr) else "      -"
             print(f"{e['link']:16s} {e['direction']:8s} {int(e['rpcs']):5d} {int(e['transmissions']):5d} "
                   f"{int(e['symbols']):10d} {int(e['payload_bytes']):10d} {snr_s} {float(e['energy']):10.1f}")
+        if data.get("cells"):
+            print(f"\n{'cell':16s} {'dir':8s} {'util':>6s} {'backlog RE':>11s} {'queued':>6s} {'links':>5s} {'Mbit/s':>8s}")
+            for c in data["cells"]:
+                print(f"{c['cell']:16s} {c['direction']:8s} {float(c['utilisation']):6.1%} "
+                      f"{int(c['backlog_resource_elements']):11d} {int(c['backlog_messages']):6d} "
+                      f"{int(c['active_links']):5d} {float(c['delivered_bits_per_s']) / 1e6:8.3f}")
     elif command == "csi":
         print(f"{data.get('model')} {data.get('snr_db')} dB, coherence {data.get('coherence_symbols')} symbols")
         print(f"{'block':>5s} {'|h| reported':>12s}")
@@ -134,6 +169,11 @@ def _print(command: str, data: dict[str, Any]) -> None:
         for ls in [data["default"], *data.get("links", [])]:
             print(f"{ls['link']:16s} uplink   {_fmt_profile(ls['uplink'])}")
             print(f"{'':16s} downlink {_fmt_profile(ls['downlink'])}")
+        for c in data.get("cells", []):
+            duplex = f"TDD {c['tdd_pattern']}" if c["duplex"] == "tdd" else "FDD"
+            print(f"cell {c['cell']:11s} {c['bandwidth_mhz']:g} MHz, mu {c['numerology']}, {c['prbs']} PRB, "
+                  f"{c['re_per_slot']} RE/slot, {duplex}, {c['scheduler']}, delay {c['delay_ms']:g} ms "
+                  f"± {c['jitter_ms']:g} ({c['jitter']}), queue {c['queue_limit']} ({data.get('clock')} clock)")
 
 
 def to_plain(msg: Message) -> dict[str, object]:
@@ -167,6 +207,12 @@ def _control(args: argparse.Namespace) -> int:
             reply = control.reset(stats=args.stats)
         elif args.command == "csi":
             reply = control.csi(args.link, args.direction, blocks=args.blocks)
+        elif args.command == "set-cell":
+            cell = channel_pb2.CellSettings(cell=args.cell)
+            for attr, fieldname in _CELL_FLAGS.items():
+                if getattr(args, attr) is not None:
+                    setattr(cell, fieldname, getattr(args, attr))
+            reply = control.set_cell(cell)
         elif args.profile:
             reply = control.set(set_request(args.link, args.direction, profile=args.profile))
         elif args.snr_db is not None:
@@ -191,6 +237,22 @@ def _custom_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--csi-error", type=float, default=0.0, help="std of the CSI estimation error")
 
 
+def _cell_flags(p: argparse.ArgumentParser, serve: bool) -> None:
+    """The cell settings (docs/airtime.md); on ``serve`` they make or change the default cell."""
+    where = "the default cell's" if serve else "the cell's"
+    p.add_argument("--bandwidth-mhz", type=float, help=f"{where} bandwidth, TS 38.101-1 Table 5.3.2-1 (FDD: in each "
+                                                       "direction); on serve, giving it turns time on the air on")
+    p.add_argument("--numerology", type=int, help="mu: subcarrier spacing 15·2^mu kHz, slots of 1 ms / 2^mu (default 1)")
+    p.add_argument("--overhead", type=float, help="fraction of REs for reference signals and control (default 0.14)")
+    p.add_argument("--duplex", choices=DUPLEXES, help="fdd (default) or tdd")
+    p.add_argument("--tdd-pattern", help="TDD slot pattern of D, S, U (default DDDSU; S slots carry no data)")
+    p.add_argument("--scheduler", choices=SCHEDULERS, help="rr = round robin (default) | pf = proportional fair")
+    p.add_argument("--delay-ms", type=float, help="one-way delay of every link, after the air (default 0)")
+    p.add_argument("--jitter-ms", type=float, help="standard deviation of the delay (default 0)")
+    p.add_argument("--jitter", choices=JITTER_DISTRIBUTIONS, help="the jitter's distribution (default normal)")
+    p.add_argument("--queue-limit", type=int, help="messages a link may have waiting per direction (default 64)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="meg-channel", description=plain(__doc__))
     add_log_flag(parser, "info")
@@ -209,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
                        help=f"seconds between --upstream-pattern probes (default {DEFAULT_INTERVAL_S:g}; "
                             "dropped after 2 failed ones)")
     serve.add_argument("--profiles", help="TOML file of named profiles and per-link settings")
+    serve.add_argument("--scenario", help="TOML file of timed events per link (docs/channels.md), played from start-up")
     serve.add_argument("--advertise", help="HOST:PORT edge servers reach this proxy's control service at, for CSI "
                                            "(default: the listen address)")
     serve.add_argument("--uplink-profile", help="named profile of every uplink")
@@ -224,7 +287,15 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--upstream-tls-server-name", help="name in the edge servers' certificates, if not their host")
     serve.add_argument("--upstream-plaintext", action="store_true", help="plaintext to the edge servers even with --tls-ca")
     serve.add_argument("--token-file", help=f"bearer token UEs must send (default: ${UE_TOKEN_ENV}; none = open)")
-    serve.add_argument("--admin-token-file", help=f"bearer token of the control service (default: ${ADMIN_TOKEN_ENV}; none = open)")
+    serve.add_argument("--admin-token-file", help=f"bearer token of the control service (default: ${ADMIN_TOKEN_ENV}; "
+                                                  "required with --token-file)")
+    serve.add_argument("--insecure-open-control", action="store_true",
+                       help="with --token-file but no --admin-token-file, leave the control service open to anyone "
+                            "(refused otherwise)")
+    _cell_flags(serve, serve=True)
+    serve.add_argument("--clock", choices=["enforce", "account"], default="enforce",
+                       help="with a cell: enforce = release each message at its computed departure time (default); "
+                            "account = compute and report the times without waiting")
     serve.add_argument("--grace-s", type=float, default=5.0)
     serve.add_argument("--metrics-port", type=int, help="serve per-link Prometheus metrics on http://HOST:PORT/metrics "
                                                         "(HOST from --listen; 0 = any free port)")
@@ -232,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         "profiles": "list the named profiles", "show": "print the links' settings", "stats": "print the counters",
         "set": "change a link direction; applies from the next transmission", "reset": "back to start-up settings",
         "csi": "draw and print the CSI of a link direction's next blocks",
+        "set-cell": "change a cell (time on the air) from the next slot on",
     }
     for name, help_ in helps.items():
         p = sub.add_parser(name, help=help_)
@@ -247,6 +319,9 @@ def main(argv: list[str] | None = None) -> int:
             _custom_flags(p)
         if name == "reset":
             p.add_argument("--stats", action="store_true", help="also zero the counters")
+        if name == "set-cell":
+            p.add_argument("--cell", default="default", help="the ES whose cell to change (default: the default cell)")
+            _cell_flags(p, serve=False)
         if name == "csi":
             p.add_argument("--link", default="ue->es0")
             p.add_argument("--direction", default="downlink", choices=["uplink", "downlink"])

@@ -2,8 +2,13 @@
 
 A *link* is one UE↔ES pair, named ``"UE->ES"``; each has an ``uplink`` (requests) and a ``downlink``
 (responses) :class:`Direction` with its own profile, seeded RNG and counters. Settings changes replace a
-direction's profile atomically (the event loop is single-threaded), so they apply from the next
+direction's profile atomically (a transmission reads its profile once), so they apply from the next
 transmission and never touch an RPC in flight.
+
+The table is bounded: at most :data:`MAX_LINKS` links. When it is full, a new name takes the place of the least
+recently used link that no RPC is using and no profiles file configures (its counters go with it); if every
+link is busy or configured, :class:`LinkTableFull` (the proxy answers ``RESOURCE_EXHAUSTED``). Names are 1-64
+characters, so the table's keys are bounded too.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from __future__ import annotations
 import math
 import re
 import zlib
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,6 +36,12 @@ DEFAULT_LINK = "default"
 NAME = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 #: CSI draws handed out but not yet used by a transmission, kept per link direction (oldest dropped).
 MAX_PENDING_BLOCKS = 1 << 16
+#: Most links the proxy tracks at once (least recently used idle ones make room for new names).
+MAX_LINKS = 10_000
+
+
+class LinkTableFull(LookupError):
+    """Every one of the :data:`MAX_LINKS` links is in use or configured: a new name cannot be tracked."""
 
 
 def check_link_name(link: str) -> tuple[str, str]:
@@ -117,7 +128,12 @@ class LinkTable:
         flags = dict(zip(DIRECTIONS, (default_uplink, default_downlink)))
         self._initial = {d: self._from_book(DEFAULT_LINK, d) or flags[d] for d in DIRECTIONS}
         self.default = dict(self._initial)
-        self.links: dict[str, dict[str, Direction]] = {}
+        self.links: OrderedDict[str, dict[str, Direction]] = OrderedDict()  # least recently used first
+        #: RPCs in flight per link (a busy link is never evicted)
+        self.busy: dict[str, int] = {}
+        self.max_links = MAX_LINKS
+        #: links forgotten to make room (their counters went with them)
+        self.evicted = 0
         for name in self.configured:
             check_link_name(name)
             self.link(name)
@@ -132,8 +148,24 @@ class LinkTable:
         name = self.book.links.get(link, {}).get(direction)
         return self.book.get(name) if name else None
 
+    def _make_room(self) -> None:
+        """Forget the least recently used idle, unconfigured link; LinkTableFull if there is none."""
+        configured = set(self.book.links)
+        for old in self.links:
+            if old not in configured and not self.busy.get(old):
+                del self.links[old]
+                self.evicted += 1
+                return
+        raise LinkTableFull(f"the proxy tracks {len(self.links)} links and every one is in use or configured "
+                            f"(at most {self.max_links}); try again when some are idle")
+
     def link(self, name: str) -> dict[str, Direction]:
-        if name not in self.links:
+        """The link's directions, made on first use (raises LinkTableFull when no room can be made)."""
+        if name in self.links:
+            self.links.move_to_end(name)
+        else:
+            if len(self.links) >= self.max_links:
+                self._make_room()
             salt = zlib.crc32(name.encode())
             self.links[name] = {
                 d: Direction(self._from_book(name, d) or self.default[d], np.random.default_rng([self.seed, salt, i]))
@@ -159,7 +191,7 @@ class LinkTable:
         traffic or SetChannel created (those the profiles file configures stay)."""
         self.default = dict(self._initial)
         if stats:
-            self.links = {}
+            self.links = OrderedDict()
             for name in self.configured:
                 self.link(name)
             return
@@ -192,8 +224,8 @@ class LinkTable:
         return channel_pb2.ChannelStats(entries=entries)
 
     # -- the data path ---------------------------------------------------------------------------------
-    def apply(self, link: str, direction: str, msg: Message, message_bytes: int) -> bool:
-        """Perturb every well-formed ``AirTensor`` in ``msg`` in place; returns whether any was touched.
+    def apply(self, link: str, direction: str, msg: Message, message_bytes: int) -> list[air_pb2.AirTensor]:
+        """Perturb every well-formed ``AirTensor`` in ``msg`` in place; returns those it touched (in order).
 
         Malformed tensors (bad shape/bytes/dtype, NaN) are forwarded untouched so that the receiver
         rejects them with a clear message. Raises ``ChannelConfigError`` for an invalid power allocation.
@@ -202,7 +234,7 @@ class LinkTable:
         c = d.counters
         c.rpcs += 1
         c.message_bytes += message_bytes
-        touched = False
+        touched: list[air_pb2.AirTensor] = []
         for t in air_tensors(msg):
             try:
                 x = air.air_array(t)
@@ -245,5 +277,5 @@ class LinkTable:
                 # effective SNR = mean |h|²p / N0 over this transmission's symbols: accumulate it linearly
                 c.gain_over_n0 += 10 ** (result.effective_snr_db / 10) * result.symbols
                 c.snr_symbols += result.symbols
-            touched = True
+            touched.append(t)
         return touched

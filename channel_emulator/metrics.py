@@ -16,6 +16,18 @@ metric                            type     what
 ``meg_channel_links``             gauge    links the proxy tracks
 ================================  =======  ==================================================
 
+Per cell (the ES's name, ``default`` for the default cell) and direction, with time on the air
+(:class:`CellCollector`, docs/airtime.md):
+
+==================================================  =======  ============================================
+``meg_channel_cell_utilisation``                    gauge    PRB × slot units granted / units elapsed
+``meg_channel_cell_backlog_resource_elements``      gauge    REs queued now
+``meg_channel_cell_backlog_messages``               gauge    messages queued now
+``meg_channel_cell_delivered_bits_per_second``      gauge    8 × message bytes delivered / seconds
+``meg_channel_cell_resource_elements_total``        counter  REs delivered
+``meg_channel_cell_messages_total``                 counter  messages delivered
+==================================================  =======  ============================================
+
 ``meg-channel reset --stats`` zeroes the counters; Prometheus treats that as a counter reset.
 """
 
@@ -28,6 +40,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from channel_emulator.cells import CellSet
 from channel_emulator.link import LinkTable
 
 #: (metric suffix, DirectionCounters field, help)
@@ -64,6 +77,37 @@ class LinkCollector(Collector):
                 family.add_metric([link, direction], float(getattr(counters, attr)))
             yield family
         yield GaugeMetricFamily("meg_channel_links", "Links the proxy tracks", value=len({r[0] for r in rows}))
+
+
+class CellCollector(Collector):
+    """Reads a :class:`~channel_emulator.cells.CellSet`'s per-cell counters when Prometheus scrapes."""
+
+    def __init__(self, cells: CellSet) -> None:
+        self.cells = cells
+
+    def collect(self) -> Iterator[Metric]:
+        rows = []
+        for _ in range(10):  # the event loop may change the schedulers while we read: retry then
+            try:
+                rows = self.cells.stats(advance=False)
+                break
+            except RuntimeError:
+                continue
+        gauges = (("utilisation", "utilisation", "PRB x slot units granted / units elapsed"),
+                  ("backlog_resource_elements", "backlog_resource_elements", "Resource elements queued now"),
+                  ("backlog_messages", "backlog_messages", "Messages queued now"),
+                  ("delivered_bits_per_second", "delivered_bits_per_s", "8 x message bytes delivered / seconds"))
+        for suffix, attr, help_ in gauges:
+            g = GaugeMetricFamily(f"meg_channel_cell_{suffix}", help_, labels=["cell", "direction"])
+            for r in rows:
+                g.add_metric([r.cell, r.direction], float(getattr(r, attr)))
+            yield g
+        for suffix, attr, help_ in (("resource_elements", "resource_elements", "Resource elements delivered"),
+                                    ("messages", "messages", "Messages delivered")):
+            c = CounterMetricFamily(f"meg_channel_cell_{suffix}", help_, labels=["cell", "direction"])
+            for r in rows:
+                c.add_metric([r.cell, r.direction], float(getattr(r, attr)))
+            yield c
 
 
 def serve_link_metrics(table: LinkTable, listen: str, port: int, extra: Sequence[Collector] = ()) -> tuple[WSGIServer, int]:

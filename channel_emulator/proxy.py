@@ -3,12 +3,20 @@ over-the-air tensors (requests = uplink, responses = downlink), and serves the c
 
 Routing: the UE names itself in the ``meg-ue`` request header (default ``ue``) and picks an upstream ES
 by name in ``meg-es`` (default: the first one); the pair is the link, ``"UE->ES"``.
+
+The channel math (parsing, noise, serializing) runs in one worker thread, off the event loop, in the order
+the RPCs reach it (so a link's RNG draws keep their order and health checks never wait behind a large
+tensor). With a cell (:mod:`channel_emulator.cells`) each message also takes its time on the air and the RPC
+gets the ``meg-airtime`` trailing metadata.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -16,11 +24,13 @@ import numpy as np
 from google.protobuf import message_factory
 from google.protobuf.message import DecodeError, Message
 
+from channel_emulator.cells import AirError, CellSet
 from channel_emulator.link import (
     DIRECTIONS,
     MAX_PENDING_BLOCKS,
     NAME,
     LinkTable,
+    LinkTableFull,
     check_link_name,
     profile_from_proto,
     profile_to_proto,
@@ -28,8 +38,9 @@ from channel_emulator.link import (
 from channel_emulator.mobility import SERVING
 from channel_emulator.replay import REPLAY
 from channel_emulator.walker import carries_air
+from shared.channel.airtime import DirectionAirtime, airtime_value
 from shared.channel.models import ChannelConfigError
-from shared.pb import channel_pb2, channel_pb2_grpc, edge_pb2
+from shared.pb import air_pb2, channel_pb2, channel_pb2_grpc, edge_pb2
 from shared.rpc.security import TlsFiles, aio_channel, server_credentials, server_interceptors
 from shared.rpc.server import (
     RECONNECT_OPTIONS,
@@ -41,7 +52,7 @@ from shared.rpc.server import (
     set_serving,
 )
 from shared.wire import air
-from shared.wire.headers import CONTROL_HEADER, ES_HEADER, REQUEST_ID_HEADER, UE_HEADER
+from shared.wire.headers import AIRTIME_HEADER, CONTROL_HEADER, ES_HEADER, REQUEST_ID_HEADER, UE_HEADER
 
 if TYPE_CHECKING:
     from channel_emulator.membership import Membership
@@ -51,7 +62,6 @@ EDGE_SERVICE = edge_pb2.DESCRIPTOR.services_by_name["EdgeService"]
 CONTROL_SERVICE_NAME = channel_pb2.DESCRIPTOR.services_by_name["ChannelControl"].full_name
 #: Deadline given upstream when the caller sent none (every RPC has one).
 DEFAULT_DEADLINE_S = 300.0
-MAX_LINKS = 10_000
 #: Most fading blocks one GetCSI may draw (also the most reported-but-unused draws a direction keeps).
 MAX_CSI_BLOCKS = MAX_PENDING_BLOCKS
 _HOP_HEADERS = {"user-agent", "content-type", "te", "grpc-timeout", "grpc-accept-encoding", "grpc-encoding"}
@@ -127,12 +137,12 @@ def _route(context: grpc.aio.ServicerContext, upstreams: Upstreams, table: LinkT
     if es not in upstreams.channels:
         raise ValueError(f"no upstream edge server named {es!r}; known: {', '.join(upstreams.channels)}")
     link = f"{ue}->{es}"
-    if link not in table.links and len(table.links) >= MAX_LINKS:
-        raise ValueError(f"the proxy already tracks {MAX_LINKS} links")
+    table.link(link)  # admitted (made, or the most recently used); LinkTableFull when no room can be made
     return link, es
 
 
-def _forwarder(method: object, table: LinkTable, upstreams: Upstreams, advertise: list[str]) -> Callable[..., object]:
+def _forwarder(method: object, table: LinkTable, upstreams: Upstreams, advertise: list[str],
+               pool: ThreadPoolExecutor, cells: CellSet | None) -> Callable[..., object]:
     """A raw-bytes unary handler for one method: parse only messages that can carry tensors."""
     in_desc, out_desc = method.input_type, method.output_type  # type: ignore[attr-defined]
     in_cls: type[Message] = message_factory.GetMessageClass(in_desc)
@@ -142,24 +152,74 @@ def _forwarder(method: object, table: LinkTable, upstreams: Upstreams, advertise
     method_name: str = method.name  # type: ignore[attr-defined]
     path = f"/{EDGE_SERVICE.full_name}/{method_name}"
 
-    def through(link: str, direction: str, raw: bytes) -> bytes:
+    def through(link: str, direction: str, raw: bytes) -> tuple[Message | None, list[air_pb2.AirTensor]]:
+        """(In the math thread.) The parsed message and the tensors the channel touched (None, [] if the
+        message cannot carry any: only counted)."""
         if not perturb[direction]:
             table.apply(link, direction, classes[direction](), len(raw))  # counts the RPC and its bytes
-            return raw
+            return None, []
         msg = classes[direction].FromString(raw)
-        return msg.SerializeToString() if table.apply(link, direction, msg, len(raw)) else raw
+        return msg, table.apply(link, direction, msg, len(raw))
+
+    def snr_of(link: str, direction: str) -> Callable[[], float]:
+        def snr() -> float:  # the link direction's SNR now (its MCS for the digital bits)
+            p = table.link(link)[direction].profile
+            return p.snr_db if p.noisy else math.inf
+        return snr
+
+    async def cross(link: str, es: str, direction: str, raw: bytes, deadline: float,
+                    crossed: dict[str, DirectionAirtime], context: grpc.aio.ServicerContext) -> bytes:
+        """One message through the channel (and the cell, if the ES has one): the bytes to pass on."""
+        loop = asyncio.get_running_loop()
+        arrival = cells.clock.now() if cells is not None else 0.0  # the proxy's own work is inside the air time
+        msg, touched = await loop.run_in_executor(pool, through, link, direction, raw)
+        crossing = None
+        if cells is not None and cells.cell_of(es) is not None:
+            crossing = await cells.carry(link, es, direction, len(raw), [air.symbols(t) for t in touched],
+                                         sum(len(t.data) for t in touched), snr_of(link, direction), deadline, arrival)
+            crossed[direction] = crossing.airtime
+            context.set_trailing_metadata(((AIRTIME_HEADER, airtime_value(crossed.get("uplink"), crossed.get("downlink"))),))
+            for t, seg in zip(touched, crossing.segments[1:], strict=True):
+                t.applied.air_s, t.applied.queue_s = seg.air_s, seg.queue_s
+                t.applied.slots, t.applied.resource_elements, t.applied.mcs = seg.slots, seg.resource_elements, -1
+        out = raw if msg is None or not touched else await loop.run_in_executor(pool, msg.SerializeToString)
+        if crossing is not None and cells is not None:
+            await cells.clock.sleep_until(crossing.departure)  # enforce: released at its departure time
+        return out
 
     async def handle(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         try:
             link, es = _route(context, upstreams, table)
-            up = through(link, "uplink", request)
-        except DecodeError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"channel proxy: the request does not parse as {in_desc.full_name}: {exc}")
-        except (ValueError, ChannelConfigError) as exc:
+        except ValueError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"channel proxy: {exc}")
         except UpstreamGone as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"channel proxy: {exc}")
+        except LinkTableFull as exc:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"channel proxy: {exc}")
+        table.busy[link] = table.busy.get(link, 0) + 1
+        try:
+            return await forward(link, es, request, context)
+        finally:
+            left = table.busy.get(link, 1) - 1
+            if left > 0:
+                table.busy[link] = left
+            else:
+                table.busy.pop(link, None)
+
+    async def forward(link: str, es: str, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        remaining = context.time_remaining()
+        clock = cells.clock if cells is not None else None
+        deadline = (clock.now() if clock else 0.0) + (DEFAULT_DEADLINE_S if remaining is None else remaining)
+        crossed: dict[str, DirectionAirtime] = {}
+        try:
+            up = await cross(link, es, "uplink", request, deadline, crossed, context)
+        except DecodeError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"channel proxy: the request does not parse as {in_desc.full_name}: {exc}")
+        except ChannelConfigError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"channel proxy: {exc}")
+        except AirError as exc:
+            await context.abort(exc.code, f"channel proxy: {exc}")
         remaining = context.time_remaining()
         metadata = tuple(
             (k, v) for k, v in context.invocation_metadata() or ()
@@ -179,11 +239,13 @@ def _forwarder(method: object, table: LinkTable, upstreams: Upstreams, advertise
                 details = f"edge server {es} at {address} is unreachable through the proxy: {details}"
             await context.abort(exc.code(), details)
         try:
-            return through(link, "downlink", response)
+            return await cross(link, es, "downlink", response, deadline, crossed, context)
         except DecodeError as exc:
             await context.abort(grpc.StatusCode.INTERNAL, f"channel proxy: the edge server's reply does not parse: {exc}")
         except ChannelConfigError as exc:
             await context.abort(grpc.StatusCode.INTERNAL, f"channel proxy: the edge server sent a bad power allocation: {exc}")
+        except AirError as exc:
+            await context.abort(exc.code, f"channel proxy: {exc}")
         raise AssertionError("context.abort returned")  # it raises
 
     return handle
@@ -192,12 +254,17 @@ def _forwarder(method: object, table: LinkTable, upstreams: Upstreams, advertise
 class ChannelControlServicer(channel_pb2_grpc.ChannelControlServicer):
     """Read and change the links' settings at runtime; CSI; counters."""
 
-    def __init__(self, table: LinkTable, upstreams: Upstreams) -> None:
+    def __init__(self, table: LinkTable, upstreams: Upstreams, cells: CellSet | None = None) -> None:
         self.table = table
         self.upstreams = upstreams
+        self.cells = cells
 
     def _settings(self) -> channel_pb2.ChannelSettings:
-        return self.table.settings(list(self.upstreams.targets))
+        out = self.table.settings(list(self.upstreams.targets))
+        if self.cells is not None and self.cells.enabled:
+            out.cells.extend(self.cells.settings())
+            out.clock = self.cells.clock_mode
+        return out
 
     def _known(self) -> str:
         names = sorted(self.table.links)
@@ -209,8 +276,6 @@ class ChannelControlServicer(channel_pb2_grpc.ChannelControlServicer):
         if link not in self.table.links and es not in self.upstreams.targets:
             raise LookupError(f"no link {link!r}: no upstream edge server named {es!r} "
                               f"(upstreams: {', '.join(self.upstreams.targets)}; known links: {self._known()})")
-        if link not in self.table.links and len(self.table.links) >= MAX_LINKS:
-            raise ChannelConfigError(f"the proxy already tracks {MAX_LINKS} links")
 
     async def ListProfiles(self, request: channel_pb2.ListProfilesRequest, context: grpc.aio.ServicerContext) -> channel_pb2.ProfileList:
         return channel_pb2.ProfileList(profiles=[profile_to_proto(p) for _, p in sorted(self.table.book.profiles.items())])
@@ -229,17 +294,46 @@ class ChannelControlServicer(channel_pb2_grpc.ChannelControlServicer):
             self.table.set(request.link, request.direction or "both", profile)
         except ChannelConfigError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except LinkTableFull as exc:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         except LookupError as exc:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        if self.cells is not None:
+            self.cells.profiles_changed.set()  # a link in outage may lift
         log.info("%s %s <- %s", request.link or "all links", request.direction or "both", profile)
+        return self._settings()
+
+    async def SetCell(self, request: channel_pb2.SetCellRequest, context: grpc.aio.ServicerContext) -> channel_pb2.ChannelSettings:
+        if self.cells is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "this proxy has no cell support")
+        assert self.cells is not None
+        name = request.cell.cell or "default"
+        try:
+            if name != "default":
+                check_link_name(f"ue->{name}")  # an ES name: 1-64 letters, digits or _.:-
+            if name != "default" and name not in self.upstreams.targets and name not in self.cells.cells:
+                raise LookupError(f"no edge server named {name!r} (upstreams: {', '.join(self.upstreams.targets)}); "
+                                  "name one, or 'default' for every ES without its own cell")
+            cell = self.cells.changed(name, request.cell)
+        except ChannelConfigError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"cell {name}: {exc}")
+        except LookupError as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        self.cells.set_cell(name, cell)
+        log.info("cell %s <- %s", name, cell.describe())
         return self._settings()
 
     async def ResetChannel(self, request: channel_pb2.ResetChannelRequest, context: grpc.aio.ServicerContext) -> channel_pb2.ChannelSettings:
         self.table.reset(request.stats)
+        if self.cells is not None:
+            self.cells.reset(request.stats)
         return self._settings()
 
     async def GetStats(self, request: channel_pb2.GetStatsRequest, context: grpc.aio.ServicerContext) -> channel_pb2.ChannelStats:
-        return self.table.stats()
+        out = self.table.stats()
+        if self.cells is not None:
+            out.cells.extend(self.cells.stats())
+        return out
 
     async def GetCSI(self, request: channel_pb2.CSIRequest, context: grpc.aio.ServicerContext) -> channel_pb2.CSIResponse:
         if request.direction not in DIRECTIONS:
@@ -277,20 +371,28 @@ async def create_proxy(
     listen: str, upstreams: Mapping[str, str], table: LinkTable, max_message_bytes: int | None = None,
     advertise_as: str | None = None, tls: TlsFiles | None = None, upstream_tls: TlsFiles | None = None,
     ue_token: str | None = None, admin_token: str | None = None, membership: Membership | None = None,
+    cells: CellSet | None = None, insecure_open_control: bool = False,
 ) -> tuple[grpc.aio.Server, int, object]:
     """Build and start the proxy; returns ``(server, port, health)``. Bind ``HOST:0`` for a free port.
 
     ``advertise_as``: the control address edge servers should use for CSI (default: the bound address).
     ``tls``: the server side (with a CA, clients must present certificates); ``upstream_tls``: the client side
     towards the edge servers. ``ue_token`` guards the edge service (and is forwarded upstream with each
-    request), ``admin_token`` the ChannelControl service; ``None`` leaves that service open. ``membership``
-    adds and drops discovered edge servers at runtime (started once the server is).
+    request), ``admin_token`` the ChannelControl service; ``None`` leaves that service open. A UE token without
+    an admin token is refused (``ValueError``: the control service would be open to callers with no token at
+    all) unless ``insecure_open_control``. ``membership`` adds and drops discovered edge servers at runtime
+    (started once the server is). ``cells``: time on the air (None or no cell: transmissions take no time).
     """
+    if ue_token and not admin_token and not insecure_open_control:
+        raise ValueError("a UE token without an admin token would leave the control service (SetChannel, GetStats, "
+                         "GetCSI...) open to callers with no token at all: give --admin-token-file too, or "
+                         "--insecure-open-control to run it open on purpose")
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="meg-channel-math")
     options = server_options(max_message_bytes) if max_message_bytes else server_options()
     ups = Upstreams(upstreams, [o for o in options if o[0] != "grpc.so_reuseport"], upstream_tls, dynamic=membership is not None)
     advertise: list[str] = [""]  # filled in once the port is bound
     handlers = {
-        m.name: grpc.unary_unary_rpc_method_handler(_forwarder(m, table, ups, advertise))
+        m.name: grpc.unary_unary_rpc_method_handler(_forwarder(m, table, ups, advertise, pool, cells))
         for m in EDGE_SERVICE.methods
         if not (m.client_streaming or m.server_streaming)
     }
@@ -303,7 +405,7 @@ async def create_proxy(
     })
     server = grpc.aio.server(options=options, interceptors=interceptors)
     add_guarded_handlers(server, {EDGE_SERVICE.full_name: handlers})  # raw bytes: the forwarder parses
-    add_guarded(server, channel_pb2_grpc.add_ChannelControlServicer_to_server, ChannelControlServicer(table, ups))
+    add_guarded(server, channel_pb2_grpc.add_ChannelControlServicer_to_server, ChannelControlServicer(table, ups, cells))
     health = add_health_and_reflection(server, [CONTROL_SERVICE_NAME, EDGE_SERVICE.full_name])
     port = bind(server, listen, server_credentials(tls) if tls and tls.enabled else None)
     host = listen.rpartition(":")[0]

@@ -226,6 +226,8 @@ def test_grants_are_the_seam_disjoint_units_on_the_grid() -> None:
     # segments of one flow may share a unit (the end of one, the start of the next); of two flows never
     per_flow = [{u for seg in t.segments for g in seg.grants for u in g.units()} for t in tickets]
     assert sum(len(u) for u in per_flow) == len(seen)
+    for t, units in zip(tickets, per_flow, strict=True):  # a ticket's slots are the distinct slots of its units
+        assert t.slots == len({slot for slot, _ in units})
 
 
 def test_a_message_that_cannot_finish_before_its_deadline_expires_at_the_deadline() -> None:
@@ -295,3 +297,16 @@ def test_slot_grid_maps_usable_slots() -> None:
     g = SlotGrid.of(CellConfig(duplex="tdd", tdd_pattern="DDSUU"), "uplink", t0=1.0)
     assert [g.slot_of(v) for v in range(4)] == [3, 4, 8, 9]
     assert g.first_at_or_after(1.0) == 0 and g.first_at_or_after(1.0 + 4 * 0.5e-3 + 1e-6) == 2
+
+
+@pytest.mark.parametrize("n", [1, 3, 20])
+def test_predicted_times_equal_the_round_robin_schedule(n: int) -> None:
+    """The account clock reports predictions made at arrival: with nothing arriving later they are exact."""
+    s = CellScheduler(CELL20, "downlink")
+    tickets = [s.submit(f"ue{i}->es0", [700 * (i + 1) ** 2, 5_000 + 333 * i], 0.0003 * i) for i in range(n)]
+    predicted = [s.predict(t) for t in tickets[-1:]]
+    _run(s)
+    last = tickets[-1]
+    for (start, end, slots), seg in zip(predicted[0], last.segments, strict=True):
+        assert start == pytest.approx(seg.first_start) and end == pytest.approx(seg.last_end)
+        assert slots == seg.slots

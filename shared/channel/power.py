@@ -23,6 +23,10 @@ import numpy as np
 
 #: Largest per-block power as a multiple of the average budget.
 P_MAX_FACTOR = 4.0
+#: Largest per-block power the channel itself lets through, relative to unit power (the profile's SNR is per
+#: unit power): a sender cannot buy a noise-free link with huge powers. Above it a block goes at ``P_MAX``
+#: (+6 dB) and its energy is counted at ``P_MAX`` (what was actually radiated). ``P_MAX_FACTOR`` of a unit budget.
+P_MAX = P_MAX_FACTOR * 1.0
 
 
 class PowerPolicy(Protocol):

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from shared.channel.cell import CellConfig, cell_from_mapping
 from shared.channel.models import MODELS, ChannelConfigError, Ideal
 
 # --- profiles -----------------------------------------------------------------------------------------
@@ -100,6 +101,8 @@ class ProfileBook:
 
     profiles: dict[str, ChannelProfile] = field(default_factory=dict)
     links: dict[str, dict[str, str]] = field(default_factory=dict)
+    #: ``[cells.NAME]``: the cell of ES ``NAME`` (``default``: of every ES not named); none = no time on the air
+    cells: dict[str, CellConfig] = field(default_factory=dict)
 
     def get(self, name: str) -> ChannelProfile:
         if name not in self.profiles:
@@ -123,7 +126,8 @@ BUILTIN_PROFILES = {
 
 def load_profiles(path: str | Path | None) -> ProfileBook:
     """Read a profiles TOML file (``[profiles.NAME]`` tables, optional ``[links.LINK]`` with ``uplink`` /
-    ``downlink`` profile names; ``[links.default]`` applies to every link). Built-in profiles are always there.
+    ``downlink`` profile names; ``[links.default]`` applies to every link; optional ``[cells.NAME]``, the cells of
+    :mod:`shared.channel.cell`, ``[cells.default]`` for every ES not named). Built-in profiles are always there.
     Raises :class:`ChannelConfigError` with the file name for malformed TOML or bad values."""
     profiles = dict(BUILTIN_PROFILES)
     links: dict[str, dict[str, str]] = {}
@@ -133,9 +137,9 @@ def load_profiles(path: str | Path | None) -> ProfileBook:
         raw = tomllib.loads(Path(path).read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ChannelConfigError(f"{path}: {exc}") from None
-    unknown = set(raw) - {"profiles", "links"}
+    unknown = set(raw) - {"profiles", "links", "cells"}
     if unknown:
-        raise ChannelConfigError(f"{path}: unknown tables {sorted(unknown)}; expected [profiles.*] and [links.*]")
+        raise ChannelConfigError(f"{path}: unknown tables {sorted(unknown)}; expected [profiles.*], [links.*] and [cells.*]")
     for name, table in raw.get("profiles", {}).items():
         if not isinstance(table, dict):
             raise ChannelConfigError(f"{path}: profiles.{name} must be a table")
@@ -143,7 +147,19 @@ def load_profiles(path: str | Path | None) -> ProfileBook:
             profiles[name] = profile_from_mapping(name, table)
         except (ChannelConfigError, TypeError) as exc:
             raise ChannelConfigError(f"{path}: {exc}") from None
-    book = ProfileBook(profiles, links)
+    cells: dict[str, CellConfig] = {}
+    raw_cells = raw.get("cells", {})
+    if not isinstance(raw_cells, dict) or not all(isinstance(t, dict) for t in raw_cells.values()):
+        raise ChannelConfigError(f"{path}: cells.NAME must be tables (e.g. [cells.default], [cells.es0])")
+    try:  # a named cell starts from the default cell's settings
+        if "default" in raw_cells:
+            cells["default"] = cell_from_mapping("default", raw_cells["default"])
+        for name, table in raw_cells.items():
+            if name != "default":
+                cells[name] = cell_from_mapping(name, table, cells.get("default"))
+    except (ChannelConfigError, TypeError) as exc:
+        raise ChannelConfigError(f"{path}: {exc}") from None
+    book = ProfileBook(profiles, links, cells)
     for link, table in raw.get("links", {}).items():
         if not isinstance(table, dict) or set(table) - {"uplink", "downlink"}:
             raise ChannelConfigError(f"{path}: links.{link} may only set uplink and downlink profile names")

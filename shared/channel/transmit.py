@@ -24,7 +24,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from shared.channel.models import ChannelConfigError
+from shared.channel.power import P_MAX
 from shared.channel.profiles import ChannelProfile
+
+#: Most power blocks a transmission may have (``block_length`` 1 over millions of values is refused: the work
+#: a caller may ask of the channel is bounded); also the most CSI draws a link direction keeps.
+MAX_POWER_BLOCKS = 1 << 16
+_F32_MAX = float(np.finfo(np.float32).max)
 
 # --- transmission -------------------------------------------------------------------------------------
 
@@ -73,23 +79,30 @@ def transmit(
     """Send ``x`` (any shape, ``n`` values) over ``profile``; returns the equalised, de-normalised estimate.
 
     ``block_power``: ``[Tp]`` powers ``p_t >= 0`` over blocks of ``power_block_length`` symbols (default:
-    unit power). ``fading``: ``[Tf]`` amplitudes to apply instead of drawing them (CSI handed out earlier),
+    unit power; without it the block length is moot), each capped at :data:`~shared.channel.power.P_MAX` (the
+    energy counts the capped power). At most :data:`MAX_POWER_BLOCKS` blocks. The power normalisation is computed
+    in float64 and the output clipped to float32's range, so finite input never comes out Inf or NaN. ``fading``: ``[Tf]`` amplitudes to apply instead of drawing them (CSI handed out earlier),
     with ``fading_estimate`` the receiver's CSI of them. Raises :class:`ChannelConfigError` for a power
     vector of the wrong length or with negative/non-finite entries.
     """
     xf = np.asarray(x, dtype=np.float32)
     flat = xf.reshape(-1)
     n = flat.size
+    if block_power is None or len(block_power) == 0:
+        power_block_length = 0  # unit power throughout: one block, whatever block length was given
     tp = n_blocks(n, power_block_length)
     lp = power_block_length or n
+    if tp > MAX_POWER_BLOCKS:
+        raise ChannelConfigError(f"{tp} power blocks of {lp} symbols: at most {MAX_POWER_BLOCKS} per transmission")
     if block_power is None or len(block_power) == 0:
         p = np.ones(tp, dtype=np.float32)
     else:
-        p = np.asarray(block_power, dtype=np.float32)
+        p = np.asarray(block_power, dtype=np.float64)
         if p.shape != (tp,):
             raise ChannelConfigError(f"power allocation has {p.size} entries for {tp} blocks of {lp} symbols")
         if not np.isfinite(p).all() or (p < 0).any():
             raise ChannelConfigError("power allocation entries must be finite and >= 0")
+        p = np.minimum(p, P_MAX).astype(np.float32)
     lp_counts = np.full(tp, lp, dtype=np.float64)
     lp_counts[-1] = n - lp * (tp - 1)
     energy = float((p * lp_counts).sum())
@@ -104,8 +117,9 @@ def transmit(
         h_hat = h if fading_estimate is None else np.asarray(fading_estimate, dtype=np.float64)[:tf]
     if not profile.noisy and not profile.fading and bool(np.all(p > 0)):
         return Transmission(xf.copy(), n, tf, energy, math.inf)
-    scale = float(np.sqrt(np.dot(flat, flat) / n)) if n else 1.0
-    scale = scale if scale > 0 else 1.0
+    # in float64: the float32 sum of squares overflows for values beyond ~1e19
+    scale = math.sqrt(float(np.einsum("i,i->", flat, flat, dtype=np.float64)) / n) if n else 1.0
+    scale = scale if 0 < scale < math.inf else 1.0
     n0 = profile.noise_power
     if tf == 1 and tp == 1:  # one block: scalar gains, a few passes over the data
         g, g_hat = float(h[0] * math.sqrt(p[0])), float(h_hat[0] * math.sqrt(p[0]))
@@ -119,7 +133,7 @@ def transmit(
         else:
             y[:] = 0.0
         eff = math.inf if n0 == 0 else (10 * math.log10(g * g / n0) if g > 0 else -math.inf)
-        return Transmission(y.reshape(xf.shape), n, tf, energy, eff)
+        return Transmission(_finite(y).reshape(xf.shape), n, tf, energy, eff)
     if tp == 1 or tf == 1 or lp == lc:  # power and fading share one block grid: block-level arithmetic
         length = lc if tf > 1 else lp
         g_b = h * np.sqrt(p if tp > 1 else np.full(tf, p[0])) if tf > 1 else np.sqrt(p) * h[0]
@@ -142,4 +156,9 @@ def transmit(
         y += noise
     y *= inverse if length == 0 else _per_symbol(inverse, n, length)
     eff = math.inf if n0 == 0 else (10 * math.log10(mean_gain / n0) if mean_gain > 0 else -math.inf)
-    return Transmission(y.reshape(xf.shape), n, tf, energy, eff)
+    return Transmission(_finite(y).reshape(xf.shape), n, tf, energy, eff)
+
+
+def _finite(y: np.ndarray) -> np.ndarray:
+    """``y`` clipped to float32's finite range in place (noise on a value near the top must not make it Inf)."""
+    return np.clip(y, -_F32_MAX, _F32_MAX, out=y)

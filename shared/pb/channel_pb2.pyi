@@ -6,6 +6,64 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class CellSettings(_message.Message):
+    __slots__ = ("cell", "bandwidth_mhz", "numerology", "overhead", "duplex", "tdd_pattern", "scheduler", "delay_ms", "jitter_ms", "jitter", "queue_limit", "prbs", "re_per_slot")
+    CELL_FIELD_NUMBER: _ClassVar[int]
+    BANDWIDTH_MHZ_FIELD_NUMBER: _ClassVar[int]
+    NUMEROLOGY_FIELD_NUMBER: _ClassVar[int]
+    OVERHEAD_FIELD_NUMBER: _ClassVar[int]
+    DUPLEX_FIELD_NUMBER: _ClassVar[int]
+    TDD_PATTERN_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULER_FIELD_NUMBER: _ClassVar[int]
+    DELAY_MS_FIELD_NUMBER: _ClassVar[int]
+    JITTER_MS_FIELD_NUMBER: _ClassVar[int]
+    JITTER_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    PRBS_FIELD_NUMBER: _ClassVar[int]
+    RE_PER_SLOT_FIELD_NUMBER: _ClassVar[int]
+    cell: str
+    bandwidth_mhz: float
+    numerology: int
+    overhead: float
+    duplex: str
+    tdd_pattern: str
+    scheduler: str
+    delay_ms: float
+    jitter_ms: float
+    jitter: str
+    queue_limit: int
+    prbs: int
+    re_per_slot: int
+    def __init__(self, cell: _Optional[str] = ..., bandwidth_mhz: _Optional[float] = ..., numerology: _Optional[int] = ..., overhead: _Optional[float] = ..., duplex: _Optional[str] = ..., tdd_pattern: _Optional[str] = ..., scheduler: _Optional[str] = ..., delay_ms: _Optional[float] = ..., jitter_ms: _Optional[float] = ..., jitter: _Optional[str] = ..., queue_limit: _Optional[int] = ..., prbs: _Optional[int] = ..., re_per_slot: _Optional[int] = ...) -> None: ...
+
+class SetCellRequest(_message.Message):
+    __slots__ = ("cell",)
+    CELL_FIELD_NUMBER: _ClassVar[int]
+    cell: CellSettings
+    def __init__(self, cell: _Optional[_Union[CellSettings, _Mapping]] = ...) -> None: ...
+
+class CellStats(_message.Message):
+    __slots__ = ("cell", "direction", "utilisation", "backlog_resource_elements", "backlog_messages", "delivered_bits_per_s", "resource_elements", "messages", "active_links")
+    CELL_FIELD_NUMBER: _ClassVar[int]
+    DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    UTILISATION_FIELD_NUMBER: _ClassVar[int]
+    BACKLOG_RESOURCE_ELEMENTS_FIELD_NUMBER: _ClassVar[int]
+    BACKLOG_MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    DELIVERED_BITS_PER_S_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_ELEMENTS_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_LINKS_FIELD_NUMBER: _ClassVar[int]
+    cell: str
+    direction: str
+    utilisation: float
+    backlog_resource_elements: int
+    backlog_messages: int
+    delivered_bits_per_s: float
+    resource_elements: int
+    messages: int
+    active_links: int
+    def __init__(self, cell: _Optional[str] = ..., direction: _Optional[str] = ..., utilisation: _Optional[float] = ..., backlog_resource_elements: _Optional[int] = ..., backlog_messages: _Optional[int] = ..., delivered_bits_per_s: _Optional[float] = ..., resource_elements: _Optional[int] = ..., messages: _Optional[int] = ..., active_links: _Optional[int] = ...) -> None: ...
+
 class Profile(_message.Message):
     __slots__ = ("name", "model", "snr_db", "coherence_symbols", "k_factor", "csi_error")
     NAME_FIELD_NUMBER: _ClassVar[int]
@@ -47,14 +105,18 @@ class GetChannelRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ChannelSettings(_message.Message):
-    __slots__ = ("default", "links", "upstreams")
+    __slots__ = ("default", "links", "upstreams", "cells", "clock")
     DEFAULT_FIELD_NUMBER: _ClassVar[int]
     LINKS_FIELD_NUMBER: _ClassVar[int]
     UPSTREAMS_FIELD_NUMBER: _ClassVar[int]
+    CELLS_FIELD_NUMBER: _ClassVar[int]
+    CLOCK_FIELD_NUMBER: _ClassVar[int]
     default: LinkSettings
     links: _containers.RepeatedCompositeFieldContainer[LinkSettings]
     upstreams: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, default: _Optional[_Union[LinkSettings, _Mapping]] = ..., links: _Optional[_Iterable[_Union[LinkSettings, _Mapping]]] = ..., upstreams: _Optional[_Iterable[str]] = ...) -> None: ...
+    cells: _containers.RepeatedCompositeFieldContainer[CellSettings]
+    clock: str
+    def __init__(self, default: _Optional[_Union[LinkSettings, _Mapping]] = ..., links: _Optional[_Iterable[_Union[LinkSettings, _Mapping]]] = ..., upstreams: _Optional[_Iterable[str]] = ..., cells: _Optional[_Iterable[_Union[CellSettings, _Mapping]]] = ..., clock: _Optional[str] = ...) -> None: ...
 
 class SetChannelRequest(_message.Message):
     __slots__ = ("link", "direction", "profile", "custom")
@@ -103,10 +165,12 @@ class DirectionStats(_message.Message):
     def __init__(self, link: _Optional[str] = ..., direction: _Optional[str] = ..., rpcs: _Optional[int] = ..., transmissions: _Optional[int] = ..., symbols: _Optional[int] = ..., payload_bytes: _Optional[int] = ..., message_bytes: _Optional[int] = ..., mean_snr_db: _Optional[float] = ..., energy: _Optional[float] = ..., allocated: _Optional[int] = ...) -> None: ...
 
 class ChannelStats(_message.Message):
-    __slots__ = ("entries",)
+    __slots__ = ("entries", "cells")
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    CELLS_FIELD_NUMBER: _ClassVar[int]
     entries: _containers.RepeatedCompositeFieldContainer[DirectionStats]
-    def __init__(self, entries: _Optional[_Iterable[_Union[DirectionStats, _Mapping]]] = ...) -> None: ...
+    cells: _containers.RepeatedCompositeFieldContainer[CellStats]
+    def __init__(self, entries: _Optional[_Iterable[_Union[DirectionStats, _Mapping]]] = ..., cells: _Optional[_Iterable[_Union[CellStats, _Mapping]]] = ...) -> None: ...
 
 class CSIRequest(_message.Message):
     __slots__ = ("link", "direction", "blocks", "symbols")

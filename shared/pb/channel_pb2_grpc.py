@@ -64,6 +64,11 @@ class ChannelControlStub:
                 request_serializer=shared_dot_pb_dot_channel__pb2.CSIRequest.SerializeToString,
                 response_deserializer=shared_dot_pb_dot_channel__pb2.CSIResponse.FromString,
                 _registered_method=True)
+        self.SetCell = channel.unary_unary(
+                '/meg.v1.ChannelControl/SetCell',
+                request_serializer=shared_dot_pb_dot_channel__pb2.SetCellRequest.SerializeToString,
+                response_deserializer=shared_dot_pb_dot_channel__pb2.ChannelSettings.FromString,
+                _registered_method=True)
 
 
 class ChannelControlServicer:
@@ -110,6 +115,14 @@ class ChannelControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetCell(self, request, context):
+        """Change a cell (time on the air: docs/airtime.md) from the next slot on; "" = the default cell and every
+        cell. Only the fields set change. Answers the settings, cells included.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ChannelControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -142,6 +155,11 @@ def add_ChannelControlServicer_to_server(servicer, server):
                     servicer.GetCSI,
                     request_deserializer=shared_dot_pb_dot_channel__pb2.CSIRequest.FromString,
                     response_serializer=shared_dot_pb_dot_channel__pb2.CSIResponse.SerializeToString,
+            ),
+            'SetCell': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetCell,
+                    request_deserializer=shared_dot_pb_dot_channel__pb2.SetCellRequest.FromString,
+                    response_serializer=shared_dot_pb_dot_channel__pb2.ChannelSettings.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -306,6 +324,33 @@ class ChannelControl:
             '/meg.v1.ChannelControl/GetCSI',
             shared_dot_pb_dot_channel__pb2.CSIRequest.SerializeToString,
             shared_dot_pb_dot_channel__pb2.CSIResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetCell(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meg.v1.ChannelControl/SetCell',
+            shared_dot_pb_dot_channel__pb2.SetCellRequest.SerializeToString,
+            shared_dot_pb_dot_channel__pb2.ChannelSettings.FromString,
             options,
             channel_credentials,
             insecure,

@@ -83,6 +83,10 @@ class ControlClient:
         for direction, profile in (("uplink", uplink), ("downlink", downlink)):
             self.set(set_request(link, direction, custom=profile))
 
+    def set_cell(self, cell: channel_pb2.CellSettings) -> channel_pb2.ChannelSettings:
+        """``SetCell``: change the fields ``cell`` sets of cell ``cell.cell`` (``default``: every ES without its own)."""
+        return self._stub.SetCell(channel_pb2.SetCellRequest(cell=cell), timeout=self.timeout_s)
+
     def reset(self, stats: bool = False) -> channel_pb2.ChannelSettings:
         """Back to the start-up settings (``stats``: also zero the counters)."""
         return self._stub.ResetChannel(channel_pb2.ResetChannelRequest(stats=stats), timeout=self.timeout_s)
