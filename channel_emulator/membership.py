@@ -3,7 +3,9 @@
 Every ``interval_s`` (2 s) each pattern is expanded for ``i = 0 .. max_upstreams-1`` into a candidate
 ``(NAME, HOST:PORT)``. A candidate whose host resolves and whose gRPC health service (the whole server,
 ``service=""``) answers SERVING joins the proxy's upstream table; a member that stops resolving or stops
-answering SERVING for ``misses`` rounds in a row (2: about 4 s) is dropped. A dropped ES's links and
+answering SERVING for ``misses`` rounds in a row (2: about 4 s) is dropped -- or, when its probes only time
+out (an ES too busy to answer within ``probe_timeout_s`` has not left), for ``slow_misses`` rounds in a row
+(5: about 20 s). A dropped ES's links and
 counters stay in the LinkTable; a UE that still asks for it gets UNAVAILABLE naming it and why it left
 (:class:`channel_emulator.proxy.UpstreamGone`). Fixed ``--upstream``\\ s are never probed or dropped.
 
@@ -54,6 +56,8 @@ MAX_CANDIDATES = 256
 #: Re-resolve a member's name within 1 s of its connection breaking (a pod that came back with a new IP),
 #: not gRPC's default 30 s.
 DNS_OPTIONS = [("grpc.dns_min_time_between_resolutions_ms", 1000)]
+#: prefix of a probe verdict that only timed out (counted against ``slow_misses``)
+SLOW = "slow: "
 
 
 @dataclass(frozen=True)
@@ -97,6 +101,8 @@ class Member:
     address: str
     joined: bool = False
     misses: int = 0
+    #: probes in a row that timed out (a busy ES, not necessarily a gone one)
+    slow: int = 0
     #: wall-clock time of the last join or leave
     since: float = field(default_factory=time.time)
     why: str = ""
@@ -111,17 +117,17 @@ class Membership:
     ``interval_s``), or round by round with :meth:`probe_round` (tests)."""
 
     def __init__(self, patterns: Sequence[Pattern], max_upstreams: int = DEFAULT_MAX_UPSTREAMS,
-                 interval_s: float = DEFAULT_INTERVAL_S, probe_timeout_s: float = 1.5, misses: int = 2,
-                 tls: TlsFiles | None = None, fixed: Sequence[str] = ()) -> None:
+                 interval_s: float = DEFAULT_INTERVAL_S, probe_timeout_s: float = 2.0, misses: int = 2,
+                 tls: TlsFiles | None = None, fixed: Sequence[str] = (), slow_misses: int = 5) -> None:
         if not patterns:
             raise ValueError("membership needs at least one --upstream-pattern")
         if not 1 <= max_upstreams or len(patterns) * max_upstreams > MAX_CANDIDATES:
             raise ValueError(f"--max-upstreams must be 1 or more, and patterns x max-upstreams at most {MAX_CANDIDATES}")
-        if interval_s <= 0 or probe_timeout_s <= 0 or misses < 1:
-            raise ValueError("the membership interval and probe timeout must be > 0 and misses >= 1")
+        if interval_s <= 0 or probe_timeout_s <= 0 or misses < 1 or slow_misses < misses:
+            raise ValueError("the membership interval and probe timeout must be > 0, misses >= 1, slow_misses >= misses")
         self.patterns, self.max_upstreams = list(patterns), max_upstreams
         self.interval_s, self.probe_timeout_s, self.misses = interval_s, probe_timeout_s, misses
-        self.tls, self.fixed = tls, set(fixed)
+        self.tls, self.fixed, self.slow_misses = tls, set(fixed), slow_misses
         self.members: dict[str, Member] = {}
         self.upstreams: Upstreams | None = None
         self._probes: dict[tuple[str, str], grpc.aio.Channel] = {}
@@ -154,8 +160,9 @@ class Membership:
                 health_pb2.HealthCheckRequest(service=""), timeout=self.probe_timeout_s)
         except grpc.aio.AioRpcError as exc:
             self._close_probe(key)  # the next round starts with a fresh connection, not one in reconnect backoff
-            code = "UNAVAILABLE (no answer)" if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED else exc.code().name
-            return f"health check {code}: {exc.details()}"
+            if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                return f"{SLOW}no health answer within {self.probe_timeout_s:g} s"
+            return f"health check {exc.code().name}: {exc.details()}"
         if reply.status != health_pb2.HealthCheckResponse.SERVING:
             return f"health says {health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)}"
         return None
@@ -176,17 +183,20 @@ class Membership:
             if why is None:
                 if m is None or m.address != address:
                     m = self.members[name] = Member(name, address)
-                m.misses = 0
+                m.misses = m.slow = 0
                 if not m.joined:
                     m.joined, m.since, m.why, m.joins = True, time.time(), "", m.joins + 1
                     self.upstreams.add(name, address)
                     changes.append(f"edge server {name} joined at {address}")
             elif m is not None and m.joined:
-                m.misses += 1
-                if m.misses >= self.misses:
+                if why.startswith(SLOW):
+                    m.slow, why = m.slow + 1, why[len(SLOW):]
+                else:
+                    m.misses += 1
+                if m.misses >= self.misses or m.slow >= self.slow_misses:
                     m.joined, m.since, m.why, m.leaves = False, time.time(), why, m.leaves + 1
                     stamp = time.strftime("%H:%M:%S", time.gmtime(m.since))
-                    self.upstreams.drop(name, f"dropped at {stamp} UTC after {m.misses} failed probes: {why}")
+                    self.upstreams.drop(name, f"dropped at {stamp} UTC after {max(m.misses, m.slow)} failed probes: {why}")
                     changes.append(f"edge server {name} at {address} left: {why}")
         for line in changes:
             (log.info if "joined" in line else log.warning)("%s; upstreams now: %s", line,

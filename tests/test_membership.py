@@ -139,6 +139,52 @@ def test_members_join_and_leave_round_by_round() -> None:
     asyncio.run(body())
 
 
+class SlowHealth(health_pb2_grpc.HealthServicer):
+    """A health service that answers SERVING, or (``hang``) not at all: an ES too busy to answer."""
+
+    def __init__(self) -> None:
+        self.hang = False
+
+    async def Check(self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext) -> health_pb2.HealthCheckResponse:
+        if self.hang:
+            await asyncio.sleep(30)
+        return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
+
+
+def test_a_busy_es_is_kept_longer_than_a_gone_one() -> None:
+    """Probes that only time out count against slow_misses (5), not misses (2): a loaded ES is not dropped
+    at once; one that never answers is, and the reason says so."""
+    async def body() -> None:
+        server = grpc.aio.server()
+        servicer = SlowHealth()
+        health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            m = Membership([Pattern.parse(f"es{{i}}=127.0.0.1:{port}")], max_upstreams=1, probe_timeout_s=0.2)
+            ups = Upstreams({}, [], dynamic=True)
+            m.attach(ups)
+            assert await m.probe_round() == [f"edge server es0 joined at 127.0.0.1:{port}"]
+            servicer.hang = True
+            for _ in range(4):
+                assert await m.probe_round() == []
+            assert "es0" in ups.targets
+            servicer.hang = False
+            await m.probe_round()  # answered again: the count starts over
+            servicer.hang = True
+            for _ in range(4):
+                assert await m.probe_round() == []
+            left = await m.probe_round()
+            assert left == [f"edge server es0 at 127.0.0.1:{port} left: no health answer within 0.2 s"], left
+            assert "after 5 failed probes" in ups.gone["es0"]
+            await ups.close()
+            await m.stop()
+        finally:
+            await server.stop(None)
+
+    asyncio.run(body())
+
+
 def test_a_name_that_does_not_resolve_never_joins_and_fixed_ones_are_left_alone() -> None:
     async def body() -> None:
         m = Membership([Pattern.parse("es{i}=no-such-es-{i}.invalid:50051")], max_upstreams=2, fixed=["es0"])
