@@ -226,8 +226,8 @@ def test_grants_are_the_seam_disjoint_units_on_the_grid() -> None:
     # segments of one flow may share a unit (the end of one, the start of the next); of two flows never
     per_flow = [{u for seg in t.segments for g in seg.grants for u in g.units()} for t in tickets]
     assert sum(len(u) for u in per_flow) == len(seen)
-    for t, units in zip(tickets, per_flow, strict=True):  # a ticket's slots are the distinct slots of its units
-        assert t.slots == len({slot for slot, _ in units})
+    for t, flow_units in zip(tickets, per_flow, strict=True):  # a ticket's slots: the distinct slots of its units
+        assert t.slots == len({slot for slot, _ in flow_units})
 
 
 def test_a_message_that_cannot_finish_before_its_deadline_expires_at_the_deadline() -> None:

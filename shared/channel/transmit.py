@@ -141,7 +141,8 @@ def transmit(
         counts = np.full(len(g_b), float(length))
         counts[-1] = n - length * (len(g_b) - 1)
         y = flat * _per_symbol((g_b / scale).astype(np.float32), n, length)
-        inverse = np.where(gh_b > 0, scale / np.where(gh_b > 0, gh_b, 1.0), 0.0).astype(np.float32)
+        with np.errstate(over="ignore"):  # beyond float32's range: saturates, clipped at the end
+            inverse = np.where(gh_b > 0, scale / np.where(gh_b > 0, gh_b, 1.0), 0.0).astype(np.float32)
         mean_gain = float((g_b**2 * counts).sum() / n)
     else:  # misaligned grids: per-symbol gains
         gain = _per_symbol(h, n, lc) * np.sqrt(_per_symbol(p, n, lp))
