@@ -214,3 +214,104 @@ def test_unreadable_scenario_file(tmp_path: Path) -> None:
     (tmp_path / "bad.toml").write_text("[[event]\n")
     with pytest.raises(ScenarioError, match="bad.toml"):
         load_scenario(tmp_path / "bad.toml")
+
+
+# --- through real processes ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_scenario_in_a_running_proxy_fires_on_time_and_hands_over(random_model_dir: Path, tmp_path: Path) -> None:
+    """``meg-channel serve --scenario``: SNR events seen through GetChannel within 50 ms of their times; a handover
+    moves the UE's traffic (no ``meg-es`` header) to es1, whose downlink the scenario sets to a trace; GetCSI of
+    that trace link is what the next Probe gets."""
+    import time
+
+    import grpc
+    import numpy as np
+
+    from shared.channel.trace import TraceMeta, load_trace, normalise, save_trace
+    from shared.pb import channel_pb2, channel_pb2_grpc, edge_pb2, edge_pb2_grpc
+    from shared.wire import air
+    from shared.wire.headers import UE_HEADER
+    from tests.support.procs import running, script
+
+    rng = np.random.default_rng(0)
+    h = normalise((rng.normal(size=(400, 25)) + 1j * rng.normal(size=(400, 25))) / np.sqrt(2))
+    trace_file = save_trace(tmp_path / "t.npz", h, TraceMeta(model="TDL-A", per="prb", numerology=0,
+                                                             bandwidth_mhz=5.0, prbs=25))
+    (tmp_path / "p.toml").write_text('[profiles.clean]\nmodel = "awgn"\nsnr_db = 60\n'
+                                     '[links.default]\nuplink = "ideal"\ndownlink = "clean"\n')
+    (tmp_path / "drive.toml").write_text("""
+[[event]]
+at_s = 0.4
+link = "mover->es0"
+direction = "downlink"
+snr_db = 11.0
+
+[[event]]
+at_s = 0.8
+link = "mover->es0"
+direction = "downlink"
+snr_db = 22.0
+
+[[event]]
+at_s = 1.2
+ue = "mover"
+handover = "es1"
+
+[[event]]
+at_s = 1.2
+link = "mover->es1"
+direction = "downlink"
+trace = "t.npz"
+""")
+    edge = [script("meg-edge"), "serve", "--listen", "127.0.0.1:0", "--model", str(random_model_dir), "--device", "cpu"]
+    with running(edge, "meg.v1.EdgeService") as (_, es0):
+        es1 = es0  # two upstream names, one process: a handover is the proxy's routing and links, not the ES's
+        proxy = [script("meg-channel"), "serve", "--listen", "127.0.0.1:0", "--upstream", f"es0=127.0.0.1:{es0}",
+                 "--upstream", f"es1=127.0.0.1:{es1}", "--profiles", str(tmp_path / "p.toml"),
+                 "--scenario", str(tmp_path / "drive.toml")]
+        with running(proxy, "meg.v1.ChannelControl") as (proc, port), grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            t0 = time.monotonic()  # the scenario started just before the proxy said it listens
+            ctl = channel_pb2_grpc.ChannelControlStub(ch)
+            edge_stub = edge_pb2_grpc.EdgeServiceStub(ch)
+
+            def downlink(link: str) -> channel_pb2.Profile | None:
+                for ls in ctl.GetChannel(channel_pb2.GetChannelRequest(), timeout=5).links:
+                    if ls.link == link:
+                        return ls.downlink
+                return None
+
+            def seen(link: str, ok: object, limit_s: float = 5.0) -> float:
+                deadline = time.monotonic() + limit_s
+                while time.monotonic() < deadline:
+                    p = downlink(link)
+                    if p is not None and ok(p):  # type: ignore[operator]
+                        return time.monotonic() - t0
+                    time.sleep(0.002)
+                raise AssertionError(f"{link}: not seen in {limit_s} s")
+
+            x = np.random.default_rng(1).normal(size=2 * 144 * 30).astype(np.float32)
+            probe = edge_pb2.ProbeRequest(tensors=[air.to_air("x", x)])
+            before = edge_stub.Probe(probe, timeout=30, metadata=((UE_HEADER, "mover"),))
+            assert before.tensors[0].applied.link == "mover->es0"
+            t11 = seen("mover->es0", lambda p: p.snr_db == 11.0)
+            t22 = seen("mover->es0", lambda p: p.snr_db == 22.0)
+            assert abs(t11 - 0.4) < 0.05 and abs(t22 - 0.8) < 0.05, (t11, t22)
+            seen("mover->es1", lambda p: True)  # the trace event made the link
+            deadline = time.monotonic() + 5
+            while (reply := edge_stub.Probe(probe, timeout=30, metadata=((UE_HEADER, "mover"),))
+                   ).tensors[0].applied.link != "mover->es1":
+                assert time.monotonic() < deadline, "the handover did not move mover's traffic"
+            assert reply.tensors[0].applied.profile == "clean" and reply.tensors[0].applied.blocks >= 1
+            # CSI of the trace link, then the next Probe gets exactly those PRBs' gains
+            csi = ctl.GetCSI(channel_pb2.CSIRequest(link="mover->es1", direction="downlink", symbols=x.size), timeout=5)
+            assert csi.coherence_symbols == 288 and len(csi.gains) == 30
+            got = air.air_array(edge_stub.Probe(probe, timeout=30, metadata=((UE_HEADER, "mover"),)).tensors[0])
+            ratio = np.hypot(got[0::2], got[1::2]) / np.hypot(x[0::2], x[1::2])
+            h_units = ratio.reshape(30, 144).mean(axis=1) * np.array(csi.gains)  # = |H| of the units used
+            mags = np.abs(load_trace(trace_file).h).reshape(-1)  # slot-major: unit u of start slot s = s*25 + u
+            units = np.arange(30)
+            starts = [s for s in range(400) if np.allclose(mags[(s * 25 + units) % mags.size], h_units, rtol=2e-3)]
+            assert len(starts) == 1, starts  # one start slot explains every unit: the CSI was the channel applied
+            assert "Traceback" not in "".join(proc.tail)  # type: ignore[attr-defined]
