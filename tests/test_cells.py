@@ -7,6 +7,7 @@ import json
 import math
 import re
 import time
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +15,7 @@ from shared.channel.airtime import DirectionAirtime, airtime_value, parse_airtim
 from shared.channel.cell import PRB_TABLE, CellConfig, SlotGrid, cell_from_mapping, prb_count, re_for_values
 from shared.channel.mcs import MCS_TABLE, SNR_GAP_DB, digital_re, select_mcs
 from shared.channel.models import ChannelConfigError
+from shared.channel.profiles import load_profiles
 from shared.channel.scheduler import CellScheduler, LinkDelay, PfScheduler, Ticket, make_scheduler
 from shared.wire.headers import AIRTIME_HEADER
 
@@ -310,3 +312,15 @@ def test_predicted_times_equal_the_round_robin_schedule(n: int) -> None:
     for (start, end, slots), seg in zip(predicted[0], last.segments, strict=True):
         assert start == pytest.approx(seg.first_start) and end == pytest.approx(seg.last_end)
         assert slots == seg.slots
+
+
+def test_the_example_profiles_file_gives_cells_and_named_cells_start_from_the_default(tmp_path: Path) -> None:
+    book = load_profiles(Path(__file__).resolve().parent.parent / "configs" / "cells.toml")
+    assert set(book.cells) == {"default", "es1"}
+    assert (book.cells["default"].prbs, book.cells["default"].delay_ms) == (51, 5.0)
+    es1 = book.cells["es1"]
+    assert (es1.prbs, es1.duplex, es1.delay_ms, es1.jitter_ms) == (25, "tdd", 5.0, 1.0)  # delay from the default
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[cells.es0]\nbandwidth_mhz = 7\n")
+    with pytest.raises(ChannelConfigError, match=r"bad.toml: cells.es0: bandwidth_mhz 7 is not in TS 38.101-1"):
+        load_profiles(bad)
