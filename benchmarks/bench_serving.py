@@ -66,12 +66,14 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / tick
 
 
-def offline(n_prompts: int, per_call: int, steps: int = STEPS, repeats: int = 1) -> dict[str, float]:
+def offline(n_prompts: int, per_call: int, steps: int = STEPS, repeats: int = 1, model: str | None = None,
+            device: str = "cpu") -> dict[str, float]:
     """The stock pipeline in a plain script of its own (:mod:`benchmarks.offline_reference`): images/s and
     images per CPU-second of ``n_prompts`` images, ``per_call`` prompts per call."""
     done = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "offline_reference.py"), "--prompts", str(n_prompts),
-         "--per-call", str(per_call), "--steps", str(steps), "--repeats", str(repeats)],
+         "--per-call", str(per_call), "--steps", str(steps), "--repeats", str(repeats), "--device", device,
+         *(["--model", model] if model else [])],
         check=True, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     out = json.loads(done.stdout.strip().splitlines()[-1])
     return {k: out[k] for k in ("images_per_s", "images_per_cpu_s", "cpu_s", "wall_s", "cores")}
@@ -159,15 +161,18 @@ def _drain(proc: Any) -> None:
     threading.Thread(target=run, daemon=True).start()
 
 
-def main(rounds: int = 5, quick: bool = False) -> dict[str, Any]:
+def main(rounds: int = 5, quick: bool = False, model: str | None = None, device: str = "cpu") -> dict[str, Any]:
+    """``model``/``device``: another pipeline folder and device for every arm (``benchmarks/gpu_check.sh``)."""
     from tests.support.procs import running, script
 
-    parts = ModelParts.load(None, "cpu")
+    parts = ModelParts.load(model, "cpu")  # the UEs' side (FULL-ES: they only check and keep the image)
+    where = [*(["--model", model] if model else []), "--device", device]
     concurrency = (1, 16) if quick else CONCURRENCY
     per_ue = {1: 2, 16: 1} if quick else PER_UE
     arms: dict[str, list[dict[str, Any]]] = {}
     with contextlib.ExitStack() as stack:
-        es_argv = [script("meg-edge"), "serve", "--listen", "127.0.0.1:0", "--max-batch", "16", "--max-queue", "64"]
+        es_argv = [script("meg-edge"), "serve", "--listen", "127.0.0.1:0", "--max-batch", "16", "--max-queue", "64",
+                   *where]
         es, es_port = stack.enter_context(running(es_argv, "meg.v1.EdgeService", timeout=300))
         _drain(es)  # the ES logs a line per request: keep its pipe from filling up
         ch_argv = [script("meg-channel"), "serve", "--listen", "127.0.0.1:0", "--upstream", f"127.0.0.1:{es_port}",
@@ -182,9 +187,9 @@ def main(rounds: int = 5, quick: bool = False) -> dict[str, Any]:
                 order.reverse()
             for arm in order:
                 if arm == "offline-batched":
-                    res = offline(BATCH, BATCH)
+                    res = offline(BATCH, BATCH, model=model, device=device)
                 elif arm == "offline-one":
-                    res = offline(4, 1)
+                    res = offline(4, 1, model=model, device=device)
                 else:
                     ues = int(arm.split("-")[1])
                     cpu0, es0, w0 = cpu_seconds(pids), cpu_seconds([es.pid]), time.perf_counter()
@@ -200,11 +205,12 @@ def main(rounds: int = 5, quick: bool = False) -> dict[str, Any]:
     top = f"served-{concurrency[-1]}"
     median = {arm: {k: statistics.median(x[k] for x in runs) for k in runs[0]} for arm, runs in arms.items()}
     ratio_rounds = [
-        {"served16_over_reference": arms[top][i]["images_per_s"] / arms["offline-batched"][i]["images_per_s"],
+        {"served16_over_offline_batched": arms[top][i]["images_per_s"] / arms["offline-batched"][i]["images_per_s"],
          "served16_over_served1": arms[top][i]["images_per_s"] / arms["served-1"][i]["images_per_s"],
          "served16_over_offline_one": arms[top][i]["images_per_s"] / arms["offline-one"][i]["images_per_s"],
-         "reference_over_offline_one": arms["offline-batched"][i]["images_per_s"] / arms["offline-one"][i]["images_per_s"],
-         "cpu_served16_over_reference": arms[top][i]["images_per_cpu_s"] / arms["offline-batched"][i]["images_per_cpu_s"],
+         "offline_batched_over_one": arms["offline-batched"][i]["images_per_s"] / arms["offline-one"][i]["images_per_s"],
+         "cpu_served16_over_offline_batched": arms[top][i]["images_per_cpu_s"]
+         / arms["offline-batched"][i]["images_per_cpu_s"],
          "es_cores_at_16": arms[top][i]["es_cores"]}
         for i in range(rounds)
     ]
@@ -216,16 +222,16 @@ def main(rounds: int = 5, quick: bool = False) -> dict[str, Any]:
         "what": f"meg-tiny FULL-ES txt2img, {STEPS} steps; served = through meg-channel (AWGN 20 dB) to meg-edge "
                 "(batching engine, max batch 16); reference (offline-batched) = the stock diffusers pipeline in a "
                 "plain script of its own (main thread, one call with the 16 prompts)",
-        "quick": quick, "load_average_at_end": os.getloadavg(),
+        "quick": quick, "model": model or "meg-tiny", "device": device, "load_average_at_end": os.getloadavg(),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
                     "python": sys.version.split()[0]},
         "rounds": rounds, "arms": arms, "median": median, "ratios_median_of_rounds": ratios,
         "ratios_by_round": ratio_rounds, "proxy_ceiling_64KiB": proxy,
     }
-    out = OUT.with_name("serving-quick.json") if quick else OUT
+    out = OUT.with_name(f"serving{'-' + device if device != 'cpu' else ''}{'-quick' if quick else ''}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    if not quick:
+    if not quick and model is None:
         plot(result)
     print(json.dumps({"median": median, "ratios": ratios, "proxy_seeds_per_s": proxy["seeds_per_s"]}, indent=2))
     return result
@@ -238,5 +244,7 @@ if __name__ == "__main__":
     ap.add_argument("rounds_pos", nargs="?", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--quick", action="store_true", help="1 round, 1 and 16 UEs: a smoke, not a measurement")
+    ap.add_argument("--model", help="pipeline folder for every arm (default: the embedded meg-tiny)")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     a = ap.parse_args()
-    main(1 if a.quick else a.rounds_pos or a.rounds, a.quick)
+    main(1 if a.quick else a.rounds_pos or a.rounds, a.quick, a.model, a.device)

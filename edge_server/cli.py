@@ -29,6 +29,9 @@ def _settings(args: argparse.Namespace) -> EdgeSettings:
     unknown = set(values) - {f.name for f in fields(EdgeSettings)}
     if unknown:
         raise ValueError(f"unknown settings in [edge]: {sorted(unknown)}")
+    if "tls_client_names" in values:
+        names = values["tls_client_names"]
+        values["tls_client_names"] = tuple([names] if isinstance(names, str) else names)  # type: ignore[arg-type]
     return EdgeSettings(**values)  # type: ignore[arg-type]
 
 
@@ -48,18 +51,29 @@ def main(argv: list[str] | None = None) -> int:
                        "long for a retry (same request_id) before it stops (default 3; 0 = stop at once)")
     serve.add_argument("--max-concurrency", type=int, help=argparse.SUPPRESS)  # old name of --max-batch
     serve.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on http://HOST:PORT/metrics "
-                                                        "(HOST from --listen; 0 = any free port)")
+                                                        "(HOST: --metrics-listen; 0 = any free port)")
+    serve.add_argument("--metrics-listen", help="host /metrics binds (default 127.0.0.1: loopback, as Prometheus "
+                       "exporters default; 0.0.0.0 exposes every UE id and counter to the network)")
     serve.add_argument("--grace-s", type=float, help="drain time on SIGTERM/SIGINT (default 10)")
     serve.add_argument("--name", help="this ES's name on the channel proxy (default es0)")
     serve.add_argument("--power-policy", choices=["none", "uniform", "oracle", "ppo"],
                        help="power allocation of seed downlinks (default none: unit power, no CSI)")
     serve.add_argument("--power-budget", type=float, help="average transmit power per seed symbol (default 1)")
     serve.add_argument("--power-model", help="PPO policy file (default: the shipped one)")
-    serve.add_argument("--csi-via", help="HOST:PORT of the channel proxy's control service for CSI (default: the address the proxy advertises "
-                            "in each request)")
+    serve.add_argument("--csi-via", help="HOST:PORT of the channel proxy's control service, where --power-policy asks "
+                       "for CSI with the admin token; 'advertised': the address in the meg-channel-control header "
+                       "(loopback only). Default: the header, but only from a proxy whose certificate "
+                       "--tls-client-name names; otherwise no CSI (unit power)")
     serve.add_argument("--tls-cert", help="PEM certificate: serve TLS (with --tls-key)")
     serve.add_argument("--tls-key", help="PEM private key of --tls-cert")
     serve.add_argument("--tls-ca", help="PEM CA: require client certificates signed by it (mutual TLS)")
+    serve.add_argument("--tls-client-name", action="append", dest="tls_client_names", metavar="NAME",
+                       help="accept only client certificates with this common name (repeat for more; e.g. "
+                            "meg-channel: only the proxy); others get PERMISSION_DENIED. Default: any the CA signed")
+    serve.add_argument("--insecure-one-way-tls", action="store_true", default=None,
+                       help="allow --tls-cert/--tls-key without --tls-ca (clients not authenticated by certificate)")
+    serve.add_argument("--sessions-per-caller", type=int, help="cooperative generations one caller may keep "
+                       "between rounds (default 16; its oldest makes room)")
     serve.add_argument("--token-file", help="bearer token UEs must send (default: $MEG_TOKEN; none = open)")
     serve.add_argument("--control-token-file", help="the channel proxy's admin token, sent with CSI requests of "
                        "--power-policy (default: $MEG_ADMIN_TOKEN)")

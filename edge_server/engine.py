@@ -72,6 +72,8 @@ class EngineMetrics(Protocol):
 
     def engine_step(self, batch: int, rows: int, seconds: float) -> None: ...
 
+    def engine_admitted(self, requests: int) -> None: ...
+
 
 class _Pending:
     __slots__ = ("cancel", "future", "job", "queued_at")
@@ -130,6 +132,19 @@ class EngineFailed(RuntimeError):
     """A batched step failed: the requests in it fail with this (UNAVAILABLE; a retry may succeed)."""
 
 
+class Ticket:
+    """An admitted request's place (:meth:`Engine.admit`); :meth:`release` frees it (once; extra calls do
+    nothing, so it can be a done-callback)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine: Engine | None = engine
+
+    def release(self, _done: object = None) -> None:
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            engine._release()
+
+
 class Engine:
     """Owns the queue, the UNet loop and every kernel of one :class:`~shared.model.denoise.DenoiseModel`
     (one thread)."""
@@ -166,6 +181,7 @@ class Engine:
         self._waiting: deque[_Pending] = deque()
         self._running: list[DenoiseState] = []
         self._side: list[_SideCall] = []
+        self._admitted = 0
         self._closed = False
         built: Future[DenoiseModel] = Future()
         self._thread = threading.Thread(target=self._main, args=(model, built), name="meg-engine", daemon=True)
@@ -178,6 +194,35 @@ class Engine:
         return self.failure is None and not self._closed
 
     # -- callers' side ---------------------------------------------------------------------------------
+    @property
+    def capacity(self) -> int:
+        """Requests admitted at once (:meth:`admit`): ``max_batch`` denoising plus ``max_queue`` waiting."""
+        return self.max_batch + self.max_queue
+
+    @property
+    def admitted(self) -> int:
+        with self._cond:
+            return self._admitted
+
+    def admit(self) -> Ticket:
+        """A place for one request's whole segment (its text encode, its DDIM loops, its decode...) — the ES's
+        one admission check: :class:`QueueFull` at once when :attr:`capacity` requests hold one."""
+        with self._cond:
+            self._check_open()
+            if self._admitted >= self.capacity:
+                queued, running = len(self._waiting), len(self._running)
+                raise QueueFull(
+                    f"the edge server is at capacity: {self._admitted} requests admitted ({running} denoising, "
+                    f"{queued} queued; --max-batch {self.max_batch}, --max-queue {self.max_queue}); retry later")
+            self._admitted += 1
+            self._report()
+        return Ticket(self)
+
+    def _release(self) -> None:
+        with self._cond:
+            self._admitted -= 1
+            self._report()
+
     def submit(self, job: DenoiseJob, cancel: threading.Event | None = None) -> torch.Tensor:
         """Queue ``job`` and block until its latent ``[1, C, h, w]`` (float32, CPU) is ready.
 
@@ -244,6 +289,7 @@ class Engine:
     def _report(self) -> None:
         if self.metrics is not None:
             self.metrics.engine_state(len(self._waiting), len(self._running))
+            self.metrics.engine_admitted(self._admitted)
 
     def _admit(self) -> list[_Pending]:
         """Under the lock: wait for work, prune the queue, take the oldest requests that fit."""

@@ -35,7 +35,20 @@ log = logging.getLogger("meg.edge.idempotency")
 
 
 class IdempotencyConflict(ValueError):
-    """A ``request_id`` came again with a different request (prompt, params, protocol...): INVALID_ARGUMENT."""
+    """A ``request_id`` came again from the same caller with a different request (prompt, params, protocol...):
+    ALREADY_EXISTS, as an idempotency key reused with other parameters is an error, not another answer."""
+
+
+def short_id(request_id: str) -> str:
+    """What logs show of a request_id: its first 12 characters (the ids are the callers'; logs are the operator's
+    and need only tell requests apart)."""
+    return request_id[:12] if request_id else "-"
+
+
+def key_bytes(key: Hashable) -> int:
+    """Bytes a cache key holds (its strings' lengths, 8 per number): counted with the value it keys."""
+    parts = key if isinstance(key, tuple) else (key,)
+    return sum(len(k) if isinstance(k, str | bytes) else 8 for k in parts)
 
 
 def request_key(request: edge_pb2.SegmentRequest) -> tuple[str, str, str, int, int] | None:
@@ -93,10 +106,12 @@ class ResultCache(Generic[T]):
     def stored_bytes(self) -> int:
         return self._bytes
 
-    async def run(self, key: Hashable | None, fp: str, compute: Callable[[], Awaitable[T]]) -> T:
+    async def run(self, key: Hashable | None, fp: str, compute: Callable[[], Awaitable[T]], label: str | None = None
+                  ) -> T:
         """The result of ``compute()`` for ``key``, computing it at most once while it is cached.
 
-        Raises :class:`IdempotencyConflict` if ``key`` is cached or running with another fingerprint."""
+        Raises :class:`IdempotencyConflict` if ``key`` is cached or running with another fingerprint. ``label``:
+        what the log line of a computation started says (default: the key, its strings shortened)."""
         if key is None:
             self.runs += 1
             return await compute()
@@ -104,9 +119,10 @@ class ResultCache(Generic[T]):
         entry = self._entries.get(key)
         if entry is not None:
             if entry.fingerprint != fp:
+                rid = next((k for k in key if isinstance(k, str) and k), "") if isinstance(key, tuple) else key
                 raise IdempotencyConflict(
-                    f"request_id {key[0] if isinstance(key, tuple) else key!r} was already used for a different "
-                    "request; use a new request_id for a new generation")
+                    f"request_id {short_id(str(rid))!r} was already used by this caller for a different request "
+                    "(prompt, parameters, protocol or segment differ); use a new request_id for a new generation")
             self._entries.move_to_end(key)
             if entry.done_at is None:
                 self.joins += 1
@@ -115,7 +131,8 @@ class ResultCache(Generic[T]):
             return await self._wait(entry)
         self.runs += 1
         # one line per computation actually started (tests/test_faults.py counts them per request)
-        log.info("run %s", " ".join(map(str, key)) if isinstance(key, tuple) else key)
+        log.info("run %s", label or (" ".join(short_id(k) if isinstance(k, str) else str(k) for k in key)
+                                     if isinstance(key, tuple) else short_id(str(key))))
         task: asyncio.Task[T] = asyncio.ensure_future(compute())
         entry = _Entry(fp, task)
         self._entries[key] = entry
@@ -150,7 +167,7 @@ class ResultCache(Generic[T]):
             del self._entries[key]  # failures are not cached: a retry runs again
             return
         entry.done_at = self.clock()
-        entry.size = self.size_of(task.result())
+        entry.size = self.size_of(task.result()) + key_bytes(key)
         self._bytes += entry.size
         self._evict()
 

@@ -36,7 +36,7 @@ class EdgeMetrics:
         r = self.registry = registry or CollectorRegistry()
         self.queued = Gauge("meg_edge_queue_depth", "Requests waiting to join the running batch", registry=r)
         self.running = Gauge("meg_edge_batch_running", "Requests in the running batch", registry=r)
-        self.in_flight = Gauge("meg_edge_requests_in_flight", "RunSegment calls admitted and not finished", registry=r)
+        self.in_flight = Gauge("meg_edge_requests_in_flight", "RunSegment calls the engine admitted and not finished", registry=r)
         self.batch = Histogram("meg_edge_batch_size", "Requests per batched UNet call", buckets=BATCH_BUCKETS,
                                registry=r)
         self.rows = Histogram("meg_edge_batch_rows", "UNet rows per call (guidance doubles a request)",
@@ -53,6 +53,9 @@ class EdgeMetrics:
     def engine_state(self, queued: int, running: int) -> None:
         self.queued.set(queued)
         self.running.set(running)
+
+    def engine_admitted(self, requests: int) -> None:
+        self.in_flight.set(requests)
 
     def engine_step(self, batch: int, rows: int, seconds: float) -> None:
         self.batch.observe(batch)

@@ -8,6 +8,7 @@ applies exactly that allocation to exactly that fading and accounts the energy.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +26,8 @@ from shared.wire import air
 log = logging.getLogger("meg.edge.power")
 POLICY_NAMES = ("none", "uniform", "oracle", "ppo")
 CSI_DEADLINE_S = 5.0
+#: Control channels kept open at once (one per proxy address the operator lets the ES reach).
+MAX_CONTROL_CHANNELS = 4
 
 
 def load_policy(name: str, ppo_path: str | None = None) -> Callable[..., np.ndarray] | None:
@@ -47,7 +50,8 @@ class PowerControl:
     """Allocates power for seed downlinks of one ES named ``es_name``.
 
     CSI comes from the channel proxy's control service: at ``csi_via`` if given, else at the address the
-    proxy advertises in the ``meg-channel-control`` header of each request it forwards.
+    servicer lets the request name (the proxy's ``meg-channel-control`` header, only where the operator trusts
+    it: :meth:`edge_server.servicer.EdgeServicer.caller`).
     """
 
     def __init__(self, policy_name: str, csi_via: str | None = None, es_name: str = "es0", budget: float = 1.0,
@@ -66,7 +70,11 @@ class PowerControl:
         self._controls: dict[str, AsyncControlClient] = {}
 
     def _control(self, address: str) -> AsyncControlClient:
+        """A client per address, at most :data:`MAX_CONTROL_CHANNELS` (the oldest is closed for a new one)."""
         if address not in self._controls:
+            if len(self._controls) >= MAX_CONTROL_CHANNELS:
+                oldest = self._controls.pop(next(iter(self._controls)))
+                asyncio.get_running_loop().create_task(oldest.close())
             self._controls[address] = AsyncControlClient(address, self.tls, self._token, timeout_s=CSI_DEADLINE_S)
         return self._controls[address]
 

@@ -17,6 +17,7 @@ class EdgeSettings:
     orphan_grace_s: float = 3.0  # a run whose every caller went away waits this long for a retry, then stops
     max_concurrency: int = 0  # deprecated alias of max_batch (0 = unset; replaced by the engine)
     metrics_port: int | None = None  # serve Prometheus metrics on this port (0 = any free port)
+    metrics_listen: str = "127.0.0.1"  # the host /metrics binds (loopback: Prometheus exporters' default)
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     max_prompt_chars: int = 1000
     default_deadline_s: float = 300.0  # applied when a client sends no deadline
@@ -25,9 +26,12 @@ class EdgeSettings:
     power_policy: str = "none"  # none | uniform | oracle | ppo (seed downlinks)
     power_budget: float = 1.0  # average transmit power per symbol of a seed
     power_model: str | None = None  # PPO policy file (default: the shipped one)
-    csi_via: str | None = None  # channel proxy's control service for CSI (default: as the proxy advertises)
+    csi_via: str | None = None  # proxy control HOST:PORT for CSI; "advertised": trust the proxy's header (see --help)
     tls_cert: str | None = None  # PEM certificate: serve TLS (with tls_key)
     tls_key: str | None = None  # PEM private key of tls_cert
     tls_ca: str | None = None  # PEM CA: require client certificates signed by it (mutual TLS)
+    tls_client_names: tuple[str, ...] = ()  # client certificate common names accepted (empty: any the CA signed)
+    insecure_one_way_tls: bool = False  # allow --tls-cert/--tls-key without --tls-ca (clients unauthenticated)
     token_file: str | None = None  # bearer token UEs must send (default: $MEG_TOKEN; none = open)
     control_token_file: str | None = None  # the proxy's admin token, for CSI (default: $MEG_ADMIN_TOKEN)
+    sessions_per_caller: int = 16  # cooperative generations one caller may keep between rounds

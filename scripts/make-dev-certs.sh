@@ -4,9 +4,11 @@
 #
 #   scripts/make-dev-certs.sh [OUT_DIR] [EXTRA_NAME ...]
 #
-# OUT_DIR (default ./certs) gets ca.pem/ca.key, and {edge,channel,ue}.pem/.key for the three roles. Every
-# certificate is valid for localhost, 127.0.0.1, ::1, its role name (meg-edge, meg-channel, meg-ue) and the
-# EXTRA_NAMEs (DNS names or IP addresses, e.g. compose service names), for both server and client use.
+# OUT_DIR (default ./certs) gets ca.pem/ca.key, and {edge,channel,ue}.pem/.key for the three roles. Each
+# certificate's common name is its role (meg-edge, meg-channel, meg-ue: what `meg-edge serve --tls-client-name`
+# checks), and it is valid for localhost, 127.0.0.1, ::1, its role name and the EXTRA_NAMEs (DNS names or IP
+# addresses, e.g. compose service names). The edge and channel certificates serve and act as clients (the proxy
+# dials the ES, the ES dials the proxy's control service for CSI); the UE's is for clients only.
 # Also ue.token and admin.token (random, for --token-file / --admin-token-file).
 set -euo pipefail
 out="${1:-certs}"
@@ -28,8 +30,10 @@ for role in edge channel ue; do
   done
   openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$role.key" -out "$role.csr" \
     -subj "/CN=meg-$role" 2>/dev/null
+  usage="serverAuth,clientAuth"
+  [[ "$role" == ue ]] && usage="clientAuth"
   printf '%s\n' "subjectAltName=$san" "basicConstraints=CA:FALSE" \
-    "keyUsage=critical,digitalSignature,keyEncipherment" "extendedKeyUsage=serverAuth,clientAuth" > "$role.ext"
+    "keyUsage=critical,digitalSignature,keyEncipherment" "extendedKeyUsage=$usage" > "$role.ext"
   openssl x509 -req -in "$role.csr" -CA ca.pem -CAkey ca.key -CAcreateserial -days "$days" \
     -extfile "$role.ext" -out "$role.pem" 2>/dev/null
   rm -f "$role.csr" "$role.ext"

@@ -249,7 +249,7 @@ def test_rpc_admission_and_cancellation(small_es: tuple[str, object]) -> None:
         first.cancel()
         second.cancel()
         deadline = time.monotonic() + 30
-        while engine.depth() != (0, 0) or servicer._in_flight:  # type: ignore[attr-defined]
+        while engine.depth() != (0, 0) or engine.admitted:
             assert time.monotonic() < deadline, "a cancelled generation kept its place"
             time.sleep(0.02)
         assert sum(log.steps.values()) < 450  # their compute stopped

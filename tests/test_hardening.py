@@ -466,11 +466,18 @@ def test_channel_cli_ctrl_c_and_closed_pipe(inproc_stack) -> None:  # type: igno
         silent.bind(("127.0.0.1", 0))
         silent.listen()
         port = silent.getsockname()[1]
-        proc = subprocess.Popen([script("meg-channel"), "stats", "--via", f"127.0.0.1:{port}"],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        time.sleep(3.0)  # past the imports, inside the call
+        silent.settimeout(60)
+
+        # started as CI's background shell starts it: SIGINT ignored and blocked (both survive exec)
+        as_from_a_background_shell = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+                                      "signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}); "
+                                      "os.execv(sys.argv[1], sys.argv[1:])")
+        proc = subprocess.Popen([sys.executable, "-c", as_from_a_background_shell, script("meg-channel"), "stats",
+                                 "--via", f"127.0.0.1:{port}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        conn, _ = silent.accept()  # the CLI is past its imports and inside the call: the condition, not a sleep
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=30)
+        conn.close()
     assert proc.returncode == 130 and err.strip() == "meg-channel: interrupted", err
     proc = subprocess.Popen([script("meg-channel"), "profiles", "--via", inproc_stack.proxy_addr],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

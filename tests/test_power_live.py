@@ -23,7 +23,8 @@ def test_server_allocation_shows_in_proxy_stats(random_model_dir: Path, policy: 
     from shared.model.ops import ModelParts
 
     parts = ModelParts.load(str(random_model_dir), "cpu")
-    settings = EdgeSettings(listen="127.0.0.1:0", power_policy=policy, power_budget=budget)
+    # plaintext loopback: the operator lets the ES trust the proxy's advertised control address
+    settings = EdgeSettings(listen="127.0.0.1:0", power_policy=policy, power_budget=budget, csi_via="advertised")
     fading = ChannelProfile(model="rayleigh", snr_db=10.0, coherence_symbols=16)
     with running_stack(parts, settings, downlink=fading, seed=3) as stack:
         with EdgeClient(stack.proxy_addr, timeout_s=60, ue_id="phone") as client:

@@ -69,20 +69,23 @@ def test_overhead_counts_every_round() -> None:
     assert cooperative_rounds(25, 1, "img2img") == 15
 
 
-def test_sessions_expire_evict_and_say_what_is_missing() -> None:
+def test_sessions_expire_refuse_when_full_and_say_what_is_missing() -> None:
+    from edge_server.sessions import SessionsFull
+
     s = Sessions(ttl_s=0.2, max_sessions=2)
     s.keep(("r1", "UIDCG", "txt2img", 0), {"cond": 1})
     assert s.take(("r1", "UIDCG", "txt2img", 0), ("cond",)) == {"cond": 1}
     with pytest.raises(SessionGone, match=r"does not hold \['latent'\]"):
         s.take(("r1", "UIDCG", "txt2img", 0), ("latent",))
-    s.keep("a", {"x": 1})
-    s.keep("b", {"x": 2})  # the least recently used (r1) goes
+    s.keep("a", {"x": 1}, owner="other")
+    with pytest.raises(SessionsFull, match="no room"):  # full of live sessions: nobody else's is evicted
+        s.keep("b", {"x": 2}, owner="third")
+    assert s.take(("r1", "UIDCG", "txt2img", 0), ("cond",)) == {"cond": 1}
+    time.sleep(0.3)
+    s.keep("b", {"x": 2})  # the others expired: room again
     with pytest.raises(SessionGone, match="holds nothing of generation r1"):
         s.take(("r1", "UIDCG", "txt2img", 0), ("cond",))
-    time.sleep(0.3)
-    assert len(s) == 2
-    with pytest.raises(SessionGone):
-        s.take("a", ("x",))  # expired
+    assert len(s) == 1
     s.drop("b")
     assert len(s) == 0
 

@@ -66,7 +66,8 @@ def secure_stack(pki: tuple[Path, Path], random_model_dir: Path) -> Iterator[Sec
     bg = BackgroundLoop()
     es, es_port, _ = bg.run(create_server(EdgeSettings(  # type: ignore[misc]
         listen="127.0.0.1:0", tls_cert=str(good / "edge.pem"), tls_key=str(good / "edge.key"), tls_ca=str(good / "ca.pem"),
-        token_file=str(good / "ue.token"), power_policy="uniform", control_token_file=str(good / "admin.token")), parts))
+        token_file=str(good / "ue.token"), power_policy="uniform", control_token_file=str(good / "admin.token"),
+        tls_client_names=("meg-channel",)), parts))
     proxy, port, _ = bg.run(create_proxy(  # type: ignore[misc]
         "127.0.0.1:0", {"es0": f"127.0.0.1:{es_port}"}, LinkTable(load_profiles(None), IDEAL, IDEAL),
         tls=_tls(good, "channel"), upstream_tls=_tls(good, "channel"), ue_token=ue_token, admin_token=admin_token))
@@ -94,7 +95,10 @@ def test_mutual_tls_and_tokens_end_to_end(secure_stack: SecureStack, pki: tuple[
     with EdgeClient(secure_stack.proxy, timeout_s=60, tls=_tls(good, "ue"), token=secure_stack.ue_token) as client:
         result = generate(secure_stack.parts, client, "a red circle", "CIAG", params=Params(seed=1, steps=2))  # type: ignore[arg-type]
     assert result.image.shape == (1, 3, 32, 32)
-    assert _describe(secure_stack.es, _tls(good, "ue"), secure_stack.ue_token).protocols  # the ES directly
+    # the ES directly: the proxy's certificate may call it, a UE's (same CA, other role) may not
+    assert _describe(secure_stack.es, _tls(good, "channel"), secure_stack.ue_token).protocols
+    denied = _fails(secure_stack.es, _tls(good, "ue"), secure_stack.ue_token)
+    assert denied.code() == grpc.StatusCode.PERMISSION_DENIED and "named meg-channel only" in denied.details()
     with secure_channel(secure_stack.proxy, _tls(good, "ue"), secure_stack.admin_token) as ch:
         stats = channel_pb2_grpc.ChannelControlStub(ch).GetStats(channel_pb2.GetStatsRequest(), timeout=10)
     assert any(e.link == "ue->es0" and e.rpcs >= 1 for e in stats.entries)
@@ -248,3 +252,81 @@ def test_load_over_mtls_reads_the_proxy_counters_with_the_admin_token(secure_sta
     assert len(records) == 2 and all(r.status == "OK" for r in records)
     proxy = summary["proxy"]
     assert proxy is not None and proxy["uplink"]["rpcs"] == 2  # type: ignore[index]
+
+
+# --- issue 23: items 3 and 4 ---------------------------------------------------------------------------------
+class _TokenTrap(channel_pb2_grpc.ChannelControlServicer):
+    """A ChannelControl that records who sends it what (an attacker's CSI endpoint)."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict[str, str]] = []
+
+    async def GetCSI(self, request: channel_pb2.CSIRequest, context: grpc.aio.ServicerContext) -> channel_pb2.CSIResponse:
+        self.calls.append({k: str(v) for k, v in context.invocation_metadata() or ()})
+        return channel_pb2.CSIResponse(gains=[1.0], coherence_symbols=0)
+
+
+def test_a_callers_header_never_sends_the_admin_token_anywhere(pki: tuple[Path, Path], random_model_dir: Path) -> None:
+    """An ES with a power policy used to ask for CSI — with the admin token — at whatever address a caller put
+    in the meg-channel-control header. Now only --csi-via, or a proxy whose certificate --tls-client-name
+    names, decides; a plaintext caller's header is ignored (the seed goes at unit power)."""
+    from edge_server.server import create_server
+    from edge_server.settings import EdgeSettings
+    from shared.model.ops import ModelParts
+    from shared.rpc.server import bind
+
+    good, _ = pki
+    parts = ModelParts.load(str(random_model_dir), "cpu")
+    bg = BackgroundLoop()
+    trap = _TokenTrap()
+
+    async def start_trap() -> tuple[grpc.aio.Server, int]:
+        server = grpc.aio.server()
+        channel_pb2_grpc.add_ChannelControlServicer_to_server(trap, server)
+        port = bind(server, "127.0.0.1:0")
+        await server.start()
+        return server, port
+
+    trap_server, trap_port = bg.run(start_trap())  # type: ignore[misc]
+    es, port, _ = bg.run(create_server(EdgeSettings(  # type: ignore[misc]
+        listen="127.0.0.1:0", power_policy="uniform", control_token_file=str(good / "admin.token")), parts))
+    try:
+        cond = parts.embed("a red circle")  # type: ignore[attr-defined]
+        from shared.wire import air
+
+        request = edge_pb2.SegmentRequest(protocol="CIAG", segment=1, task="txt2img", tensors=[air.to_air("cond", cond)],
+                                          params=edge_pb2.GenerationParams(seed=1, steps=2))
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            reply = edge_pb2_grpc.EdgeServiceStub(ch).RunSegment(
+                request, timeout=60, metadata=(("meg-channel-control", f"127.0.0.1:{trap_port}"), ("meg-ue", "eve")))
+        assert [t.name for t in reply.tensors] == ["seed"] and not reply.tensors[0].block_power  # unit power
+        assert trap.calls == [], "the ES sent its admin token where a caller's header pointed"
+    finally:
+        bg.run(es.stop(0))
+        es.meg_servicer.close()  # type: ignore[attr-defined]
+        bg.run(trap_server.stop(0))
+        bg.close()
+
+
+def test_one_way_tls_needs_an_explicit_flag(pki: tuple[Path, Path], random_model_dir: Path) -> None:
+    """--tls-cert/--tls-key without --tls-ca used to start a one-way TLS ES silently (any client, no
+    certificate); now it is a start-up error in one line unless --insecure-one-way-tls says so."""
+    good, _ = pki
+    edge = [script("meg-edge"), "serve", "--listen", "127.0.0.1:0", "--model", str(random_model_dir), "--device", "cpu",
+            "--tls-cert", str(good / "edge.pem"), "--tls-key", str(good / "edge.key")]
+    r = subprocess.run(edge, capture_output=True, text=True, timeout=120, check=False)
+    assert r.returncode == 1 and "one-way TLS" in r.stderr and "--insecure-one-way-tls" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_dev_certificates_have_roles(pki: tuple[Path, Path]) -> None:
+    """make-dev-certs.sh: each certificate names its role (CN meg-edge / meg-channel / meg-ue), and a UE's is
+    for clients only (extendedKeyUsage clientAuth): it cannot serve as an ES or a proxy."""
+    good, _ = pki
+    for role, usages in (("edge", "TLS Web Server Authentication, TLS Web Client Authentication"),
+                         ("channel", "TLS Web Server Authentication, TLS Web Client Authentication"),
+                         ("ue", "TLS Web Client Authentication")):
+        text = subprocess.run(["openssl", "x509", "-in", str(good / f"{role}.pem"), "-noout", "-text"],
+                              capture_output=True, text=True, check=True).stdout
+        assert f"CN = meg-{role}" in text or f"CN=meg-{role}" in text, text
+        assert usages in text.replace("\n", " "), (role, text)

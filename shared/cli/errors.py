@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable
 
 import grpc
@@ -17,7 +19,14 @@ def run_cli(prog: str, body: Callable[[], int], describe: Callable[[BaseExceptio
     ``describe(exc)`` gives the one line for an expected error (None: not expected, re-raised). Ctrl-C prints
     one line and exits 130; a closed stdout (``| head``) exits quietly; runtime errors exit 1 (argparse's
     usage errors, raised before this, stay 2).
+
+    Ctrl-C works however the CLI was started: a process started from a background, non-interactive shell
+    inherits SIGINT *ignored* (and possibly blocked), and Python then installs no handler of its own; so this
+    installs Python's default handler and unblocks the signal first (main thread only).
     """
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     try:
         return body()
     except KeyboardInterrupt:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import hmac
+import ipaddress
+import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -24,6 +26,7 @@ import grpc
 
 from shared.wire.headers import AUTH_HEADER
 
+log = logging.getLogger("meg.security")
 UE_TOKEN_ENV, ADMIN_TOKEN_ENV = "MEG_TOKEN", "MEG_ADMIN_TOKEN"
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
 
@@ -114,9 +117,33 @@ class _BearerClientInterceptor(grpc.UnaryUnaryClientInterceptor):
         return continuation(details._replace(metadata=md), request)
 
 
+def is_loopback(target: str) -> bool:
+    """Whether ``HOST:PORT`` (or a bare host) names this machine's loopback (``localhost``, 127/8, ``::1``)."""
+    host = target.rsplit(":", 1)[0] if target.count(":") == 1 or target.startswith("[") else target
+    host = host.strip("[]")
+    if host in ("localhost", ""):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def warn_plaintext_token(target: str, what: str = "a bearer token") -> None:
+    """Log a warning (once per target) when ``what`` is about to cross a plaintext hop beyond loopback."""
+    if not is_loopback(target) and target not in _WARNED:
+        _WARNED.add(target)
+        log.warning("sending %s to %s in plaintext: anyone on the path can read it; use --tls-ca (TLS) beyond "
+                    "loopback", what, target)
+
+
+_WARNED: set[str] = set()
+
+
 def secure_channel(target: str, tls: TlsFiles | None = None, token: str | None = None,
                    options: Sequence[tuple[str, Any]] = ()) -> grpc.Channel:
-    """A synchronous client channel: TLS (+ token as call credentials) or plaintext (+ token header)."""
+    """A synchronous client channel: TLS (+ token as call credentials) or plaintext (+ token header; warned about
+    beyond loopback)."""
     tls = tls or TlsFiles()
     opts = [*options, *channel_options(tls)]
     if tls.enabled:
@@ -125,6 +152,8 @@ def secure_channel(target: str, tls: TlsFiles | None = None, token: str | None =
             creds = grpc.composite_channel_credentials(creds, call_credentials(token))
         return grpc.secure_channel(target, creds, options=opts)
     channel = grpc.insecure_channel(target, options=opts)
+    if token:
+        warn_plaintext_token(target)
     return grpc.intercept_channel(channel, _BearerClientInterceptor(token)) if token else channel
 
 

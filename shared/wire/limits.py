@@ -22,3 +22,10 @@ MAX_STEPS = 500
 
 #: Largest seed: ``GenerationParams.seed`` is a uint64 (a parallel fan-out's per-ES seeds ``seed + i`` too).
 MAX_SEED = 2**64 - 1
+
+#: Longest ``request_id`` the ES accepts (it keys the result cache and the round store; a UUID is 32-36).
+MAX_REQUEST_ID_CHARS = 128
+#: Longest UE id (the ``meg-ue`` header) the ES keys anything by: a link name's half (``UE->ES``).
+MAX_UE_ID_CHARS = 64
+#: Most rounds a cooperative generation may be cut into (``steps / sync``): its plan is written out per round.
+MAX_ROUNDS = 64
