@@ -167,10 +167,10 @@ class Trace:
 
     def gains(self, slots: np.ndarray | int, elements: np.ndarray | int, offset_slots: int = 0) -> np.ndarray:
         """``H[(slot + offset) mod slots, element]`` for broadcastable ``slots`` and ``elements`` (trace elements,
-        wrapped modulo ``n``): complex128 of the broadcast shape. The trace repeats after its last slot."""
+        wrapped modulo ``n``): complex64 of the broadcast shape. The trace repeats after its last slot."""
         s = (np.asarray(slots, dtype=np.int64) + int(offset_slots)) % self.slots
         e = np.asarray(elements, dtype=np.int64) % self.elements
-        return self.h[s, e].astype(np.complex128)
+        return self.h[s, e]
 
     def offset_slots(self, offset_s: float) -> int:
         """A start offset in seconds as whole slots of the trace."""
@@ -340,11 +340,12 @@ class Allocation:
     def contiguous(cls, n_re: int, first_slot: int, prbs: int, re_per_prb: int) -> Allocation:
         """``n_re`` REs filling the whole carrier (``prbs`` PRBs of ``re_per_prb`` REs each) slot after slot from
         ``first_slot``: what one UE alone in a round-robin cell gets. REs of a PRB go over its 12 subcarriers."""
-        j = np.arange(int(n_re), dtype=np.int64)
         per_slot = prbs * re_per_prb
-        slot, within = np.divmod(j, per_slot)
-        prb, k = np.divmod(within, re_per_prb)
-        return cls(slot + first_slot, prb * SUBCARRIERS_PER_PRB + k % SUBCARRIERS_PER_PRB)
+        n_slots = -(-int(n_re) // per_slot)
+        k = np.arange(per_slot, dtype=np.int64)  # one slot's pattern, repeated
+        pattern = (k // re_per_prb) * SUBCARRIERS_PER_PRB + (k % re_per_prb) % SUBCARRIERS_PER_PRB
+        slots = np.repeat(np.arange(first_slot, first_slot + n_slots, dtype=np.int64), per_slot)[:n_re]
+        return cls(slots, np.tile(pattern, n_slots)[:n_re])
 
     @classmethod
     def from_units(cls, units: Iterable[tuple[int, int]], n_re: int, re_per_prb: int, lead: int = 0) -> Allocation:
@@ -360,7 +361,7 @@ class Allocation:
 
 
 def element_gains(trace: Trace, allocation: Allocation, offset_slots: int = 0) -> np.ndarray:
-    """The complex gain ``[m]`` of every RE of ``allocation`` (complex128)."""
+    """The complex gain ``[m]`` of every RE of ``allocation`` (complex64)."""
     return trace.gains(allocation.slots, trace.element_of(allocation.subcarriers), offset_slots)
 
 
@@ -423,41 +424,50 @@ def transmit_on_grid(
     flat = xf.reshape(-1)
     n = flat.size
     m = -(-n // 2)
-    hh = np.asarray(h, dtype=np.complex128).reshape(-1)
+    hh = np.asarray(h).reshape(-1).astype(np.complex64, copy=False)
     if hh.size != m:
         raise ChannelConfigError(f"{n} real values need {m} resource elements, got gains for {hh.size}")
-    hh_hat = estimate_gains(hh, csi_error, rng) if h_hat is None else np.asarray(h_hat, dtype=np.complex128).reshape(-1)
+    raw_hat = estimate_gains(hh, csi_error, rng) if h_hat is None else np.asarray(h_hat).reshape(-1)
+    hh_hat = raw_hat.astype(np.complex64, copy=False)
     if hh_hat.size != m:
         raise ChannelConfigError(f"CSI for {hh_hat.size} resource elements, the transmission has {m}")
-    p = _power_per_symbol(block_power, n, power_block_length)
-    energy = float(p.sum(dtype=np.float64))
+    allocated = block_power is not None and len(block_power) > 0
+    p = _power_per_symbol(block_power, n, power_block_length) if allocated else None
+    energy = float(n) if p is None else float(p.sum(dtype=np.float64))
     if n == 0:
         return GridTransmission(xf.copy(), 0, 0, 0.0, math.inf, hh, hh_hat)
     scale = float(np.sqrt(np.dot(flat, flat) / n))
     scale = scale if scale > 0 else 1.0
     n0 = 10.0 ** (-snr_db / 10.0) if noisy else 0.0
-    # per real symbol: the gain of its RE (I and Q of RE j are symbols 2j, 2j+1), its power
-    h_sym = np.repeat(hh, 2)[:n]
-    sqrt_p = np.sqrt(p.astype(np.float64))
-    pad = 2 * m - n
-    s = np.concatenate([flat, np.zeros(pad, np.float32)]) if pad else flat
-    tx = (s.astype(np.float64) * np.concatenate([sqrt_p, np.zeros(pad)]) / scale)  # I/Q components, unit power
-    z = tx[0::2] + 1j * tx[1::2]
-    y = (hh * z).astype(np.complex64)
+    # real symbols 2j, 2j+1 are the I and Q of RE j: a float32 buffer of 2m viewed as m complex64 values
+    buf = np.zeros(2 * m, dtype=np.float32)
+    buf[:n] = flat
+    sqrt_p = None
+    if p is not None:
+        sqrt_p = np.zeros(2 * m, dtype=np.float32)
+        sqrt_p[:n] = np.sqrt(p)
+        buf *= sqrt_p
+    buf *= np.float32(1.0 / scale)  # unit power per real symbol
+    y = buf.view(np.complex64)
+    y *= hh
     if n0 > 0:
-        noise = rng.standard_normal(n, dtype=np.float32)
+        noise = np.zeros(2 * m, dtype=np.float32)
+        noise[:n] = rng.standard_normal(n, dtype=np.float32)
         noise *= np.float32(math.sqrt(n0))
-        if pad:
-            noise = np.concatenate([noise, np.zeros(pad, np.float32)])
-        y += noise[0::2] + 1j * noise[1::2]
-    safe = np.where(hh_hat != 0, hh_hat, 1.0)
-    eq = np.where(hh_hat != 0, y.astype(np.complex128) / safe, 0.0)
-    comp = np.empty(2 * m, dtype=np.float64)
-    comp[0::2], comp[1::2] = eq.real, eq.imag
-    comp = comp[:n]
-    out = np.where(sqrt_p > 0, comp * scale / np.where(sqrt_p > 0, sqrt_p, 1.0), 0.0).astype(np.float32)
-    gain = np.abs(h_sym) ** 2 * p
-    mean_gain = float(gain.mean())
+        y += noise.view(np.complex64)
+    known = hh_hat != 0
+    inverse = np.zeros(m, dtype=np.complex64)
+    inverse[known] = np.complex64(scale) / hh_hat[known]
+    y *= inverse  # zero forcing with the receiver's CSI, and back to the tensor's scale
+    out = buf[:n]
+    if sqrt_p is not None:
+        sp = sqrt_p[:n]
+        out = np.where(sp > 0, out / np.where(sp > 0, sp, np.float32(1.0)), np.float32(0.0)).astype(np.float32)
+    g2 = hh.real.astype(np.float64) ** 2 + hh.imag.astype(np.float64) ** 2
+    if p is None:  # every RE carries 2 symbols, the last one 1 if n is odd
+        mean_gain = float((2 * g2.sum() - (2 * m - n) * g2[-1]) / n)
+    else:
+        mean_gain = float(np.mean(np.repeat(g2, 2)[:n] * p))
     eff = math.inf if n0 == 0 else (10 * math.log10(mean_gain / n0) if mean_gain > 0 else -math.inf)
     return GridTransmission(out.reshape(xf.shape), n, m, energy, eff, hh, hh_hat)
 
