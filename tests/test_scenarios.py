@@ -315,3 +315,12 @@ trace = "t.npz"
             starts = [s for s in range(400) if np.allclose(mags[(s * 25 + units) % mags.size], h_units, rtol=2e-3)]
             assert len(starts) == 1, starts  # one start slot explains every unit: the CSI was the channel applied
             assert "Traceback" not in "".join(proc.tail)  # type: ignore[attr-defined]
+
+
+def test_the_example_scenario_parses() -> None:
+    scenario = load_scenario(Path(__file__).resolve().parent.parent / "configs" / "scenarios" / "drive-by.toml")
+    assert scenario.links == ["phone->es0", "phone->es1"]
+    handover = [e for e in scenario.events if e.kind == "handover"]
+    assert [(e.at_s, e.ue, e.value) for e in handover] == [(40.0, "phone", "es1")]
+    snrs = [e.value for e in scenario.events if e.link == "phone->es0"]
+    assert len(snrs) == 81 and max(snrs) == snrs[40] and snrs[0] == pytest.approx(snrs[80])  # closest at 20 s
