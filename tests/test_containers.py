@@ -292,8 +292,9 @@ def test_readme_recipe_as_written(stack: Stack) -> None:
                 _read_png(png)
                 assert png.stat().st_uid == os.geteuid(), "x.png should belong to whoever made ./out"
     # UIDG now reaches both edge servers (the multi-ES part of the recipe's promise)
+    # (--timeout: two ESs on a loaded 2-core machine may need more than the default deadline)
     res = stack.ue("generate", PROMPT, "--protocol", "UIDG", "--via", VIA, "--out", "/out/uidg.png", "--json",
-                   profiles=["multi-es"])
+                   "--timeout", "600", profiles=["multi-es"], timeout=900)
     report = json.loads(res.stdout.strip().splitlines()[-1])
     assert sorted(report["es"]) == ["es0", "es1"], report
     _read_png(stack.out / "uidg.png")
