@@ -230,7 +230,8 @@ class LinkTable:
         Malformed tensors (bad shape/bytes/dtype, NaN) are forwarded untouched so that the receiver
         rejects them with a clear message. Raises ``ChannelConfigError`` for an invalid power allocation.
         """
-        d = self.link(link)[direction]
+        # the proxy admits (and touches) the link on the event loop; this may run in its math thread: read only
+        d = (self.links.get(link) or self.link(link))[direction]
         c = d.counters
         c.rpcs += 1
         c.message_bytes += message_bytes

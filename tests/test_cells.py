@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import math
@@ -9,14 +10,16 @@ import re
 import time
 from pathlib import Path
 
+import grpc
 import pytest
 
+from channel_emulator.cells import AirError, CellSet
 from shared.channel.airtime import DirectionAirtime, airtime_value, parse_airtime
 from shared.channel.cell import PRB_TABLE, CellConfig, SlotGrid, cell_from_mapping, prb_count, re_for_values
 from shared.channel.mcs import MCS_TABLE, SNR_GAP_DB, digital_re, select_mcs
 from shared.channel.models import ChannelConfigError
 from shared.channel.profiles import load_profiles
-from shared.channel.scheduler import CellScheduler, LinkDelay, PfScheduler, Ticket, make_scheduler
+from shared.channel.scheduler import CellScheduler, LinkDelay, PfScheduler, Ticket, VirtualClock, make_scheduler
 from shared.wire.headers import AIRTIME_HEADER
 
 
@@ -324,3 +327,110 @@ def test_the_example_profiles_file_gives_cells_and_named_cells_start_from_the_de
     bad.write_text("[cells.es0]\nbandwidth_mhz = 7\n")
     with pytest.raises(ChannelConfigError, match=r"bad.toml: cells.es0: bandwidth_mhz 7 is not in TS 38.101-1"):
         load_profiles(bad)
+
+
+# -- the proxy's cells on a virtual clock ---------------------------------------------------------------------------
+async def _settle(clock: VirtualClock, tasks: list[asyncio.Task[object]], until: float = 100.0) -> None:
+    """Run the loop, moving the virtual clock to each next sleeper's time, until every task is done."""
+    while not all(t.done() for t in tasks):
+        for _ in range(50):
+            await asyncio.sleep(0)
+        nxt = clock.next_wakeup()
+        if nxt is None or nxt > until:
+            if all(t.done() for t in tasks):
+                break
+            raise AssertionError(f"stuck at t={clock.now()} with no sleeper due")
+        clock.advance_to(nxt)
+
+
+def _cells(clock: VirtualClock, mode: str = "enforce", **settings: object) -> CellSet:
+    return CellSet({"default": CellConfig(bandwidth_mhz=20, numerology=1, overhead=0.0, **settings)}, mode, clock)  # type: ignore[arg-type]
+
+
+def test_the_proxy_releases_a_message_at_arrival_plus_air_plus_delay_exactly() -> None:
+    async def run() -> None:
+        clock = VirtualClock(5.0)
+        cells = _cells(clock, delay_ms=4.0)
+        n = 2 * CELL20.re_per_slot * 10  # 10 slots of REs
+        task = asyncio.ensure_future(cells.carry("ue->es0", "es0", "downlink", n * 4 + 100, [n], n * 4, lambda: math.inf,
+                                                 deadline=10.0, arrival=5.0))
+        await _settle(clock, [task])
+        crossing = task.result()
+        digital = math.ceil(800 / MCS_TABLE[27].efficiency)
+        assert crossing.airtime.mcs == 27 and crossing.airtime.digital_bits == 800
+        assert crossing.airtime.resource_elements == digital + n // 2
+        slots = math.ceil((digital + n // 2) / CELL20.re_per_slot)
+        assert crossing.airtime.air_s == pytest.approx(slots * CELL20.slot_s) and crossing.airtime.queue_s == 0
+        assert crossing.departure == pytest.approx(5.0 + slots * CELL20.slot_s + 0.004)
+        assert crossing.segments[1].resource_elements == n // 2
+        await cells.close()
+
+    asyncio.run(run())
+
+
+def test_the_proxy_fails_a_late_message_at_the_deadline_and_a_full_queue_at_once() -> None:
+    async def run() -> None:
+        clock = VirtualClock(0.0)
+        cells = _cells(clock, queue_limit=1)
+        big = [CELL20.re_per_slot * 2 * 100]  # 100 slots = 50 ms
+
+        def send(ue: str, deadline: float) -> asyncio.Task[object]:
+            return asyncio.ensure_future(cells.carry(f"{ue}->es0", "es0", "uplink", big[0] * 4, big, big[0] * 4,
+                                                     lambda: math.inf, deadline=deadline, arrival=clock.now()))
+        late = send("a", 0.0201)
+        ended: list[float] = []
+        late.add_done_callback(lambda _: ended.append(clock.now()))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        with pytest.raises(AirError) as full:
+            await cells.carry("a->es0", "es0", "uplink", 10, [], 0, lambda: math.inf, deadline=1.0, arrival=0.0)
+        assert full.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED and clock.now() == 0.0  # at once
+        other = send("b", 1.0)
+        await _settle(clock, [late, other])
+        assert isinstance(late.exception(), AirError) and late.exception().code == grpc.StatusCode.DEADLINE_EXCEEDED  # type: ignore[union-attr]
+        assert "before the RPC deadline" in str(late.exception()) and ended == [0.0201]  # at the deadline, not after
+        # the deadline ended it at 20.1 ms; b had half the cell until the next slot boundary, then all of it
+        assert other.result().airtime.air_s == pytest.approx((41 + math.ceil(100 - 41 / 2)) * CELL20.slot_s)  # type: ignore[attr-defined]
+        await cells.close()
+
+    asyncio.run(run())
+
+
+def test_digital_bits_in_outage_wait_for_the_link_to_lift() -> None:
+    async def run() -> None:
+        clock = VirtualClock(0.0)
+        cells = _cells(clock)
+        snr = [-20.0]
+        task = asyncio.ensure_future(cells.carry("ue->es0", "es0", "uplink", 1000, [], 0, lambda: snr[0],
+                                                 deadline=1.0, arrival=0.0))
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert not task.done()
+        clock.advance_to(0.3)
+        snr[0] = 10.0
+        cells.profiles_changed.set()
+        await _settle(clock, [task])
+        a = task.result().airtime
+        assert a.mcs == 11 and a.queue_s == pytest.approx(0.3, abs=CELL20.slot_s)
+        snr[0] = -20.0  # and one that never lifts ends at its deadline
+        stuck = asyncio.ensure_future(cells.carry("ue->es0", "es0", "uplink", 1000, [], 0, lambda: snr[0],
+                                                  deadline=2.0, arrival=clock.now()))
+        await _settle(clock, [stuck])
+        assert isinstance(stuck.exception(), AirError) and clock.now() == 2.0 and "outage" in str(stuck.exception())
+        await cells.close()
+
+    asyncio.run(run())
+
+
+def test_the_account_clock_reports_the_same_times_without_waiting() -> None:
+    async def run() -> None:
+        clock = VirtualClock(0.0)
+        cells = _cells(clock, "account", delay_ms=3.0)
+        n = CELL20.re_per_slot * 2 * 7
+        crossing = await cells.carry("ue->es0", "es0", "downlink", n * 4, [n], n * 4, lambda: math.inf, 1.0, 0.0)
+        assert clock.now() == 0.0 and crossing.departure == 0.0  # nothing waited for
+        assert crossing.airtime.air_s == pytest.approx(7 * CELL20.slot_s) and crossing.airtime.delay_s == pytest.approx(0.003)
+        stats = cells.stats()
+        assert [(s.cell, s.direction, s.messages, s.backlog_resource_elements) for s in stats] == [("es0", "downlink", 1, n // 2)]
+
+    asyncio.run(run())
