@@ -67,7 +67,11 @@ def _num(cell: str) -> int:
 
 
 def _readme_table_after(anchor: str) -> list[list[str]]:
-    text = (ROOT / "README.md").read_text()
+    return _table_rows((ROOT / "README.md").read_text(), anchor)
+
+
+def _table_rows(text: str, anchor: str) -> list[list[str]]:
+    """The body rows (cells) of the first Markdown table at or after ``anchor`` (the header row dropped)."""
     rest = text[text.index(anchor):]
     rows = []
     started = False
@@ -108,6 +112,17 @@ def test_readme_overhead_tables_are_what_the_command_prints() -> None:
         assert _num(m.group(1)) == two_totals[(task, protocol)], (task, protocol)
         if m.group(2):
             assert (_num(m.group(2)), _num(m.group(3))) == (variants["1"][(task, protocol)], variants["0"][(task, protocol)])
+
+
+def test_multi_es_compare_table_symbols_are_what_overhead_predicts() -> None:
+    """docs/multi-es.md's compare table (no committed results folder): its symbol columns, meg-tiny, 2 ESs."""
+    text = (ROOT / "docs" / "multi-es.md").read_text()
+    rows = _table_rows(text, "| protocol | uplink (both links) | downlink | total symbols |")
+    assert len(rows) == 5
+    predicted = {r["protocol"]: r for r in _overhead("--es-count", "2")["rows"] if r["task"] == "txt2img" and r["fc"] == 1.0}
+    for protocol, up, down, total, *_ in rows:
+        r = predicted[protocol.split(" ")[0]]
+        assert (_num(up), _num(down), _num(total)) == (r["uplink_symbols"], r["downlink_symbols"], r["total_symbols"]), protocol
 
 
 # -- flags named in the docs exist -----------------------------------------------------------------------
