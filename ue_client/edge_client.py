@@ -4,6 +4,7 @@ TLS and a bearer token when configured, and ``UNAVAILABLE`` is retried with back
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 import uuid
@@ -15,12 +16,30 @@ import grpc
 from shared.model.ops import ModelParts
 from shared.pb import edge_pb2, edge_pb2_grpc
 from shared.rpc.security import UE_TOKEN_ENV, TlsFiles, read_token, secure_channel
-from shared.wire.headers import ES_HEADER, REQUEST_ID_HEADER, UE_HEADER
+from shared.wire.headers import AIRTIME_HEADER, ES_HEADER, REQUEST_ID_HEADER, UE_HEADER
 
 log = logging.getLogger("meg.ue")
 T = TypeVar("T")
 #: First and largest wait between retries of an UNAVAILABLE call (doubling in between).
 RETRY_FIRST_S, RETRY_MAX_S = 0.25, 2.0
+
+
+#: One RPC's time on the air: direction -> its ``meg-airtime`` fields (``air_s``, ``queue_s``, ``delay_s``, ...).
+Airtime = dict[str, dict[str, float | int | str]]
+
+
+def airtime_of(trailing: object) -> Airtime | None:
+    """The ``meg-airtime`` value in a call's trailing metadata, parsed; None when absent. A value that does
+    not parse is logged and ignored (the generation's result does not depend on it)."""
+    from shared.channel.airtime import parse_airtime
+
+    for key, value in trailing or ():  # type: ignore[attr-defined]
+        if key == AIRTIME_HEADER:
+            try:
+                return parse_airtime(value.decode() if isinstance(value, bytes) else str(value))
+            except ValueError as exc:
+                log.warning("ignoring the proxy's %s: %s", AIRTIME_HEADER, exc)
+    return None
 
 
 class GeometryMismatch(RuntimeError):
@@ -48,6 +67,17 @@ class EdgeClient:
         self.channel = secure_channel(self.target, tls, token, options=message_options())
         self.stub = edge_pb2_grpc.EdgeServiceStub(self.channel)
         self.retries = 0  # UNAVAILABLE answers retried so far (for logs and tests)
+        self._owns_channel = True
+
+    def for_ue(self, ue_id: str, es_name: str | None = None) -> EdgeClient:
+        """Another UE id (and ES) over this client's connection: one HTTP/2 connection carries many virtual
+        UEs' calls at once (each call still names its UE and ES), so ``meg-ue load`` with N UEs holds one
+        connection per ES, not N. Closing the view leaves the connection to this client."""
+        view = copy.copy(self)
+        view.ue_id, view.es_name = ue_id, es_name
+        view.metadata = ((UE_HEADER, ue_id),) + (((ES_HEADER, es_name),) if es_name else ())
+        view.retries, view._owns_channel = 0, False
+        return view
 
     def _call(self, call: Callable[[float], T], timeout: float) -> T:
         """``call(remaining_s)``, retried on UNAVAILABLE (1/4 s doubling to 2 s) until ``timeout`` is spent."""
@@ -68,10 +98,18 @@ class EdgeClient:
     def run_segment(self, request: edge_pb2.SegmentRequest, timeout: float) -> edge_pb2.SegmentResponse:
         """One ES segment (``request.request_id`` names the generation; one is made up if empty so that a
         retry is recognised as the same request)."""
+        return self.run_segment_timed(request, timeout)[0]
+
+    def run_segment_timed(self, request: edge_pb2.SegmentRequest,
+                          timeout: float) -> tuple[edge_pb2.SegmentResponse, Airtime | None]:
+        """:meth:`run_segment`, and what its messages spent on the air: the proxy's ``meg-airtime`` trailing
+        metadata parsed (:func:`shared.channel.airtime.parse_airtime`; None: no cell, or no proxy)."""
         if not request.request_id:
             request.request_id = uuid.uuid4().hex
         metadata = (*self.metadata, (REQUEST_ID_HEADER, request.request_id))  # the proxy logs it (debug)
-        return self._call(lambda t: self.stub.RunSegment(request, timeout=t, metadata=metadata), timeout)
+        response, call = self._call(lambda t: self.stub.RunSegment.with_call(request, timeout=t, metadata=metadata),
+                                    timeout)
+        return response, airtime_of(call.trailing_metadata())
 
     def describe(self) -> edge_pb2.DescribeResponse:
         return self._call(
@@ -80,7 +118,8 @@ class EdgeClient:
         )
 
     def close(self) -> None:
-        self.channel.close()
+        if self._owns_channel:
+            self.channel.close()
 
     def __enter__(self) -> Self:
         return self

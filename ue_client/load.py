@@ -10,8 +10,15 @@ so each is its own link on the channel proxy and per-UE channel profiles apply. 
 
 It writes ``results.json`` (throughput; latency p50/p90/p95/p99/p99.9/max as k6's trend stats and ghz's
 report give them; errors by gRPC status; the same per protocol; symbols and bytes per direction from the
-proxy's ``GetStats`` before/after and from the UEs' own accounting), ``requests.csv`` (one row per request)
-and plots (``latency.png``: histogram and CDF; ``timeline.png``: throughput and latency over time).
+proxy's ``GetStats`` before/after and from the UEs' own accounting; through a proxy with cells, the
+``breakdown`` of every round trip into queueing, air, delay and compute from the proxy's ``meg-airtime``
+trailers, and with several ``--es`` each cell's share), ``requests.csv`` (one row per request, written as
+each ends) and plots (``latency.png``: histogram and CDF; ``timeline.png``: throughput and latency over
+time; ``breakdown.png``: the stacked means, with cells).
+
+The virtual UEs are threads (the UE's walk is synchronous); they share one gRPC connection per ES
+(:meth:`EdgeClient.for_ue`: HTTP/2 multiplexes their calls, each still names its UE), so N UEs cost N small
+thread stacks, not N connections.
 """
 
 from __future__ import annotations
@@ -42,6 +49,10 @@ DEFAULT_PROMPTS = (
     "a purple ring", "an orange cross on black", "a small blue circle and a big red square", "a white diamond",
 )
 PERCENTILES = (50, 90, 95, 99, 99.9)
+#: How UEs are attached to the cells of ``--es``.
+ATTACH = ("round-robin", "least-loaded")
+#: The parts of a request's latency the breakdown reports.
+BREAKDOWN = ("queue_s", "air_s", "delay_s", "compute_s")
 
 
 @dataclass(frozen=True)
@@ -61,6 +72,9 @@ class LoadConfig:
     seed: int = 0
     timeout_s: float = 120.0
     ue_id: str = "ue"  # UE i is f"{ue_id}{i}"
+    es: tuple[str, ...] = ()  # the ESs (cells) to attach UEs to (empty: the proxy's first / --via's ES)
+    attach: str = "round-robin"  # round-robin: UE i on es[i % n]; least-loaded: each request to the ES with
+    #                              the fewest of this run's requests in flight
     prompts: tuple[str, ...] = DEFAULT_PROMPTS
     control_tls: TlsFiles | None = field(default=None, repr=False)  # for the proxy's counters: mTLS towards a secured proxy
     admin_token: str | None = field(default=None, repr=False)  # and its admin token (GetStats); never written out
@@ -76,6 +90,12 @@ class LoadConfig:
             raise ValueError(f"--duration must be positive, got {self.duration_s}")
         if self.rate is not None and not self.rate > 0:
             raise ValueError(f"--rate must be positive, got {self.rate}")
+        if self.attach not in ATTACH:
+            raise ValueError(f"--attach must be one of {', '.join(ATTACH)}, got {self.attach!r}")
+        if len(set(self.es)) != len(self.es):
+            raise ValueError(f"--es names each edge server at most once, got {','.join(self.es)}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ValueError(f"--seed must be a whole number from 0 to 2^64-1, got {self.seed}")
         if self.warmup < 0:
             raise ValueError(f"--warmup must be >= 0, got {self.warmup}")
         if not self.protocols or any(not (math.isfinite(w) and w > 0) for _, w in self.protocols):
@@ -131,6 +151,17 @@ class RequestRecord:
     downlink_symbols: int = 0
     uplink_bytes: int = 0  # tensor payload + prompt text
     downlink_bytes: int = 0
+    es: str = ""  # the ES (cell) the request went to ("": the proxy's first)
+    # where the time went (both directions, every RPC; -1: no cell on the way, so no air time was measured)
+    queue_s: float = -1.0  # waiting at the proxy for the cell's first granted slot
+    air_s: float = -1.0  # on the air
+    delay_s: float = -1.0  # the links' one-way delay and jitter
+    compute_s: float = -1.0  # the rest of the round trip: (done - sent) - queue - air - delay (ES compute,
+    #                          its engine queue, the UE's own stages, the proxy's work)
+
+    @property
+    def timed(self) -> bool:
+        return self.air_s >= 0
 
 
 class _Plan:
@@ -172,13 +203,37 @@ class _Plan:
         return random.Random(self.cfg.seed * 1_000_003 + k).choices(names, weights)[0]
 
 
-def _stats(values: list[float]) -> dict[str, float]:
+def _stats(values: list[float], digits: int = 4) -> dict[str, float]:
     if not values:
         return {}
     a = np.asarray(values)
     out = {f"p{p:g}": float(np.percentile(a, p)) for p in PERCENTILES}
     out.update(min=float(a.min()), mean=float(a.mean()), max=float(a.max()))
-    return {k: round(v, 4) for k, v in out.items()}
+    return {k: round(v, digits) for k, v in out.items()}
+
+
+def breakdown(records: list[RequestRecord]) -> dict[str, dict[str, float]] | None:
+    """Percentiles of each part of the OK requests' round trips (:data:`BREAKDOWN`), or None when no request
+    crossed a cell (no air time to split off)."""
+    timed = [r for r in records if r.status == "OK" and r.timed]
+    if not timed:
+        return None
+    return {part: _stats([getattr(r, part) for r in timed], digits=6) for part in BREAKDOWN}
+
+
+def cell_shares(records: list[RequestRecord]) -> dict[str, dict[str, object]] | None:
+    """Per ES (cell) the requests attached there: how many, their share, how many UEs, OK, latency and
+    air-time percentiles. None when every request went to the proxy's first ES unnamed."""
+    if not records or all(not r.es for r in records):
+        return None
+    out: dict[str, dict[str, object]] = {}
+    for es in sorted({r.es for r in records}):
+        rs = [r for r in records if r.es == es]
+        ok = [r for r in rs if r.status == "OK"]
+        out[es] = {"requests": len(rs), "share": round(len(rs) / len(records), 4), "ues": len({r.ue for r in rs}),
+                   "ok": len(ok), "latency_s": _stats([r.latency_s for r in ok]),
+                   "air_s": _stats([r.air_s for r in ok if r.timed], digits=6)}
+    return out
 
 
 def summarize(records: list[RequestRecord], cfg: LoadConfig, wall_s: float) -> dict[str, object]:
@@ -198,6 +253,8 @@ def summarize(records: list[RequestRecord], cfg: LoadConfig, wall_s: float) -> d
         }
 
     overall = block(measured)
+    overall["breakdown"] = breakdown(measured)
+    overall["cells"] = cell_shares(measured)
     per = {p: block([r for r in measured if r.protocol == p]) for p, _ in cfg.protocols}
     ue_acc = {
         "uplink": {"symbols": sum(r.uplink_symbols for r in measured), "bytes": sum(r.uplink_bytes for r in measured)},
@@ -234,7 +291,8 @@ def _delta(after: dict[str, dict[str, int]], before: dict[str, dict[str, int]]) 
 
 
 # --- the run ---------------------------------------------------------------------------------------------
-Connect = Callable[[str], Any]  # ue id -> an EdgeClient
+#: ``connect(ue_id)`` -> an EdgeClient; with ``LoadConfig.es``: ``connect(ue_id, es_name)``.
+Connect = Callable[..., Any]
 
 
 def run_load(parts: Any, cfg: LoadConfig, connect: Connect, image_in: Any = None,
@@ -248,13 +306,12 @@ def run_load(parts: Any, cfg: LoadConfig, connect: Connect, image_in: Any = None
 
     interrupted = False
     before = proxy_stats(cfg.via, cfg.ue_id, tls=cfg.control_tls, token=cfg.admin_token)
-    clients = [connect(f"{cfg.ue_id}{i}") for i in range(cfg.ues)]
+    attach = _Attach(cfg, connect)
     plan = _Plan(cfg)
     records: list[RequestRecord] = []
     lock = threading.Lock()
 
     def worker(i: int) -> None:
-        client = clients[i]
         while (item := plan.take()) is not None:
             k, intended = item
             wait = plan.start + intended - time.monotonic()
@@ -264,6 +321,8 @@ def run_load(parts: Any, cfg: LoadConfig, connect: Connect, image_in: Any = None
             rec = RequestRecord(k, f"{cfg.ue_id}{i}", protocol, k < cfg.warmup, intended_s=intended)
             rec.sent_s = time.monotonic() - plan.start
             params = Params(seed=cfg.request_seed(k), steps=cfg.steps, guidance=cfg.guidance, fc=cfg.fc, strength=cfg.strength)
+            es, client = attach.take(i)
+            rec.es = es
             try:
                 result = generate(parts, client, cfg.prompts[k % len(cfg.prompts)], protocol=protocol, task=cfg.task,
                                   params=params, image_in=image_in)
@@ -271,12 +330,17 @@ def run_load(parts: Any, cfg: LoadConfig, connect: Connect, image_in: Any = None
                 rec.uplink_symbols, rec.downlink_symbols = result.uplink.symbols, result.downlink.symbols
                 rec.uplink_bytes = result.uplink.payload_bytes + result.uplink.text_bytes
                 rec.downlink_bytes = result.downlink.payload_bytes + result.downlink.text_bytes
+                _split(rec, result)
             except grpc.RpcError as exc:
                 rec.status, rec.error = exc.code().name, str(exc.details())
             except Exception as exc:  # noqa: BLE001  (a client-side failure is a result too)
                 rec.status, rec.error = "CLIENT_ERROR", f"{type(exc).__name__}: {exc}"
+            finally:
+                attach.release(es)
             rec.done_s = time.monotonic() - plan.start
             rec.latency_s = rec.done_s - rec.intended_s
+            if rec.timed:
+                rec.compute_s = max(rec.done_s - rec.sent_s - rec.queue_s - rec.air_s - rec.delay_s, 0.0)
             with lock:
                 records.append(rec)
                 if on_record is not None:
@@ -309,8 +373,7 @@ def run_load(parts: Any, cfg: LoadConfig, connect: Connect, image_in: Any = None
     finally:
         if ticker:
             ticker.finish()
-        for c in clients:
-            c.close()
+        attach.close()
     if crashed:
         raise crashed[0]
     wall = time.monotonic() - plan.start
@@ -320,6 +383,67 @@ def run_load(parts: Any, cfg: LoadConfig, connect: Connect, image_in: Any = None
     after = proxy_stats(cfg.via, cfg.ue_id, tls=cfg.control_tls, token=cfg.admin_token)
     summary["proxy"] = _delta(after, before) if before is not None and after is not None else None
     return summary, records
+
+
+def _split(rec: RequestRecord, result: Any) -> None:
+    """The request's queueing, air and delay from its generation's accounts (both directions, every RPC)."""
+    up, down = result.uplink, result.downlink
+    if up.air_s is None and down.air_s is None:
+        return
+    rec.queue_s = (up.queue_s or 0.0) + (down.queue_s or 0.0)
+    rec.air_s = (up.air_s or 0.0) + (down.air_s or 0.0)
+    rec.delay_s = (up.delay_s or 0.0) + (down.delay_s or 0.0)
+
+
+class _Attach:
+    """Which ES (cell) each UE's next request goes to, and the clients (one per UE and ES it used)."""
+
+    def __init__(self, cfg: LoadConfig, connect: Connect) -> None:
+        self.cfg, self.connect = cfg, connect
+        self._lock = threading.Lock()
+        self._clients: dict[tuple[int, str], Any] = {}
+        self._in_flight = dict.fromkeys(cfg.es, 0)
+        try:  # every client made before the run (a connection's set-up is no request's latency; errors show at once)
+            for i in range(cfg.ues):
+                for es in (cfg.es if cfg.attach == "least-loaded" else [cfg.es[i % len(cfg.es)]]) if cfg.es else [""]:
+                    self._client(i, es)
+        except BaseException:
+            self.close()
+            raise
+
+    def _client(self, i: int, es: str) -> Any:
+        key = (i, es)
+        if key not in self._clients:
+            ue = f"{self.cfg.ue_id}{i}"
+            self._clients[key] = self.connect(ue, es) if es else self.connect(ue)
+        return self._clients[key]
+
+    def take(self, i: int) -> tuple[str, Any]:
+        """UE ``i``'s ES for its next request and the client for it (counted in flight until :meth:`release`)."""
+        es_list = self.cfg.es
+        with self._lock:
+            if not es_list:
+                es = ""
+            elif self.cfg.attach == "round-robin":
+                es = es_list[i % len(es_list)]
+            else:
+                es = min(es_list, key=lambda n: (self._in_flight[n], es_list.index(n)))
+            if es:
+                self._in_flight[es] += 1
+        try:
+            return es, self._client(i, es)
+        except BaseException:
+            self.release(es)
+            raise
+
+    def release(self, es: str) -> None:
+        if es:
+            with self._lock:
+                self._in_flight[es] -= 1
+
+    def close(self) -> None:
+        for c in self._clients.values():
+            c.close()
 
 
 class _Ticker(threading.Thread):
@@ -465,7 +589,38 @@ def plot(out: Path, records: list[RequestRecord]) -> list[Path]:
     fig.tight_layout()
     fig.savefig(out / "timeline.png", dpi=110)
     plt.close(fig)
-    return [out / "latency.png", out / "timeline.png"]
+    paths = [out / "latency.png", out / "timeline.png"]
+    timed = [r for r in measured if r.status == "OK" and r.timed]
+    if timed:
+        paths.append(plot_breakdown(out / "breakdown.png", timed))
+    return paths
+
+
+def plot_breakdown(path: Path, records: list[RequestRecord]) -> Path:
+    """``breakdown.png``: per protocol (and per cell, with several), the mean round trip stacked as
+    queueing, air, delay and compute (the means add up to the mean of ``done - sent``)."""
+    import matplotlib.pyplot as plt
+
+    groups: dict[str, list[RequestRecord]] = {}
+    for r in records:
+        groups.setdefault(r.protocol + (f"\n{r.es}" if r.es else ""), []).append(r)
+    names = sorted(groups)
+    colours = {"queue_s": "#dd8452", "air_s": "#4c72b0", "delay_s": "#8172b3", "compute_s": "#55a868"}
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(names) + 2), 3.8))
+    bottom = np.zeros(len(names))
+    for part in BREAKDOWN:
+        means = np.array([np.mean([getattr(r, part) for r in groups[n]]) for n in names])
+        ax.bar(names, means, bottom=bottom, color=colours[part], label=part.removesuffix("_s"))
+        bottom += means
+    for x, total, n in zip(range(len(names)), bottom, names):
+        ax.text(x, total, f"{total:.3f}s\n{len(groups[n])} req", ha="center", va="bottom", fontsize=7)
+    ax.set(ylabel="mean seconds per request", title="where the time goes (OK requests)")
+    ax.set_ylim(0, float(bottom.max()) * 1.25 or 1.0)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -481,6 +636,14 @@ def format_summary(summary: dict[str, Any]) -> str:
         pl = s["latency_s"] or {}
         lines.append(f"  {p:8s} {s['ok']:>5d}/{s['requests']:<5d} {s['throughput_rps']:.2f} req/s  "
                      f"p50 {pl.get('p50', float('nan')):.3f}s p99 {pl.get('p99', float('nan')):.3f}s")
+    parts = summary.get("breakdown")
+    if parts:
+        lines.append("  where the time goes (p50 / p99): " + "  ".join(
+            f"{k.removesuffix('_s')} {v['p50'] * 1e3:.1f} / {v['p99'] * 1e3:.1f} ms" for k, v in parts.items()))
+    for es, c in (summary.get("cells") or {}).items():
+        lat = c["latency_s"] or {}
+        lines.append(f"  cell {es:10s} {c['requests']:>5d} requests ({c['share'] * 100:.0f} %), {c['ues']} UEs, "
+                     f"p50 {lat.get('p50', float('nan')):.3f}s")
     proxy = summary.get("proxy")
     if proxy:
         for d, c in proxy.items():

@@ -42,11 +42,29 @@ class LinkAccount:
     snr_db: float | None = None  # the SNR the channel applied (None: ideal or direct link)
     channel: str | None = None  # channel profile (or model) applied (None: direct link, no proxy)
     energy: float = 0.0  # transmit energy the channel accounted (normalised units)
+    # time on the air, summed over this direction's messages (None: no cell on the way, so no time was taken)
+    air_s: float | None = None  # scheduled air time (first granted slot's start to last one's end)
+    queue_s: float | None = None  # waiting at the proxy for the first granted slot
+    delay_s: float | None = None  # the link's one-way delay and jitter, after the air
+    slots: int = 0  # slots with resource elements granted
+    resource_elements: int = 0  # complex REs granted (tensors and digital bits)
+    cell: str | None = None  # the cell that carried it (the ES's name)
 
     def add_tensor(self, t: air_pb2.AirTensor) -> None:
         self.transmissions += 1
         self.symbols += air.symbols(t)
         self.payload_bytes += len(t.data)
+
+    def timed(self, d: Mapping[str, float | int | str] | None) -> None:
+        """Add one message's ``meg-airtime`` direction (:func:`ue_client.edge_client.airtime_of`)."""
+        if not d:
+            return
+        self.air_s = (self.air_s or 0.0) + float(d["air_s"])
+        self.queue_s = (self.queue_s or 0.0) + float(d["queue_s"])
+        self.delay_s = (self.delay_s or 0.0) + float(d["delay_s"])
+        self.slots += int(d["slots"])
+        self.resource_elements += int(d["resource_elements"])
+        self.cell = str(d["cell"])
 
     def saw(self, applied: air_pb2.ChannelApplied) -> None:
         self.channel = applied.profile or applied.model
@@ -62,6 +80,12 @@ def _total(accounts: Mapping[str, LinkAccount]) -> LinkAccount:
         out.payload_bytes += a.payload_bytes
         out.text_bytes += a.text_bytes
         out.energy += a.energy
+        for key in ("air_s", "queue_s", "delay_s"):
+            if getattr(a, key) is not None:
+                setattr(out, key, (getattr(out, key) or 0.0) + getattr(a, key))
+        out.slots += a.slots
+        out.resource_elements += a.resource_elements
+        out.cell = out.cell or a.cell
         out.channel = out.channel or a.channel
         out.snr_db = out.snr_db if out.snr_db is not None else a.snr_db
     return out
@@ -234,8 +258,12 @@ def generate(
             acc.text_bytes += len(prompt_text.encode())
         request = segment_request(spec.name, segment, task, prompt_text, tensors, request_id, params,
                                   seed_of(segment, params.seed, i), share)
-        response = clients[name].run_segment(request, timeout=max(deadline - time.monotonic(), 0.001))
+        response, airtime = clients[name].run_segment_timed(request, timeout=max(deadline - time.monotonic(), 0.001))
         es_seconds[0] += response.es_seconds
+        if airtime is not None:  # time on the air per ES link; the totals sum the air every cell spent
+            for direction, acc, total in (("uplink", up, totals[0]), ("downlink", down, totals[1])):
+                acc.timed(airtime.get(direction))
+                total.timed(airtime.get(direction))
         for applied in response.uplink_seen:
             up.saw(applied)
             totals[0].saw(applied)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ue_client.commands import base
+from ue_client.load import ATTACH
 
 
 def add_parser(sub: Any) -> None:
@@ -27,6 +28,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--out", required=True, help="folder for results.json, requests.csv (streamed as requests end), "
                    "latency.png, timeline.png; must be empty or new")
     p.add_argument("--overwrite", action="store_true", help="replace the files of an earlier run in --out")
+    p.add_argument("--attach", choices=ATTACH, default="round-robin", help="with several --es (comma-separated): "
+                   "round-robin puts UE i in cell i mod N; least-loaded sends each request to the cell with the fewest "
+                   "of this run's requests in flight (default round-robin)")
     base.add_model_flags(p)
     base.add_connection_flags(p, admin_use="to read its counters")
     p.set_defaults(run=run)
@@ -47,22 +51,31 @@ def run(args: argparse.Namespace) -> int:
         write_outputs,
     )
 
+    cells = tuple(n.strip() for n in args.es.split(",") if n.strip()) if args.es and "," in args.es else ()
     cfg = LoadConfig(
         via=args.via, ues=args.ues, requests=args.requests, duration_s=args.duration, rate=args.rate,
         protocols=parse_protocols(args.protocol, PROTOCOLS), task=args.task, steps=args.steps, fc=args.fc,
         guidance=args.guidance, strength=args.strength, warmup=args.warmup, seed=args.seed, timeout_s=args.timeout,
-        ue_id=args.ue_id, prompts=tuple(check_prompt(p) for p in args.prompt) if args.prompt else DEFAULT_PROMPTS,
+        ue_id=args.ue_id, es=cells, attach=args.attach, prompts=tuple(check_prompt(p) for p in args.prompt) if args.prompt else DEFAULT_PROMPTS,
         control_tls=tls_from_args(args), admin_token=base.admin_token(args),
     )
     out = Path(args.out)
     prepare_out(out, args.overwrite)
     parts, image_in = base.load_model(args)
 
-    def connect(ue_id: str) -> EdgeClient:  # one virtual UE: its own client and UE id
-        return base.open_client(argparse.Namespace(**{**vars(args), "ue_id": ue_id, "protocol": None}), parts)
+    shared: dict[str | None, EdgeClient] = {}  # per ES, one checked connection that every virtual UE shares
 
-    with RequestLog(out / "requests.csv") as log:
-        summary, records = run_load(parts, cfg, connect, image_in, progress=sys.stderr, on_record=log)
+    def connect(ue_id: str, es: str | None = None) -> EdgeClient:  # one virtual UE: its own UE id (its own link)
+        if es not in shared:
+            shared[es] = base.open_client(argparse.Namespace(**{**vars(args), "es": es or args.es, "protocol": None}),
+                                          parts)
+        return shared[es].for_ue(ue_id, es or args.es)
+
+    try:
+        with RequestLog(out / "requests.csv") as log:
+            summary, records = run_load(parts, cfg, connect, image_in, progress=sys.stderr, on_record=log)
+    finally:
+        base.close_all(shared.values())
     paths = write_outputs(out, summary, records)
     if args.json:
         print(json.dumps(summary))
