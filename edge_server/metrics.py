@@ -21,8 +21,6 @@ from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from shared.rpc.target import split_hostport
-
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 REQUEST_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
@@ -71,9 +69,9 @@ class EdgeMetrics:
             self.images.labels(protocol).inc(images)
 
 
-def serve_metrics(registry: CollectorRegistry, listen: str, port: int) -> tuple[WSGIServer, int]:
-    """Serve ``registry`` as Prometheus text on ``http://HOST:port/metrics`` (``HOST`` from ``listen``;
-    port 0 = any free port) in a daemon thread. Returns ``(server, port)``; ``server.shutdown()`` stops it."""
-    host, _ = split_hostport(listen)
+def serve_metrics(registry: CollectorRegistry, host: str, port: int) -> tuple[WSGIServer, int]:
+    """Serve ``registry`` as Prometheus text on ``http://host:port/metrics`` (port 0 = any free port) in a daemon
+    thread. Returns ``(server, port)``; ``server.shutdown()`` stops it. The ES passes ``--metrics-listen``
+    (default 127.0.0.1: the page lists every UE id, so it stays on loopback unless the operator says otherwise)."""
     server, _thread = start_http_server(port, addr=host, registry=registry)
     return server, int(server.server_port)

@@ -416,3 +416,25 @@ def test_a_failing_step_fails_its_requests_and_the_engine_goes_on(parts: ModelPa
             engine.submit(DenoiseJob(cond=cond, steps=3, guidance=7.5, seed=5))
     finally:
         engine.close()
+
+
+def test_the_equal_batcher_groups_only_equal_requests(parts: ModelParts, model: DenoiseModel) -> None:
+    """``batching="equal"`` (bench_mixed's Triton-style baseline): a batch forms only when none runs, of requests
+    equal to the oldest; a different request waits for the batch to end instead of joining it."""
+    engine = Engine(model, max_batch=4, max_queue=8, batching="equal")
+    batches: list[tuple[int, ...]] = []
+    engine.step_observers.append(lambda group: batches.append(tuple(s.job.steps for s in group)))
+    cond = parts.embed("x")
+    jobs = [DenoiseJob(cond=cond, steps=n, guidance=7.5, seed=i) for i, n in enumerate((6, 6, 3, 6))]
+    out: dict[int, object] = {}
+    try:
+        threads = [_submit(engine, j, out) for j in jobs]
+        for t in threads:
+            t.join(60)
+    finally:
+        engine.close()
+    assert all(isinstance(out[id(j)], torch.Tensor) for j in jobs)
+    assert all(len(set(b)) == 1 for b in batches), batches  # never mixed
+    assert sum(len(b) for b in batches) == 6 * 3 + 3
+    with pytest.raises(ValueError, match="batching"):
+        Engine(model, batching="sometimes")

@@ -43,7 +43,8 @@ def _start(parts: ModelParts, **settings: Any) -> tuple[BackgroundLoop, _ES]:
     from edge_server.settings import EdgeSettings
 
     bg = BackgroundLoop()
-    server, port, health = bg.run(create_server(EdgeSettings(listen="127.0.0.1:0", **settings), parts))  # type: ignore[misc]
+    settings.setdefault("listen", "127.0.0.1:0")
+    server, port, health = bg.run(create_server(EdgeSettings(**settings), parts))  # type: ignore[misc]
     return bg, _ES(f"127.0.0.1:{port}", server, health)
 
 
@@ -243,3 +244,23 @@ def test_a_broken_engine_answers_unavailable_and_health_says_not_serving(parts: 
         engine.model.unet = real
     finally:
         _stop(bg, es)
+
+
+# --- 4, 5: loud insecure set-ups, /metrics on loopback ----------------------------------------------------------
+def test_metrics_bind_loopback_by_default(parts: ModelParts) -> None:
+    """The ES used to serve /metrics (every UE id, per-link counters) on --listen's host, 0.0.0.0 in containers."""
+    bg, es = _start(parts, listen="0.0.0.0:0", metrics_port=0)
+    try:
+        assert es.servicer.metrics_http.server_address[0] == "127.0.0.1"
+    finally:
+        _stop(bg, es)
+
+
+def test_a_token_over_plaintext_beyond_loopback_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    from shared.rpc.security import secure_channel
+
+    with caplog.at_level(logging.WARNING, logger="meg.security"):
+        secure_channel("127.0.0.1:1", token="t").close()
+        assert "plaintext" not in caplog.text  # loopback: the development default, quiet
+        secure_channel("192.0.2.7:50051", token="t").close()  # TEST-NET-1: never dialled here
+    assert "sending a bearer token to 192.0.2.7:50051 in plaintext" in caplog.text
