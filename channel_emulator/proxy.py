@@ -304,9 +304,7 @@ class ChannelControlServicer(channel_pb2_grpc.ChannelControlServicer):
         return self._settings()
 
     async def SetCell(self, request: channel_pb2.SetCellRequest, context: grpc.aio.ServicerContext) -> channel_pb2.ChannelSettings:
-        if self.cells is None:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "this proxy has no cell support")
-        assert self.cells is not None
+        assert self.cells is not None  # create_proxy always gives one (empty: no cell yet)
         name = request.cell.cell or "default"
         try:
             if name != "default":
@@ -388,6 +386,7 @@ async def create_proxy(
                          "GetCSI...) open to callers with no token at all: give --admin-token-file too, or "
                          "--insecure-open-control to run it open on purpose")
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="meg-channel-math")
+    cells = cells if cells is not None else CellSet({})  # no cell yet; SetCell may add one at runtime
     options = server_options(max_message_bytes) if max_message_bytes else server_options()
     ups = Upstreams(upstreams, [o for o in options if o[0] != "grpc.so_reuseport"], upstream_tls, dynamic=membership is not None)
     advertise: list[str] = [""]  # filled in once the port is bound
