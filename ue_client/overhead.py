@@ -12,8 +12,11 @@ cooperative share sends and returns each ES's window (:mod:`shared.protocol.tile
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import asdict, dataclass, field
 
+from shared.channel.cell import CellConfig, SlotGrid, re_for_values
+from shared.channel.mcs import digital_re, select_mcs
 from shared.protocol.geometry import SEED_KEYS, Geometry
 from shared.protocol.plan import plan
 from shared.protocol.registry import PROTOCOLS
@@ -36,13 +39,17 @@ class OverheadRow:
     downlink_keys: tuple[str, ...]
     prompt_uplink: bool  # the prompt text also goes up (lossless, counted in bytes)
     n_es: int = 1  # edge servers the row is counted for (multi-ES protocols)
+    #: every message of one generation: (direction, ES number, complex REs of its tensors, carries the prompt)
+    messages: tuple[tuple[str, int, int, bool], ...] = field(default=(), repr=False, compare=False)
 
     @property
     def total_symbols(self) -> int:
         return self.uplink_symbols + self.downlink_symbols
 
     def as_dict(self) -> dict[str, object]:
-        return {**asdict(self), "total_symbols": self.total_symbols}
+        out = {**asdict(self), "total_symbols": self.total_symbols}
+        del out["messages"]
+        return out
 
 
 def cooperative_rounds(steps: int, sync: int | None = None, task: str = "txt2img") -> int:
@@ -63,21 +70,25 @@ def protocol_overhead(name: str, task: str, geometry: Geometry, fc: float = 1.0,
     up = down = 0
     up_keys: list[str] = []
     down_keys: list[str] = []
+    messages: list[tuple[str, int, int, bool]] = []
     for seg in segments:
         if seg.actor != "ES":
             continue
         shares = [Share(i, n, h if seg.fan == "share" else 0) for i in range(n)] if seg.fan != "one" else [None]
         tensors_up = [k for k in seg.receives if k not in TEXT_KEYS]
+        prompt = any(k in TEXT_KEYS for k in seg.receives)
         for i, sh in enumerate(shares):
             part = sh if seg.fan == "share" else None
             if not (broadcast and seg.fan == "each" and i > 0):
                 up += sum(geometry.symbols(k, fc, part) for k in tensors_up)
             down += sum(geometry.symbols(k, fc, part) for k in seg.returns)
+            messages.append(("uplink", i, sum(re_for_values(geometry.symbols(k, fc, part)) for k in tensors_up), prompt))
+            messages.append(("downlink", i, sum(re_for_values(geometry.symbols(k, fc, part)) for k in seg.returns), False))
         mark = "" if seg.fan == "one" else f" ×{n}"
         up_keys += [k + mark for k in seg.receives if k + mark not in up_keys]
         down_keys += [k + mark for k in seg.returns if k + mark not in down_keys]
     return OverheadRow(name, task, fc, up, down, tuple(k for k in up_keys if k.split(" ")[0] not in TEXT_KEYS),
-                       tuple(down_keys), any(k.split(" ")[0] in TEXT_KEYS for k in up_keys), n)
+                       tuple(down_keys), any(k.split(" ")[0] in TEXT_KEYS for k in up_keys), n, tuple(messages))
 
 
 def uses_seeds(name: str, task: str) -> bool:
@@ -120,4 +131,90 @@ def format_table(rows: list[OverheadRow]) -> str:
         down = " + ".join(r.downlink_keys) or "-"
         lines.append(f"{r.task:8s} {r.protocol:8s} {r.n_es:2d} {r.fc:4g} {r.uplink_symbols:10,d} {r.downlink_symbols:10,d} "
                      f"{r.total_symbols:10,d}  ↑ {up}  ↓ {down}")
+    return "\n".join(lines)
+
+
+# --- time on the air -------------------------------------------------------------------------------------
+#: What ``meg-ue overhead --bandwidth-mhz`` assumes of the prompt (it crosses as digital bits).
+DEFAULT_PROMPT_BYTES = 64
+DEFAULT_SNR_DB = 20.0
+
+
+@dataclass(frozen=True)
+class AirRow:
+    """One generation's time on the air in one cell, alone (an idle cell, no other UE), per direction, and
+    how many generations per second the cell could carry back to back.
+
+    ``slots`` and ``air_s`` count the busiest ES's cell (each ES of a multi-ES protocol has its own cell):
+    every message of the generation there, each from the first slot its direction may use (a message takes
+    ``ceil(RE / RE per slot)`` whole slots). ``gen_per_s``: the cell's resource elements per second over the
+    REs one generation needs there, the tighter direction (None: nothing crosses)."""
+
+    protocol: str
+    task: str
+    fc: float
+    n_es: int
+    uplink_re: int
+    downlink_re: int
+    uplink_slots: int
+    downlink_slots: int
+    uplink_air_s: float
+    downlink_air_s: float
+    gen_per_s: float | None
+
+    @property
+    def air_s(self) -> float:
+        return self.uplink_air_s + self.downlink_air_s
+
+    def as_dict(self) -> dict[str, object]:
+        return {**asdict(self), "air_s": self.air_s}
+
+
+def message_air(cell: CellConfig, direction: str, re: int) -> tuple[int, float]:
+    """``(slots, seconds)`` one message of ``re`` resource elements takes alone in ``direction`` of ``cell``:
+    ``ceil(re / RE per slot)`` slots from the direction's first usable slot to the end of its last (TDD:
+    the slots of the other direction in between count as time)."""
+    if re <= 0:
+        return 0, 0.0
+    slots = math.ceil(re / cell.re_per_slot)
+    grid = SlotGrid.of(cell, direction)
+    return slots, grid.end(slots - 1) - grid.start(0)
+
+
+def air_row(row: OverheadRow, cell: CellConfig, prompt_bytes: int = DEFAULT_PROMPT_BYTES,
+            snr_db: float = DEFAULT_SNR_DB) -> AirRow:
+    """``row``'s generation on the air of ``cell`` (see :class:`AirRow`): its tensors' REs (``ceil(n/2)``
+    each) plus, on a message that carries it, the prompt's ``8 · prompt_bytes`` bits at the MCS ``snr_db``
+    affords (TS 38.214; other framing bits are left out). Raises ValueError below the lowest MCS (outage)."""
+    mcs = select_mcs(snr_db)
+    if mcs is None:
+        raise ValueError(f"--snr-db {snr_db:g}: below MCS 0's threshold the prompt's bits cannot go (outage)")
+    prompt_re = digital_re(8 * prompt_bytes, mcs)
+    per: dict[tuple[str, int], list[int]] = {}
+    for direction, es, re, prompt in row.messages:
+        total = re + (prompt_re if prompt else 0)
+        if total:
+            per.setdefault((direction, es), []).append(total)
+    out: dict[str, tuple[int, int, float]] = {}
+    for direction in ("uplink", "downlink"):
+        cells = [msgs for (d, _), msgs in per.items() if d == direction]
+        busiest = max(cells, key=sum, default=[])
+        spans = [message_air(cell, direction, re) for re in busiest]
+        out[direction] = (sum(busiest), sum(n for n, _ in spans), sum(t for _, t in spans))
+    rates = [cell.capacity_re_per_s(d) / out[d][0] for d in out if out[d][0]]
+    return AirRow(row.protocol, row.task, row.fc, row.n_es, out["uplink"][0], out["downlink"][0], out["uplink"][1],
+                  out["downlink"][1], round(out["uplink"][2], 9), round(out["downlink"][2], 9),
+                  round(min(rates), 3) if rates else None)
+
+
+def format_air(rows: list[AirRow], cell: CellConfig) -> str:
+    """The air-time table: per protocol the REs, slots and milliseconds each way, and generations per second."""
+    lines = [f"time on the air: one generation alone in a cell of {cell.describe()}",
+             (f"{'task':8s} {'protocol':8s} {'ES':>2s} {'fc':>4s} {'up RE':>9s} {'down RE':>9s} {'up ms':>8s} "
+             f"{'down ms':>8s} {'slots':>9s} {'gen/s':>9s}")]
+    for r in rows:
+        gps = "-" if r.gen_per_s is None else f"{r.gen_per_s:,.1f}"
+        lines.append(f"{r.task:8s} {r.protocol:8s} {r.n_es:2d} {r.fc:4g} {r.uplink_re:9,d} {r.downlink_re:9,d} "
+                     f"{r.uplink_air_s * 1e3:8.2f} {r.downlink_air_s * 1e3:8.2f} "
+                     f"{f'{r.uplink_slots}+{r.downlink_slots}':>9s} {gps:>9s}")
     return "\n".join(lines)
