@@ -103,6 +103,8 @@ class CellSet:
         self.delays: OrderedDict[tuple[str, str], LinkDelay] = OrderedDict()
         #: set whenever a link's profile changes (a link in outage may lift)
         self.profiles_changed = asyncio.Event()
+        #: the event loop the data path runs on (set by the first message)
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     # -- settings -------------------------------------------------------------------------------------------
     @property
@@ -149,6 +151,17 @@ class CellSet:
                 self._settle(cd)
                 st = cd.scheduler.stats
                 cd.counters = _Counters(units=st.units_granted, elapsed=st.elapsed_units, since=now)
+
+    def stats_from_any_thread(self, timeout: float = 2.0) -> list[channel_pb2.CellStats]:
+        """:meth:`stats` computed on the event loop the cells run on (the metrics thread asks here), or here
+        when no loop runs them."""
+        loop = self.loop
+        if loop is None or loop.is_closed() or not loop.is_running():
+            return self.stats()
+
+        async def on_loop() -> list[channel_pb2.CellStats]:
+            return self.stats()
+        return asyncio.run_coroutine_threadsafe(on_loop(), loop).result(timeout)
 
     def settings_by_name(self) -> dict[str, CellConfig]:
         """The cells, the default one first."""
@@ -253,6 +266,7 @@ class CellSet:
         cell = self.cell_of(es)
         name = self.cell_name(es)
         assert cell is not None and name is not None
+        self.loop = asyncio.get_running_loop()
         cd = self._direction(es, direction, cell)
         sched = cd.scheduler
         what = f"{direction} of {link} in cell {name}"

@@ -86,13 +86,10 @@ class CellCollector(Collector):
         self.cells = cells
 
     def collect(self) -> Iterator[Metric]:
-        rows = []
-        for _ in range(10):  # the event loop may change the schedulers while we read: retry then
-            try:
-                rows = self.cells.stats(advance=False)
-                break
-            except RuntimeError:
-                continue
+        try:  # computed on the proxy's event loop (the schedulers are brought up to now there)
+            rows = self.cells.stats_from_any_thread()
+        except (TimeoutError, RuntimeError):
+            rows = []
         gauges = (("utilisation", "utilisation", "PRB x slot units granted / units elapsed"),
                   ("backlog_resource_elements", "backlog_resource_elements", "Resource elements queued now"),
                   ("backlog_messages", "backlog_messages", "Messages queued now"),

@@ -434,3 +434,22 @@ def test_the_account_clock_reports_the_same_times_without_waiting() -> None:
         assert [(s.cell, s.direction, s.messages, s.backlog_resource_elements) for s in stats] == [("es0", "downlink", 1, n // 2)]
 
     asyncio.run(run())
+
+
+def test_cell_metrics_are_prometheus_families_per_cell_and_direction() -> None:
+    from channel_emulator.metrics import CellCollector
+
+    async def run() -> CellSet:
+        clock = VirtualClock(0.0)
+        cells = _cells(clock, "account")
+        await cells.carry("ue->es0", "es0", "uplink", 40_000, [10_000], 40_000, lambda: math.inf, 1.0, 0.0)
+        clock.advance_to(1.0)
+        return cells
+
+    cells = asyncio.run(run())
+    families = {f.name: f for f in CellCollector(cells).collect()}
+    util = families["meg_channel_cell_utilisation"].samples[0]
+    assert util.labels == {"cell": "es0", "direction": "uplink"} and 0 < util.value < 0.01
+    assert families["meg_channel_cell_messages"].samples[0].value == 1
+    assert families["meg_channel_cell_resource_elements"].samples[0].value == 5_000
+    assert families["meg_channel_cell_delivered_bits_per_second"].samples[0].value == pytest.approx(8 * 40_000)
