@@ -28,7 +28,15 @@ from shared.channel.airtime import DirectionAirtime
 from shared.channel.cell import DIRECTIONS, CellConfig
 from shared.channel.mcs import MCS_TABLE, digital_re, select_mcs
 from shared.channel.models import ChannelConfigError
-from shared.channel.scheduler import CellScheduler, LinkDelay, MonotonicClock, Ticket, VirtualClock, make_scheduler
+from shared.channel.scheduler import (
+    CellScheduler,
+    LinkDelay,
+    MonotonicClock,
+    PfScheduler,
+    Ticket,
+    VirtualClock,
+    make_scheduler,
+)
 from shared.pb import channel_pb2
 
 CLOCKS = ("enforce", "account")
@@ -232,7 +240,8 @@ class CellSet:
             if t is None:
                 await cd.wake.wait()
                 continue
-            sleeper = asyncio.ensure_future(self.clock.sleep_until(t))
+            # round robin wakes once per completion (precisely); PF once a slot (a plain sleep, no spin)
+            sleeper = asyncio.ensure_future(self.clock.sleep_until(t, not isinstance(cd.scheduler, PfScheduler)))
             waker = asyncio.ensure_future(cd.wake.wait())
             await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
             for task in (sleeper, waker):
@@ -269,7 +278,7 @@ class CellSet:
         self.loop = asyncio.get_running_loop()
         cd = self._direction(es, direction, cell)
         sched = cd.scheduler
-        what = f"{direction} of {link} in cell {name}"
+        what = f"{direction} of {link} in the cell of {es}"
         if sched.queued(link) >= sched.cell.queue_limit:
             raise AirError(grpc.StatusCode.RESOURCE_EXHAUSTED,
                            f"{what}: {sched.queued(link)} messages already queued (queue_limit {sched.cell.queue_limit})")
@@ -331,7 +340,7 @@ class CellSet:
         queue_s = max(first - arrival, 0.0) if tk.re else 0.0
         air = DirectionAirtime(air_s=max(finished - first, 0.0) if tk.re else 0.0, queue_s=queue_s,
                                delay_s=departure - finished, slots=slots, resource_elements=tk.re,
-                               digital_bits=bits, mcs=mcs, cell=name)
+                               digital_bits=bits, mcs=mcs, cell=es)
         return Crossing(air, per, arrival if account else departure)
 
     async def close(self) -> None:

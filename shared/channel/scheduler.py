@@ -500,11 +500,12 @@ class MonotonicClock:
     def now(self) -> float:
         return time.monotonic()
 
-    async def sleep_until(self, t: float) -> None:
-        coarse = t - time.monotonic() - self.SPIN_S
+    async def sleep_until(self, t: float, precise: bool = True) -> None:
+        """Until ``t``; ``precise=False``: a plain asyncio sleep (up to ~1 ms late, no CPU spent)."""
+        coarse = t - time.monotonic() - (self.SPIN_S if precise else 0.0)
         if coarse > 0:
             await asyncio.sleep(coarse)
-        while time.monotonic() < t:
+        while precise and time.monotonic() < t:
             await asyncio.sleep(0)
 
 
@@ -519,7 +520,7 @@ class VirtualClock:
     def now(self) -> float:
         return self.t
 
-    async def sleep_until(self, t: float) -> None:
+    async def sleep_until(self, t: float, precise: bool = True) -> None:
         if t <= self.t:
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
