@@ -17,6 +17,7 @@ import argparse
 import csv
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +42,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-fid", action="store_true", help="skip FID")
+    ap.add_argument("--trace", help="a trace file (meg-lab make-trace): each download's block gains come from it (a "
+                                    "random start slot, the seed's REs over the trace's carrier) instead of Rayleigh")
 
 
 def evaluate(args: argparse.Namespace, log=print) -> list[dict]:
@@ -68,7 +71,20 @@ def evaluate(args: argparse.Namespace, log=print) -> list[dict]:
 
         policies["ppo"] = load_ppo_policy(args.policy, snr_db=args.snr_db)
     rng = np.random.default_rng(args.seed)
-    episodes = [(i, Rayleigh().generate(env.T, rng), int(rng.integers(2**62))) for d in range(draws) for i in range(images)]
+    draw: Callable[[int, np.random.Generator], np.ndarray] = Rayleigh().generate
+    if args.trace:  # docs/channels.md: the gains a lone UE's seed gets on the trace, from a random slot
+        from shared.channel.cell import CellConfig
+        from shared.channel.trace import block_gains, load_trace
+
+        trace = load_trace(args.trace)
+        cell = CellConfig(bandwidth_mhz=trace.meta.bandwidth_mhz or 20.0, numerology=trace.meta.numerology)
+
+        def from_trace(_t: int, r: np.random.Generator) -> np.ndarray:
+            return block_gains(trace, env.n, env.coherence, int(r.integers(trace.slots)), cell.prbs, cell.re_per_prb)
+
+        draw = from_trace
+
+    episodes = [(i, draw(env.T, rng), int(rng.integers(2**62))) for d in range(draws) for i in range(images)]
     fid = FID(data.perfect) if use_fid else None
     rows = []
     for budget in [float(b) for b in args.budgets.split(",")]:
@@ -146,8 +162,8 @@ def run(args: argparse.Namespace) -> int:
         w = csv.DictWriter(f, fieldnames=COLUMNS)
         w.writeheader()
         w.writerows(rows)
-    plot(rows, out / "power.png",
-         f"Rayleigh block fading, SNR {args.snr_db:g} dB, {args.coherence}-symbol blocks")
+    channel = f"trace {Path(args.trace).name}" if args.trace else "Rayleigh block fading"
+    plot(rows, out / "power.png", f"{channel}, SNR {args.snr_db:g} dB, {args.coherence}-symbol blocks")
     print(f"wrote {out / 'results.csv'} and {out / 'power.png'}")
     return 0
 

@@ -315,6 +315,9 @@ trace = "t.npz"
             starts = [s for s in range(400) if np.allclose(mags[(s * 25 + units) % mags.size], h_units, rtol=2e-3)]
             assert len(starts) == 1, starts  # one start slot explains every unit: the CSI was the channel applied
             assert "Traceback" not in "".join(proc.tail)  # type: ignore[attr-defined]
+            maps = Path(f"/proc/{proc.pid}/maps")
+            if maps.exists():  # a proxy replaying traces has not loaded torch (its shared library is not mapped)
+                assert "libtorch" not in maps.read_text()
 
 
 def test_the_example_scenario_parses() -> None:

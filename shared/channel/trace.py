@@ -365,6 +365,25 @@ def element_gains(trace: Trace, allocation: Allocation, offset_slots: int = 0) -
     return trace.gains(allocation.slots, trace.element_of(allocation.subcarriers), offset_slots)
 
 
+def block_gains(trace: Trace, n_values: int, block_length: int, start_slot: int, prbs: int, re_per_prb: int) -> np.ndarray:
+    """Real per-block amplitudes ``[T]`` a tensor of ``n_values`` sees on a trace, for block-level code (power
+    control, its training and evaluation): its REs laid over the carrier from ``start_slot`` as
+    :meth:`Allocation.contiguous` does, block ``t`` (real symbols ``t·L .. t·L+L−1``, ``L = block_length``) the RMS
+    ``|H|`` of its REs. Exact for the replay when each block's REs share one gain (per-PRB traces, blocks within a
+    PRB); otherwise the block's mean power."""
+    m = -(-int(n_values) // 2)
+    alloc = Allocation.contiguous(m, start_slot, prbs, re_per_prb)
+    g2 = np.abs(element_gains(trace, alloc)).astype(np.float64) ** 2
+    per_symbol = np.repeat(g2, 2)[: int(n_values)]
+    length = int(block_length) or int(n_values)
+    blocks = -(-int(n_values) // length)
+    padded = np.zeros(blocks * length)
+    padded[: per_symbol.size] = per_symbol
+    counts = np.full(blocks, float(length))
+    counts[-1] = n_values - length * (blocks - 1)
+    return np.sqrt(padded.reshape(blocks, length).sum(axis=1) / counts)
+
+
 def estimate_gains(h: np.ndarray, csi_error: float, rng: np.random.Generator) -> np.ndarray:
     """The receiver's CSI of complex gains ``h``: ``h + e``, ``e ~ CN(0, csi_error²)``; exact when 0."""
     if csi_error == 0:
