@@ -8,14 +8,16 @@ at its numerology); the trace's numerology must match it and a per-PRB or per-su
 
 **Which elements.** A tensor of ``n`` values takes ``⌈n/2⌉`` REs, laid over the whole carrier PRB after PRB, slot
 after slot, from the slot in which it reaches the proxy (:meth:`Allocation.contiguous`: what a lone UE of a
-round-robin cell is granted). The slot counts from the proxy's start on its clock, plus the profile's
+round-robin cell is granted), from the first slot starting at or after its arrival (the scheduler's rule). The
+slot counts from the proxy's start on its clock, plus the profile's
 ``trace_offset_s``; the trace wraps around at its end. This is the lone-UE allocation *predicted at arrival*: the
 proxy perturbs a message before the cell's scheduler has dealt its units (it must, to count its REs), so with
 several UEs active in one cell the replayed elements are those of the full carrier rather than the interleaved ones
 the scheduler grants (the seam for those, :meth:`Allocation.from_units`, exists and is tested).
 
 **CSI.** ``GetCSI`` on a trace link reports one gain per *unit* (one PRB for one slot: ``2 · RE per PRB`` real
-symbols, the ``coherence_symbols`` it answers) of the next transmission, and pins that transmission's start slot:
+symbols, the ``coherence_symbols`` it answers) of the next transmission from the next slot on, and pins that
+transmission's start slot:
 the next tensor of that link direction starts there and its receiver equalises with exactly the reported CSI (per
 PRB and flat traces; a per-subcarrier trace reports each unit's RMS gain and equalises each RE with its own
 estimate).
@@ -89,9 +91,10 @@ class Replayer:
         trace.check_cell(cell.numerology, cell.prbs)
         return cell
 
-    def slot_now(self, cell: CellConfig) -> int:
-        """The slot the clock is in, counted from the proxy's start."""
-        return max(0, math.floor((self.clock() - self.epoch) / cell.slot_s))
+    def next_slot(self, cell: CellConfig) -> int:
+        """The first slot that starts at or after now, counted from the proxy's start (a transmission cannot start
+        in a slot already begun: the cell's scheduler's rule)."""
+        return max(0, math.ceil((self.clock() - self.epoch) / cell.slot_s - 1e-9))
 
     @staticmethod
     def _trace(profile: ChannelProfile) -> Trace:
@@ -108,7 +111,7 @@ class Replayer:
         pin = self.pins.pop((link, direction), None)
         if pin is not None and pin.trace != profile.trace:
             pin = None
-        start = pin.start_slot if pin is not None else self.slot_now(cell)
+        start = pin.start_slot if pin is not None else self.next_slot(cell)
         alloc = Allocation.contiguous(n_re, start, cell.prbs, cell.re_per_prb)
         offset = trace.offset_slots(profile.trace_offset_s)
         h = trace.gains(alloc.slots, trace.element_of(alloc.subcarriers), offset)
@@ -134,7 +137,7 @@ class Replayer:
         if not 1 <= units <= MAX_CSI_UNITS:
             raise ChannelConfigError(f"ask for 1 to {MAX_CSI_UNITS} blocks (or give symbols > 0 needing at most that "
                                      f"many PRBs of {cell.re_per_prb} REs), got blocks={blocks} symbols={symbols}")
-        start = self.slot_now(cell) + 1  # the next slot: a transmission cannot start in a slot already begun
+        start = self.next_slot(cell)
         alloc = Allocation.contiguous(units * cell.re_per_prb, start, cell.prbs, cell.re_per_prb)
         h = trace.gains(alloc.slots, trace.element_of(alloc.subcarriers),
                         trace.offset_slots(profile.trace_offset_s)).reshape(units, cell.re_per_prb)

@@ -361,16 +361,16 @@ def test_link_table_replays_the_trace_on_the_tensors_resource_elements(tmp_path:
     REPLAY.restart(clock.now)
     try:
         table = LinkTable(load_profiles_book(profile), IDEAL, profile)
-        x = np.random.default_rng(2).normal(size=9000).astype(np.float32)  # 4,500 RE: PRB 0..24 of slot 10, 6 of 11
-        clock.advance_to(50.0105)
+        x = np.random.default_rng(2).normal(size=9000).astype(np.float32)  # 4,500 RE: PRB 0..24 of slot 11, 6 of 12
+        clock.advance_to(50.0105)  # in slot 10: the first slot it may use is 11
         msg = edge_pb2.ProbeResponse(tensors=[air.to_air("x", x)])
         assert table.apply("u->es0", "downlink", msg, msg.ByteSize())
         applied = msg.tensors[0].applied
-        alloc = Allocation.contiguous(4500, 10, 25, 144)
-        assert alloc.slots[-1] == 11 and applied.blocks == 2
+        alloc = Allocation.contiguous(4500, 11, 25, 144)
+        assert alloc.slots[-1] == 12 and applied.blocks == 2
         trace = load_trace(path)
         h = trace.gains(alloc.slots, trace.element_of(alloc.subcarriers), offset_slots=3)
-        np.testing.assert_array_equal(h[:144], trace.h[13, 0])  # PRB 0 of slot 10 + 3
+        np.testing.assert_array_equal(h[:144], trace.h[14, 0])  # PRB 0 of slot 11 + 3
         rng = np.random.default_rng(applied.noise_seed)
         want = transmit_on_grid(x, h, 15.0, rng, h_hat=estimate_gains(h, 0.1, rng))
         np.testing.assert_array_equal(air.air_array(msg.tensors[0]), want.received)
