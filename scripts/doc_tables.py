@@ -240,6 +240,37 @@ def channel_throughput(data: dict[str, Any]) -> list[str]:
             _row("M real symbols / s, one core", *(_r0(t[k]) for k in ("awgn", "rayleigh_L256", "rician_L256")))]
 
 
+def _power(rows: list[dict[str, str]], budgets: list[str] | None, sem: bool) -> list[str]:
+    cell = {(r["budget"], r["policy"]): r for r in rows}
+    all_budgets = sorted({r["budget"] for r in rows}, key=float)
+    shown = [b for b in all_budgets if budgets is None or b in budgets]
+
+    def psnr(r: dict[str, str]) -> str:
+        return f"{float(r['psnr']):.2f} ± {float(r['psnr_sem']):.2f}" if sem else f"{float(r['psnr']):.2f}"
+
+    lines = ["| budget | uniform PSNR | oracle PSNR | **PPO PSNR** | uniform FID | oracle FID | **PPO FID** | PPO dropped |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for b in shown:
+        u, o, q = (cell[(b, k)] for k in ("uniform", "oracle", "ppo"))
+        lines.append(_row(f"{float(b):g}", psnr(u), psnr(o), f"**{psnr(q)}**", f"{float(u['fid']):.1f}", f"{float(o['fid']):.1f}",
+                          f"**{float(q['fid']):.1f}**", f"{float(q['dropped']) * 100:.0f} %"))
+    worst = max(float(r["energy_ratio"]) for r in rows)
+    r0 = rows[0]
+    lines += ["", f"meg-tiny, Rayleigh block fading at {float(r0['snr_db']):g} dB, {r0['coherence']}-symbol blocks, "
+                  f"{r0['episodes']} downloads per cell (FID over {r0['fid_images']} images); PSNR in dB"
+                  + (" (mean ± s.e.m.)" if sem else "") + f"; the most energy any download used: {worst:.3f} × its budget."]
+    return lines
+
+
+def power_all(rows: list[dict[str, str]]) -> list[str]:
+    """meg-lab eval-power: every budget, with the PSNR's standard error."""
+    return _power(rows, None, sem=True)
+
+
+def power_readme(rows: list[dict[str, str]]) -> list[str]:
+    return _power(rows, ["0.25", "1.0", "4.0"], sem=False)
+
+
 _COOP = "python benchmarks/bench_cooperative.py"
 TABLES: dict[str, Table] = {
     "multi-es/latency-512": Table("docs/multi-es.md", "benchmarks/results/multi_es/latency-512.json",
@@ -255,6 +286,10 @@ TABLES: dict[str, Table] = {
     "readme/multi-es": Table("README.md", "benchmarks/results/multi_es/latency-512.json",
                              f"{_COOP} latency ... / seams --snr-db 10 (the commands in docs/multi-es.md)", multi_es_summary,
                              extra=("benchmarks/results/multi_es/latency.json", "benchmarks/results/multi_es/seams.json")),
+    "power/all": Table("docs/power.md", "benchmarks/results/power/results.csv",
+                       "meg-lab eval-power --out benchmarks/results/power", power_all),
+    "readme/power": Table("README.md", "benchmarks/results/power/results.csv",
+                          "meg-lab eval-power --out benchmarks/results/power", power_readme),
     "readme/eval-awgn": Table("README.md", "benchmarks/results/eval/results.csv", "meg-lab eval --out benchmarks/results/eval",
                               eval_awgn),
     "readme/serving": Table("README.md", "benchmarks/results/serving/serving.json", "python -m benchmarks.bench_serving",
@@ -273,10 +308,10 @@ def found(doc: str) -> dict[str, str]:
 
 def problems(texts: dict[str, str] | None = None) -> list[str]:
     """What is wrong, one message per table (empty: every table equals its results file). ``texts``: the
-    Markdown files' contents by path (default: read them)."""
+    Markdown files' contents by path (those not given are read)."""
     out: list[str] = []
     docs = {t.doc for t in TABLES.values()}
-    texts = texts if texts is not None else {d: (ROOT / d).read_text() for d in docs}
+    texts = {d: (texts or {}).get(d) or (ROOT / d).read_text() for d in docs}
     for doc in sorted(docs):
         have = found(texts[doc])
         for name, table in TABLES.items():
