@@ -79,3 +79,29 @@ def test_parallel_seeds_that_overflow_are_refused(random_model_dir: Path) -> Non
     finally:
         for c in clients.values():
             c.close()
+
+
+class _FakeClient:
+    def __init__(self, ue: str, es: str = "") -> None:
+        self.ue, self.es, self.closed = ue, es, False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_attach_round_robin_and_least_loaded() -> None:
+    from ue_client.load import _Attach
+
+    rr = _Attach(LoadConfig(via="x:1", ues=4, requests=1, es=("es0", "es1")), _FakeClient)
+    assert [rr.take(i)[0] for i in range(4)] == ["es0", "es1", "es0", "es1"]
+    ll = _Attach(LoadConfig(via="x:1", ues=3, requests=1, es=("es0", "es1"), attach="least-loaded"), _FakeClient)
+    first, second, third = ll.take(0), ll.take(1), ll.take(2)  # none released: they fill the cells in turn
+    assert (first[0], second[0], third[0]) == ("es0", "es1", "es0")
+    assert (third[1].ue, third[1].es) == ("ue2", "es0")  # UE 2's own client for es0
+    ll.release("es0")
+    ll.release("es0")
+    assert ll.take(1)[0] == "es0"  # es0 now has none in flight, es1 one
+    ll.close()
+    assert all(c.closed for c in ll._clients.values())
+    with pytest.raises(ValueError, match="--attach"):
+        LoadConfig(via="x:1", ues=1, requests=1, attach="nearest")
