@@ -41,8 +41,8 @@ from shared.protocol.params import Params
 from shared.protocol.registry import PROTOCOLS, check_prompt
 from shared.protocol.runner import run_segment
 from shared.protocol.schedule import cooperative_schedule
-from shared.protocol.serde import RequestError, check_params, check_segment, share_from_proto
-from shared.protocol.stages import TEXT_KEYS, ProtocolError, Segment
+from shared.protocol.serde import RequestError, check_digital, check_params, check_segment, share_from_proto
+from shared.protocol.stages import DIGITAL_KEYS, TEXT_KEYS, ProtocolError, Segment
 from shared.wire import air
 from shared.wire.limits import MAX_REQUEST_ID_CHARS, MAX_ROUNDS, MAX_UE_ID_CHARS
 
@@ -154,11 +154,12 @@ class SegmentHandler:
         log.info("%s %s ue %s seg %d req %s: %.2fs", protocol, request.task or "txt2img", caller.ue[:16],
                  segment.index, short_id(request.request_id), seconds)
         tensors = [air.to_air(k, v) for k, v in out.items() if isinstance(v, torch.Tensor)]
+        digital = {k: v for k, v in out.items() if k in DIGITAL_KEYS and isinstance(v, bytes)}
         if self.power is not None:
             for t in tensors:
                 if t.name in SEED_KEYS:
                     await self.power.allocate(t, caller.ue, caller.control)
-        return edge_pb2.SegmentResponse(tensors=tensors, es_seconds=seconds,
+        return edge_pb2.SegmentResponse(tensors=tensors, digital=digital, es_seconds=seconds,
                                         uplink_seen=[t.applied for t in request.tensors if t.HasField("applied")])
 
     # -- decoding (a worker thread: plan() of many rounds is not the event loop's) ----------------------------
@@ -194,14 +195,17 @@ class SegmentHandler:
 
     def _workspace(self, request: edge_pb2.SegmentRequest, segment: Segment, fc: float) -> dict[str, object]:
         """Decode and check what the UE sent against what the segment receives."""
-        expected = {k for k in segment.receives if k not in TEXT_KEYS}
+        expected = {k for k in segment.receives if k not in TEXT_KEYS | DIGITAL_KEYS}
         names = [t.name for t in request.tensors]
         if len(set(names)) != len(names):
             raise RequestError(f"tensor names repeat: {names}")
         if set(names) != expected:
             raise RequestError(f"{request.protocol.upper()} segment {segment.index} expects tensors "
                                f"{sorted(expected)}, got {sorted(names)}")
-        workspace: dict[str, object] = {}
+        # lossless bytes (a PNG): checked and bounded here, decoded by the segment's own op (decode_png)
+        workspace: dict[str, object] = dict(check_digital(
+            request.digital, {k for k in segment.receives if k in DIGITAL_KEYS},
+            f"{request.protocol.upper()} segment {segment.index}"))
         share = None
         if segment.fan != "one":  # which ES of the session (and, cooperative, its window): request metadata
             share = share_from_proto(request.share, self.parts.geometry.latent_size)

@@ -22,7 +22,7 @@ from shared.protocol.registry import get_protocol
 from shared.protocol.runner import run_protocol
 from shared.protocol.schedule import DEFAULT_STRENGTH, cooperative_schedule
 from shared.protocol.serde import segment_request
-from shared.protocol.stages import TEXT_KEYS, ProtocolError, Segment, seed_of
+from shared.protocol.stages import DIGITAL_KEYS, TEXT_KEYS, ProtocolError, Segment, seed_of
 from shared.protocol.tiles import DEFAULT_HEAD, DEFAULT_SYNC, Share, default_halo
 from shared.wire import air
 from shared.wire.limits import MAX_SEED
@@ -39,6 +39,7 @@ class LinkAccount:
     symbols: int = 0  # real-valued symbols over the air
     payload_bytes: int = 0  # bytes of over-the-air tensor data
     text_bytes: int = 0  # lossless prompt text (UTF-8)
+    digital_bytes: int = 0  # lossless digital payloads (DIGITAL_KEYS: a PNG image), sent as bits at the link's MCS
     snr_db: float | None = None  # the SNR the channel applied (None: ideal or direct link)
     channel: str | None = None  # channel profile (or model) applied (None: direct link, no proxy)
     energy: float = 0.0  # transmit energy the channel accounted (normalised units)
@@ -79,6 +80,7 @@ def _total(accounts: Mapping[str, LinkAccount]) -> LinkAccount:
         out.symbols += a.symbols
         out.payload_bytes += a.payload_bytes
         out.text_bytes += a.text_bytes
+        out.digital_bytes += a.digital_bytes
         out.energy += a.energy
         for key in ("air_s", "queue_s", "delay_s"):
             if getattr(a, key) is not None:
@@ -251,13 +253,15 @@ def generate(
         up, down = accounts[name]
         share = share_list[i]
         prompt_text = str(sent["prompt"]) if "prompt" in sent else ""
-        tensors = [air.to_air(k, v) for k, v in sent.items() if k not in TEXT_KEYS]
+        tensors = [air.to_air(k, v) for k, v in sent.items() if k not in TEXT_KEYS | DIGITAL_KEYS]
+        digital = {k: v for k, v in sent.items() if k in DIGITAL_KEYS and isinstance(v, bytes)}
         for acc in (up, totals[0]) if count_total else (up,):
             for t in tensors:
                 acc.add_tensor(t)
             acc.text_bytes += len(prompt_text.encode())
+            acc.digital_bytes += sum(len(v) for v in digital.values())
         request = segment_request(spec.name, segment, task, prompt_text, tensors, request_id, params,
-                                  seed_of(segment, params.seed, i), share)
+                                  seed_of(segment, params.seed, i), share, digital)
         response, airtime = clients[name].run_segment_timed(request, timeout=max(deadline - time.monotonic(), 0.001))
         es_seconds[0] += response.es_seconds
         if airtime is not None:  # time on the air per ES link; the totals sum the air every cell spent
@@ -274,6 +278,10 @@ def generate(
                 if t.HasField("applied"):
                     acc.saw(t.applied)
             received[t.name] = air.from_air(t, g.shape_of(t.name, params.fc, share if segment.fan == "share" else None))
+        for k, v in response.digital.items():  # lossless bytes; the UE's own op (decode_png) checks them
+            for acc in (down, totals[1]):
+                acc.digital_bytes += len(v)
+            received[k] = bytes(v)
         if set(received) != set(segment.returns):
             raise RuntimeError(f"the ES {name} returned {sorted(received)}, expected {list(segment.returns)}")
         return received

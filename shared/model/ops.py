@@ -16,6 +16,8 @@ op                 inputs                              outputs
 ``decompress``     seed                                latent
 ``sketch``         image                               sketch ``[1, 3, H/4, H/4]``
 ``complete``       cond, sketch                        image (UE img2img refinement)
+``encode_png``     image ``[1, 3, H, H]`` in [0, 1]    PNG ``bytes`` (8-bit RGB; the digital baseline)
+``decode_png``     PNG ``bytes``                       image ``[1, 3, H, H]`` in [0, 1] (checked: H, RGB)
 =================  ==================================  =====================================
 
 With txt2img, ``denoise`` starts from seeded noise; with an ``init_latent`` it is text-guided img2img at
@@ -35,6 +37,7 @@ import torch.nn.functional as F
 from diffusers import DDIMScheduler, StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
 
 from shared.model.codec import SeedCodec, load_codecs
+from shared.model.images import image_to_png, png_to_image
 from shared.model.loader import MegConfig, default_model_path, load_pipeline
 from shared.protocol.geometry import SKETCH_FACTOR, Geometry
 from shared.protocol.schedule import (
@@ -252,6 +255,18 @@ class ModelOps:
         (init,) = self.op_encode_image(up)
         latent = self._denoise(cond, init, max(self.parts.meg.ue_steps, 2), COMPLETE_STRENGTH)
         return self.op_decode(latent)
+
+    # --- the digital baseline (FULL-ES-PNG): the image as lossless PNG bytes -------------------------------------
+    def op_encode_png(self, image: torch.Tensor) -> tuple[bytes]:
+        """``[1, 3, H, H]`` in [0, 1] -> 8-bit RGB PNG bytes (lossless after rounding to 8 bits)."""
+        return (image_to_png(image),)
+
+    def op_decode_png(self, data: bytes) -> tuple[torch.Tensor]:
+        """PNG bytes -> ``[1, 3, H, H]`` in [0, 1]; a PNG that is not this model's ``H × H`` 8-bit RGB image (or a
+        bomb, or corrupt) raises :class:`~shared.model.images.PngError` (a ValueError: INVALID_ARGUMENT on the ES)."""
+        if not isinstance(data, bytes | bytearray):
+            raise TypeError(f"decode_png takes PNG bytes, not {type(data).__name__}")
+        return (png_to_image(bytes(data), self.parts.geometry.image_size),)
 
     # --- cooperative windows (UIDCG, DCSUC; the split is shared.protocol.tiles) ---------------------------------
     def op_window(self, x: torch.Tensor, share: Share) -> tuple[torch.Tensor]:

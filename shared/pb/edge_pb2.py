@@ -25,13 +25,17 @@ _sym_db = _symbol_database.Default()
 from shared.pb import air_pb2 as shared_dot_pb_dot_air__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14shared/pb/edge.proto\x12\x06meg.v1\x1a\x13shared/pb/air.proto\"2\n\x0cProbeRequest\x12\"\n\x07tensors\x18\x01 \x03(\x0b\x32\x11.meg.v1.AirTensor\"3\n\rProbeResponse\x12\"\n\x07tensors\x18\x01 \x03(\x0b\x32\x11.meg.v1.AirTensor\"_\n\x10GenerationParams\x12\x0c\n\x04seed\x18\x01 \x01(\x04\x12\r\n\x05steps\x18\x02 \x01(\r\x12\x10\n\x08guidance\x18\x03 \x01(\x02\x12\n\n\x02\x66\x63\x18\x04 \x01(\x02\x12\x10\n\x08strength\x18\x05 \x01(\x02\"\xd1\x01\n\x0eSegmentRequest\x12\x10\n\x08protocol\x18\x01 \x01(\t\x12\x0f\n\x07segment\x18\x02 \x01(\r\x12\x0c\n\x04task\x18\x03 \x01(\t\x12(\n\x06params\x18\x04 \x01(\x0b\x32\x18.meg.v1.GenerationParams\x12\x0e\n\x06prompt\x18\x05 \x01(\t\x12\"\n\x07tensors\x18\x06 \x03(\x0b\x32\x11.meg.v1.AirTensor\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x12\x1c\n\x05share\x18\x08 \x01(\x0b\x32\r.meg.v1.Share\"O\n\x05Share\x12\r\n\x05index\x18\x01 \x01(\r\x12\r\n\x05\x63ount\x18\x02 \x01(\r\x12\x0c\n\x04halo\x18\x03 \x01(\r\x12\x0c\n\x04head\x18\x04 \x01(\x02\x12\x0c\n\x04sync\x18\x05 \x01(\r\"v\n\x0fSegmentResponse\x12\"\n\x07tensors\x18\x01 \x03(\x0b\x32\x11.meg.v1.AirTensor\x12+\n\x0buplink_seen\x18\x02 \x03(\x0b\x32\x16.meg.v1.ChannelApplied\x12\x12\n\nes_seconds\x18\x03 \x01(\x01\"\x11\n\x0f\x44\x65scribeRequest\"\xbf\x01\n\x10\x44\x65scribeResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x12\n\nimage_size\x18\x02 \x01(\r\x12\x17\n\x0flatent_channels\x18\x03 \x01(\r\x12\x13\n\x0blatent_size\x18\x04 \x01(\r\x12\x12\n\nmax_tokens\x18\x05 \x01(\r\x12\x11\n\tembed_dim\x18\x06 \x01(\r\x12\x11\n\tprotocols\x18\x07 \x03(\t\x12\x0e\n\x06\x64\x65vice\x18\x08 \x01(\t\x12\x10\n\x08\x63odec_fc\x18\t \x03(\x02\x32\xc1\x01\n\x0b\x45\x64geService\x12=\n\x08\x44\x65scribe\x12\x17.meg.v1.DescribeRequest\x1a\x18.meg.v1.DescribeResponse\x12=\n\nRunSegment\x12\x16.meg.v1.SegmentRequest\x1a\x17.meg.v1.SegmentResponse\x12\x34\n\x05Probe\x12\x14.meg.v1.ProbeRequest\x1a\x15.meg.v1.ProbeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14shared/pb/edge.proto\x12\x06meg.v1\x1a\x13shared/pb/air.proto\"2\n\x0cProbeRequest\x12\"\n\x07tensors\x18\x01 \x03(\x0b\x32\x11.meg.v1.AirTensor\"3\n\rProbeResponse\x12\"\n\x07tensors\x18\x01 \x03(\x0b\x32\x11.meg.v1.AirTensor\"_\n\x10GenerationParams\x12\x0c\n\x04seed\x18\x01 \x01(\x04\x12\r\n\x05steps\x18\x02 \x01(\r\x12\x10\n\x08guidance\x18\x03 \x01(\x02\x12\n\n\x02\x66\x63\x18\x04 \x01(\x02\x12\x10\n\x08strength\x18\x05 \x01(\x02\"\xb7\x02\n\x0eSegmentRequest\x12\x10\n\x08protocol\x18\x01 \x01(\t\x12\x0f\n\x07segment\x18\x02 \x01(\r\x12\x0c\n\x04task\x18\x03 \x01(\t\x12(\n\x06params\x18\x04 \x01(\x0b\x32\x18.meg.v1.GenerationParams\x12\x0e\n\x06prompt\x18\x05 \x01(\t\x12\"\n\x07tensors\x18\x06 \x03(\x0b\x32\x11.meg.v1.AirTensor\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x12\x1c\n\x05share\x18\x08 \x01(\x0b\x32\r.meg.v1.Share\x12\x34\n\x07\x64igital\x18\t \x03(\x0b\x32#.meg.v1.SegmentRequest.DigitalEntry\x1a.\n\x0c\x44igitalEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\"O\n\x05Share\x12\r\n\x05index\x18\x01 \x01(\r\x12\r\n\x05\x63ount\x18\x02 \x01(\r\x12\x0c\n\x04halo\x18\x03 \x01(\r\x12\x0c\n\x04head\x18\x04 \x01(\x02\x12\x0c\n\x04sync\x18\x05 \x01(\r\"\xdd\x01\n\x0fSegmentResponse\x12\"\n\x07tensors\x18\x01 \x03(\x0b\x32\x11.meg.v1.AirTensor\x12+\n\x0buplink_seen\x18\x02 \x03(\x0b\x32\x16.meg.v1.ChannelApplied\x12\x12\n\nes_seconds\x18\x03 \x01(\x01\x12\x35\n\x07\x64igital\x18\x04 \x03(\x0b\x32$.meg.v1.SegmentResponse.DigitalEntry\x1a.\n\x0c\x44igitalEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\"\x11\n\x0f\x44\x65scribeRequest\"\xbf\x01\n\x10\x44\x65scribeResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x12\n\nimage_size\x18\x02 \x01(\r\x12\x17\n\x0flatent_channels\x18\x03 \x01(\r\x12\x13\n\x0blatent_size\x18\x04 \x01(\r\x12\x12\n\nmax_tokens\x18\x05 \x01(\r\x12\x11\n\tembed_dim\x18\x06 \x01(\r\x12\x11\n\tprotocols\x18\x07 \x03(\t\x12\x0e\n\x06\x64\x65vice\x18\x08 \x01(\t\x12\x10\n\x08\x63odec_fc\x18\t \x03(\x02\x32\xc1\x01\n\x0b\x45\x64geService\x12=\n\x08\x44\x65scribe\x12\x17.meg.v1.DescribeRequest\x1a\x18.meg.v1.DescribeResponse\x12=\n\nRunSegment\x12\x16.meg.v1.SegmentRequest\x1a\x17.meg.v1.SegmentResponse\x12\x34\n\x05Probe\x12\x14.meg.v1.ProbeRequest\x1a\x15.meg.v1.ProbeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'shared.pb.edge_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_SEGMENTREQUEST_DIGITALENTRY']._loaded_options = None
+  _globals['_SEGMENTREQUEST_DIGITALENTRY']._serialized_options = b'8\001'
+  _globals['_SEGMENTRESPONSE_DIGITALENTRY']._loaded_options = None
+  _globals['_SEGMENTRESPONSE_DIGITALENTRY']._serialized_options = b'8\001'
   _globals['_PROBEREQUEST']._serialized_start=53
   _globals['_PROBEREQUEST']._serialized_end=103
   _globals['_PROBERESPONSE']._serialized_start=105
@@ -39,15 +43,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GENERATIONPARAMS']._serialized_start=158
   _globals['_GENERATIONPARAMS']._serialized_end=253
   _globals['_SEGMENTREQUEST']._serialized_start=256
-  _globals['_SEGMENTREQUEST']._serialized_end=465
-  _globals['_SHARE']._serialized_start=467
-  _globals['_SHARE']._serialized_end=546
-  _globals['_SEGMENTRESPONSE']._serialized_start=548
-  _globals['_SEGMENTRESPONSE']._serialized_end=666
-  _globals['_DESCRIBEREQUEST']._serialized_start=668
-  _globals['_DESCRIBEREQUEST']._serialized_end=685
-  _globals['_DESCRIBERESPONSE']._serialized_start=688
-  _globals['_DESCRIBERESPONSE']._serialized_end=879
-  _globals['_EDGESERVICE']._serialized_start=882
-  _globals['_EDGESERVICE']._serialized_end=1075
+  _globals['_SEGMENTREQUEST']._serialized_end=567
+  _globals['_SEGMENTREQUEST_DIGITALENTRY']._serialized_start=521
+  _globals['_SEGMENTREQUEST_DIGITALENTRY']._serialized_end=567
+  _globals['_SHARE']._serialized_start=569
+  _globals['_SHARE']._serialized_end=648
+  _globals['_SEGMENTRESPONSE']._serialized_start=651
+  _globals['_SEGMENTRESPONSE']._serialized_end=872
+  _globals['_SEGMENTRESPONSE_DIGITALENTRY']._serialized_start=521
+  _globals['_SEGMENTRESPONSE_DIGITALENTRY']._serialized_end=567
+  _globals['_DESCRIBEREQUEST']._serialized_start=874
+  _globals['_DESCRIBEREQUEST']._serialized_end=891
+  _globals['_DESCRIBERESPONSE']._serialized_start=894
+  _globals['_DESCRIBERESPONSE']._serialized_end=1085
+  _globals['_EDGESERVICE']._serialized_start=1088
+  _globals['_EDGESERVICE']._serialized_end=1281
 # @@protoc_insertion_point(module_scope)

@@ -34,7 +34,14 @@ class GenerationParams(_message.Message):
     def __init__(self, seed: _Optional[int] = ..., steps: _Optional[int] = ..., guidance: _Optional[float] = ..., fc: _Optional[float] = ..., strength: _Optional[float] = ...) -> None: ...
 
 class SegmentRequest(_message.Message):
-    __slots__ = ("protocol", "segment", "task", "params", "prompt", "tensors", "request_id", "share")
+    __slots__ = ("protocol", "segment", "task", "params", "prompt", "tensors", "request_id", "share", "digital")
+    class DigitalEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: bytes
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[bytes] = ...) -> None: ...
     PROTOCOL_FIELD_NUMBER: _ClassVar[int]
     SEGMENT_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
@@ -43,6 +50,7 @@ class SegmentRequest(_message.Message):
     TENSORS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     SHARE_FIELD_NUMBER: _ClassVar[int]
+    DIGITAL_FIELD_NUMBER: _ClassVar[int]
     protocol: str
     segment: int
     task: str
@@ -51,7 +59,8 @@ class SegmentRequest(_message.Message):
     tensors: _containers.RepeatedCompositeFieldContainer[_air_pb2.AirTensor]
     request_id: str
     share: Share
-    def __init__(self, protocol: _Optional[str] = ..., segment: _Optional[int] = ..., task: _Optional[str] = ..., params: _Optional[_Union[GenerationParams, _Mapping]] = ..., prompt: _Optional[str] = ..., tensors: _Optional[_Iterable[_Union[_air_pb2.AirTensor, _Mapping]]] = ..., request_id: _Optional[str] = ..., share: _Optional[_Union[Share, _Mapping]] = ...) -> None: ...
+    digital: _containers.ScalarMap[str, bytes]
+    def __init__(self, protocol: _Optional[str] = ..., segment: _Optional[int] = ..., task: _Optional[str] = ..., params: _Optional[_Union[GenerationParams, _Mapping]] = ..., prompt: _Optional[str] = ..., tensors: _Optional[_Iterable[_Union[_air_pb2.AirTensor, _Mapping]]] = ..., request_id: _Optional[str] = ..., share: _Optional[_Union[Share, _Mapping]] = ..., digital: _Optional[_Mapping[str, bytes]] = ...) -> None: ...
 
 class Share(_message.Message):
     __slots__ = ("index", "count", "halo", "head", "sync")
@@ -68,14 +77,23 @@ class Share(_message.Message):
     def __init__(self, index: _Optional[int] = ..., count: _Optional[int] = ..., halo: _Optional[int] = ..., head: _Optional[float] = ..., sync: _Optional[int] = ...) -> None: ...
 
 class SegmentResponse(_message.Message):
-    __slots__ = ("tensors", "uplink_seen", "es_seconds")
+    __slots__ = ("tensors", "uplink_seen", "es_seconds", "digital")
+    class DigitalEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: bytes
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[bytes] = ...) -> None: ...
     TENSORS_FIELD_NUMBER: _ClassVar[int]
     UPLINK_SEEN_FIELD_NUMBER: _ClassVar[int]
     ES_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    DIGITAL_FIELD_NUMBER: _ClassVar[int]
     tensors: _containers.RepeatedCompositeFieldContainer[_air_pb2.AirTensor]
     uplink_seen: _containers.RepeatedCompositeFieldContainer[_air_pb2.ChannelApplied]
     es_seconds: float
-    def __init__(self, tensors: _Optional[_Iterable[_Union[_air_pb2.AirTensor, _Mapping]]] = ..., uplink_seen: _Optional[_Iterable[_Union[_air_pb2.ChannelApplied, _Mapping]]] = ..., es_seconds: _Optional[float] = ...) -> None: ...
+    digital: _containers.ScalarMap[str, bytes]
+    def __init__(self, tensors: _Optional[_Iterable[_Union[_air_pb2.AirTensor, _Mapping]]] = ..., uplink_seen: _Optional[_Iterable[_Union[_air_pb2.ChannelApplied, _Mapping]]] = ..., es_seconds: _Optional[float] = ..., digital: _Optional[_Mapping[str, bytes]] = ...) -> None: ...
 
 class DescribeRequest(_message.Message):
     __slots__ = ()

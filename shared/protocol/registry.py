@@ -66,6 +66,31 @@ PROTOCOLS: dict[str, ProtocolSpec] = {
                 ),
             },
         ),
+        # --- the digital baseline the papers skip: FULL-ES as a network sends it today, the image as PNG bytes
+        # (DIGITAL_KEYS: lossless bits at the link's MCS; perfect above MCS 0's threshold, an outage below) ---
+        ProtocolSpec(
+            "FULL-ES-PNG",
+            "digital baseline: FULL-ES with the image (and input image) sent as lossless PNG bits at the link's MCS",
+            {
+                "txt2img": (
+                    es("encode_prompt", "prompt", "cond"),
+                    es("denoise", "cond", "latent"),
+                    es("decode", "latent", "image"),
+                    es("encode_png", "image", "image_png"),
+                    ue("decode_png", "image_png", "image"),
+                ),
+                "img2img": (
+                    ue("encode_png", "image_in", "image_in_png"),
+                    es("decode_png", "image_in_png", "image_in"),
+                    es("encode_prompt", "prompt", "cond"),
+                    es("encode_image", "image_in", "init_latent"),
+                    es("denoise", "cond init_latent", "latent"),
+                    es("decode", "latent", "image"),
+                    es("encode_png", "image", "image_png"),
+                    ue("decode_png", "image_png", "image"),
+                ),
+            },
+        ),
         ProtocolSpec(
             "UIEG",
             "UE infers the task (seed up), the ES generates, image pixels down",

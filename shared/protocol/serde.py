@@ -8,19 +8,19 @@ its message). Tensors are :mod:`shared.wire.air`'s business; the protocol's data
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from shared.pb import air_pb2, edge_pb2
 from shared.protocol.plan import plan
 from shared.protocol.registry import get_protocol
-from shared.protocol.stages import TASKS, ProtocolError, Segment
+from shared.protocol.stages import DIGITAL_KEYS, TASKS, ProtocolError, Segment
 
 if TYPE_CHECKING:
     from shared.protocol.params import Params
     from shared.protocol.tiles import Share
 
-from shared.wire.limits import MAX_STEPS
+from shared.wire.limits import MAX_DIGITAL_BYTES, MAX_STEPS
 
 
 class RequestError(ValueError):
@@ -66,11 +66,13 @@ def share_from_proto(msg: edge_pb2.Share, latent_width: int) -> Share:
 
 
 def segment_request(protocol: str, segment: Segment, task: str, prompt: str, tensors: Sequence[air_pb2.AirTensor],
-                    request_id: str, params: Params, seed: int, share: Share | None) -> edge_pb2.SegmentRequest:
-    """The UE's request for one ES segment (``share`` only for a multi-ES fan-out segment)."""
+                    request_id: str, params: Params, seed: int, share: Share | None,
+                    digital: Mapping[str, bytes] | None = None) -> edge_pb2.SegmentRequest:
+    """The UE's request for one ES segment (``share`` only for a multi-ES fan-out segment; ``digital``: the
+    segment's :data:`~shared.protocol.stages.DIGITAL_KEYS` as lossless bytes)."""
     request = edge_pb2.SegmentRequest(protocol=protocol, segment=segment.index, task=task, prompt=prompt,
                                       tensors=list(tensors), request_id=request_id,
-                                      params=params_to_proto(params, seed))
+                                      params=params_to_proto(params, seed), digital=dict(digital or {}))
     if segment.fan != "one" and share is not None:
         request.share.CopyFrom(share_to_proto(share))
     return request
@@ -100,3 +102,19 @@ def check_segment(request: edge_pb2.SegmentRequest, rounds: int = 1) -> tuple[Se
     if segment.fan == "one" and fanned:
         raise RequestError(f"{request.protocol.upper()} is a single-ES protocol; send no share")
     return segment, segments
+
+
+def check_digital(received: Mapping[str, bytes], expected: set[str] | frozenset[str], what: str) -> dict[str, bytes]:
+    """The lossless payloads ``received`` (a ``digital`` map) checked against the keys ``expected`` (the
+    :data:`~shared.protocol.stages.DIGITAL_KEYS` a segment receives or returns) and bounded
+    (:data:`~shared.wire.limits.MAX_DIGITAL_BYTES` each); raises :class:`RequestError` naming ``what``."""
+    names = set(received)
+    if names - DIGITAL_KEYS:
+        raise RequestError(f"{what}: {sorted(names - DIGITAL_KEYS)} cannot cross as digital bytes; "
+                           f"digital keys: {sorted(DIGITAL_KEYS)}")
+    if names != set(expected):
+        raise RequestError(f"{what} expects digital payloads {sorted(expected)}, got {sorted(names)}")
+    for k, v in received.items():
+        if len(v) > MAX_DIGITAL_BYTES:
+            raise RequestError(f"{what}: digital payload {k!r} has {len(v):,d} bytes; at most {MAX_DIGITAL_BYTES:,d}")
+    return {k: bytes(v) for k, v in received.items()}

@@ -19,8 +19,9 @@ between rounds) while the protocol stays data.
 Consecutive stages of one actor (and, on the ES side, one fan) form a *segment*. A transmission happens at
 every change of actor; what crosses is derived from the data by :func:`plan`: the keys a segment reads that
 its actor does not hold yet (an actor keeps what it received and made for the whole generation: an ES
-keeps its workspace between the segments of one request, :class:`Segment` ``held``). ``prompt`` crosses as lossless text; every other key is a tensor and crosses
-over the air (:mod:`shared.wire.air`); ``share`` (which window, of how many) is request metadata, not a tensor.
+keeps its workspace between the segments of one request, :class:`Segment` ``held``). ``prompt`` crosses as lossless text;
+the :data:`DIGITAL_KEYS` (a PNG image: the digital baseline) cross as lossless bytes, costed as digital bits at the
+link's MCS; every other key is a tensor and crosses over the air (:mod:`shared.wire.air`); ``share`` (which window, of how many) is request metadata, not a tensor.
 
 The UE drives (:func:`run_protocol`): it runs its own stages and calls the ES(s) once per ES segment
 through a transport, concurrently for a fan-out; the ES servicer answers by running that same segment with
@@ -39,6 +40,10 @@ TASKS: tuple[Task, ...] = ("txt2img", "img2img")
 
 #: Keys that cross losslessly as text rather than as noisy tensors.
 TEXT_KEYS = frozenset({"prompt"})
+#: Keys that cross losslessly as bytes (``SegmentRequest.digital`` / ``SegmentResponse.digital``): a compressed
+#: image, as a network today would send it — perfect above the link's lowest MCS, an outage below (the cliff;
+#: docs/airtime.md). ``image_png``: the generated image as PNG; ``image_in_png``: img2img's input image as PNG.
+DIGITAL_KEYS = frozenset({"image_png", "image_in_png"})
 #: Keys every actor holds from the start without a transmission: ``share`` is the ES's
 #: :class:`shared.protocol.tiles.Share` (its index of N, and the overlap), sent as request metadata; ``round`` is the
 #: index of the round a stage belongs to (0 outside rounds; the stage's own data).

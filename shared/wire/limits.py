@@ -14,6 +14,13 @@ MAX_VALUES = 64 * 1024 * 1024
 #: No over-the-air tensor may have more dimensions than this (numpy's own limit).
 MAX_DIMS = 64
 
+#: Most bytes one digital payload (``SegmentRequest.digital`` / ``SegmentResponse.digital``: a PNG image) may hold
+#: (an incompressible 2048² RGB PNG is 12 MiB).
+MAX_DIGITAL_BYTES = 16 * 1024 * 1024
+#: Most pixels a received PNG may declare before it is decoded (a PNG bomb: a small file that inflates to a
+#: huge image); its size must also be the model's image size (:func:`shared.model.images.png_to_image`).
+MAX_PNG_PIXELS = 4096 * 4096
+
 #: Longest prompt accepted, in characters (the tokenizer keeps only its first tokens anyway).
 MAX_PROMPT_CHARS = 1000
 
