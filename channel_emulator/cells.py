@@ -111,6 +111,8 @@ class CellSet:
         self.delays: OrderedDict[tuple[str, str], LinkDelay] = OrderedDict()
         #: set whenever a link's profile changes (a link in outage may lift)
         self.profiles_changed = asyncio.Event()
+        #: messages held per (link, es, direction): admitted and not yet released (the queue limit counts them)
+        self.held: dict[tuple[str, str, str], int] = {}
         #: the event loop the data path runs on (set by the first message)
         self.loop: asyncio.AbstractEventLoop | None = None
 
@@ -200,11 +202,13 @@ class CellSet:
         return out
 
     # -- the data path ------------------------------------------------------------------------------------------
-    def _direction(self, es: str, direction: str, cell: CellConfig) -> CellDirection:
+    def _direction(self, es: str, direction: str, cell: CellConfig, since: float | None = None) -> CellDirection:
+        """The scheduler of ``es``'s cell in ``direction``, made on first use with its slot 0 at ``since`` (the
+        first message's arrival: the slot grid must not start after a message it carries came)."""
         key = (es, direction)
         cd = self.directions.get(key)
         if cd is None:
-            now = self.clock.now()
+            now = self.clock.now() if since is None else since
             cd = self.directions[key] = CellDirection(es, direction, make_scheduler(cell, direction, now),
                                                       counters=_Counters(since=now))
         return cd
@@ -264,6 +268,30 @@ class CellSet:
             for task in (waiter, sleeper):
                 task.cancel()
 
+    def admit(self, link: str, es: str, direction: str) -> None:
+        """Take a message of ``link`` into ``es``'s cell, or refuse it at once (before any channel math) when the
+        link already has ``queue_limit`` messages held in that direction (being computed, queued or on the air):
+        :class:`AirError` RESOURCE_EXHAUSTED. Pair with :meth:`release`. No cell: nothing to check."""
+        cell = self.cell_of(es)
+        if cell is None:
+            return
+        key = (link, es, direction)
+        held = self.held.get(key, 0)
+        if held >= cell.queue_limit:
+            raise AirError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                           f"{direction} of {link} in the cell of {es}: {held} messages already queued "
+                           f"(queue_limit {cell.queue_limit})")
+        self.held[key] = held + 1
+
+    def release(self, link: str, es: str, direction: str) -> None:
+        """The message :meth:`admit` took has left (delivered or failed)."""
+        key = (link, es, direction)
+        left = self.held.get(key, 0) - 1
+        if left > 0:
+            self.held[key] = left
+        else:
+            self.held.pop(key, None)
+
     async def carry(self, link: str, es: str, direction: str, message_bytes: int, tensor_values: list[int],
                     tensor_bytes: int, snr_db: Callable[[], float], deadline: float, arrival: float) -> Crossing:
         """Send one message of ``message_bytes`` that came at ``arrival`` (its over-the-air tensors:
@@ -276,12 +304,9 @@ class CellSet:
         name = self.cell_name(es)
         assert cell is not None and name is not None
         self.loop = asyncio.get_running_loop()
-        cd = self._direction(es, direction, cell)
+        cd = self._direction(es, direction, cell, arrival)
         sched = cd.scheduler
         what = f"{direction} of {link} in the cell of {es}"
-        if sched.queued(link) >= sched.cell.queue_limit:
-            raise AirError(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                           f"{what}: {sched.queued(link)} messages already queued (queue_limit {sched.cell.queue_limit})")
         bits = 8 * max(message_bytes - tensor_bytes, 0)
         now_mcs = select_mcs(snr_db())
         submit_at = arrival

@@ -170,8 +170,19 @@ def _forwarder(method: object, table: LinkTable, upstreams: Upstreams, advertise
     async def cross(link: str, es: str, direction: str, raw: bytes, deadline: float,
                     crossed: dict[str, DirectionAirtime], context: grpc.aio.ServicerContext) -> bytes:
         """One message through the channel (and the cell, if the ES has one): the bytes to pass on."""
-        loop = asyncio.get_running_loop()
         arrival = cells.clock.now() if cells is not None else 0.0  # the proxy's own work is inside the air time
+        if cells is not None:
+            cells.admit(link, es, direction)  # a full queue is refused before any work
+        try:
+            return await cross_admitted(link, es, direction, raw, deadline, crossed, context, arrival)
+        finally:
+            if cells is not None:
+                cells.release(link, es, direction)
+
+    async def cross_admitted(link: str, es: str, direction: str, raw: bytes, deadline: float,
+                             crossed: dict[str, DirectionAirtime], context: grpc.aio.ServicerContext,
+                             arrival: float) -> bytes:
+        loop = asyncio.get_running_loop()
         msg, touched = await loop.run_in_executor(pool, through, link, direction, raw)
         crossing = None
         if cells is not None and cells.cell_of(es) is not None:

@@ -375,6 +375,7 @@ def test_the_proxy_fails_a_late_message_at_the_deadline_and_a_full_queue_at_once
         big = [CELL20.re_per_slot * 2 * 100]  # 100 slots = 50 ms
 
         def send(ue: str, deadline: float) -> asyncio.Task[object]:
+            cells.admit(f"{ue}->es0", "es0", "uplink")  # as the proxy does, before its channel math
             return asyncio.ensure_future(cells.carry(f"{ue}->es0", "es0", "uplink", big[0] * 4, big, big[0] * 4,
                                                      lambda: math.inf, deadline=deadline, arrival=clock.now()))
         late = send("a", 0.0201)
@@ -383,8 +384,10 @@ def test_the_proxy_fails_a_late_message_at_the_deadline_and_a_full_queue_at_once
         for _ in range(5):
             await asyncio.sleep(0)
         with pytest.raises(AirError) as full:
-            await cells.carry("a->es0", "es0", "uplink", 10, [], 0, lambda: math.inf, deadline=1.0, arrival=0.0)
+            cells.admit("a->es0", "es0", "uplink")
         assert full.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED and clock.now() == 0.0  # at once
+        assert "queue_limit 1" in str(full.value)
+        cells.admit("a->es0", "es0", "downlink")  # per direction
         other = send("b", 1.0)
         await _settle(clock, [late, other])
         assert isinstance(late.exception(), AirError) and late.exception().code == grpc.StatusCode.DEADLINE_EXCEEDED  # type: ignore[union-attr]
