@@ -474,3 +474,15 @@ def test_eval_power_runs_on_a_trace(tmp_path: Path) -> None:
         rows = list(csv.DictReader(f))
     assert [row["policy"] for row in rows] == ["uniform", "oracle", "ppo"]
     assert all(math.isfinite(float(row["psnr"])) for row in rows)
+
+
+def test_make_trace_help_and_a_missing_lab_extra(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        lab_main(["make-trace", "--help"])
+    out = capsys.readouterr().out
+    assert done.value.code == 0 and out.startswith("usage: meg-lab make-trace ") and "--speed-kmh" in out
+    monkeypatch.setitem(__import__("sys").modules, "sionna", None)
+    assert lab_main(["make-trace", "--model", "TDL-A", "--out", str(tmp_path / "t.npz")]) == 2
+    err = capsys.readouterr().err
+    assert "needs sionna" in err and "pip install 'meg[lab]'" in err and not (tmp_path / "t.npz").exists()
