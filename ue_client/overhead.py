@@ -21,7 +21,7 @@ from shared.protocol.geometry import SEED_KEYS, Geometry
 from shared.protocol.plan import plan
 from shared.protocol.registry import PROTOCOLS
 from shared.protocol.schedule import cooperative_schedule
-from shared.protocol.stages import TASKS, TEXT_KEYS
+from shared.protocol.stages import DIGITAL_KEYS, TASKS, TEXT_KEYS
 from shared.protocol.tiles import DEFAULT_SYNC, Share, default_halo
 
 #: Paper 2's Table II compression rates.
@@ -39,8 +39,9 @@ class OverheadRow:
     downlink_keys: tuple[str, ...]
     prompt_uplink: bool  # the prompt text also goes up (lossless, counted in bytes)
     n_es: int = 1  # edge servers the row is counted for (multi-ES protocols)
-    #: every message of one generation: (direction, ES number, complex REs of its tensors, carries the prompt)
-    messages: tuple[tuple[str, int, int, bool], ...] = field(default=(), repr=False, compare=False)
+    #: every message of one generation: (direction, ES number, complex REs of its tensors, carries the prompt,
+    #: how many digital images (PNG, the digital baseline) it carries)
+    messages: tuple[tuple[str, int, int, bool, int], ...] = field(default=(), repr=False, compare=False)
 
     @property
     def total_symbols(self) -> int:
@@ -70,25 +71,34 @@ def protocol_overhead(name: str, task: str, geometry: Geometry, fc: float = 1.0,
     up = down = 0
     up_keys: list[str] = []
     down_keys: list[str] = []
-    messages: list[tuple[str, int, int, bool]] = []
+    messages: list[tuple[str, int, int, bool, int]] = []
     for seg in segments:
         if seg.actor != "ES":
             continue
         shares = [Share(i, n, h if seg.fan == "share" else 0) for i in range(n)] if seg.fan != "one" else [None]
-        tensors_up = [k for k in seg.receives if k not in TEXT_KEYS]
+        tensors_up = [k for k in seg.receives if k not in TEXT_KEYS | DIGITAL_KEYS]
+        tensors_down = [k for k in seg.returns if k not in DIGITAL_KEYS]
         prompt = any(k in TEXT_KEYS for k in seg.receives)
+        png_up, png_down = (sum(k in DIGITAL_KEYS for k in keys) for keys in (seg.receives, seg.returns))
         for i, sh in enumerate(shares):
             part = sh if seg.fan == "share" else None
             if not (broadcast and seg.fan == "each" and i > 0):
                 up += sum(geometry.symbols(k, fc, part) for k in tensors_up)
-            down += sum(geometry.symbols(k, fc, part) for k in seg.returns)
-            messages.append(("uplink", i, sum(re_for_values(geometry.symbols(k, fc, part)) for k in tensors_up), prompt))
-            messages.append(("downlink", i, sum(re_for_values(geometry.symbols(k, fc, part)) for k in seg.returns), False))
+            down += sum(geometry.symbols(k, fc, part) for k in tensors_down)
+            messages.append(("uplink", i, sum(re_for_values(geometry.symbols(k, fc, part)) for k in tensors_up), prompt,
+                             png_up))
+            messages.append(("downlink", i, sum(re_for_values(geometry.symbols(k, fc, part)) for k in tensors_down),
+                             False, png_down))
         mark = "" if seg.fan == "one" else f" ×{n}"
-        up_keys += [k + mark for k in seg.receives if k + mark not in up_keys]
-        down_keys += [k + mark for k in seg.returns if k + mark not in down_keys]
+        up_keys += [_label(k) + mark for k in seg.receives if _label(k) + mark not in up_keys]
+        down_keys += [_label(k) + mark for k in seg.returns if _label(k) + mark not in down_keys]
     return OverheadRow(name, task, fc, up, down, tuple(k for k in up_keys if k.split(" ")[0] not in TEXT_KEYS),
                        tuple(down_keys), any(k.split(" ")[0] in TEXT_KEYS for k in up_keys), n, tuple(messages))
+
+
+def _label(key: str) -> str:
+    """A key as the table names it: digital ones (bytes, no symbols) marked."""
+    return f"{key} (digital)" if key in DIGITAL_KEYS else key
 
 
 def uses_seeds(name: str, task: str) -> bool:
@@ -125,11 +135,11 @@ def reduction_factor(geometry: Geometry, task: str, fc: float = 1.0, over: str =
 
 
 def format_table(rows: list[OverheadRow]) -> str:
-    lines = [f"{'task':8s} {'protocol':8s} {'ES':>2s} {'fc':>4s} {'uplink':>10s} {'downlink':>10s} {'total':>10s}  crosses"]
+    lines = [f"{'task':8s} {'protocol':11s} {'ES':>2s} {'fc':>4s} {'uplink':>10s} {'downlink':>10s} {'total':>10s}  crosses"]
     for r in rows:
         up = " + ".join([*(["prompt text"] if r.prompt_uplink else []), *r.uplink_keys]) or "-"
         down = " + ".join(r.downlink_keys) or "-"
-        lines.append(f"{r.task:8s} {r.protocol:8s} {r.n_es:2d} {r.fc:4g} {r.uplink_symbols:10,d} {r.downlink_symbols:10,d} "
+        lines.append(f"{r.task:8s} {r.protocol:11s} {r.n_es:2d} {r.fc:4g} {r.uplink_symbols:10,d} {r.downlink_symbols:10,d} "
                      f"{r.total_symbols:10,d}  ↑ {up}  ↓ {down}")
     return "\n".join(lines)
 
@@ -182,17 +192,18 @@ def message_air(cell: CellConfig, direction: str, re: int) -> tuple[int, float]:
 
 
 def air_row(row: OverheadRow, cell: CellConfig, prompt_bytes: int = DEFAULT_PROMPT_BYTES,
-            snr_db: float = DEFAULT_SNR_DB) -> AirRow:
+            snr_db: float = DEFAULT_SNR_DB, png_bytes: int = 0) -> AirRow:
     """``row``'s generation on the air of ``cell`` (see :class:`AirRow`): its tensors' REs (``ceil(n/2)``
-    each) plus, on a message that carries it, the prompt's ``8 · prompt_bytes`` bits at the MCS ``snr_db``
-    affords (TS 38.214; other framing bits are left out). Raises ValueError below the lowest MCS (outage)."""
+    each) plus, on a message that carries it, the prompt's ``8 · prompt_bytes`` bits and each digital
+    image's ``8 · png_bytes`` bits at the MCS ``snr_db`` affords (TS 38.214; other framing bits are left
+    out). Raises ValueError below the lowest MCS (outage: no digital bit goes)."""
     mcs = select_mcs(snr_db)
     if mcs is None:
         raise ValueError(f"--snr-db {snr_db:g}: below MCS 0's threshold the prompt's bits cannot go (outage)")
     prompt_re = digital_re(8 * prompt_bytes, mcs)
     per: dict[tuple[str, int], list[int]] = {}
-    for direction, es, re, prompt in row.messages:
-        total = re + (prompt_re if prompt else 0)
+    for direction, es, re, prompt, pngs in row.messages:
+        total = re + (prompt_re if prompt else 0) + (digital_re(8 * png_bytes * pngs, mcs) if pngs else 0)
         if total:
             per.setdefault((direction, es), []).append(total)
     out: dict[str, tuple[int, int, float]] = {}
@@ -210,11 +221,11 @@ def air_row(row: OverheadRow, cell: CellConfig, prompt_bytes: int = DEFAULT_PROM
 def format_air(rows: list[AirRow], cell: CellConfig) -> str:
     """The air-time table: per protocol the REs, slots and milliseconds each way, and generations per second."""
     lines = [f"time on the air: one generation alone in a cell of {cell.describe()}",
-             (f"{'task':8s} {'protocol':8s} {'ES':>2s} {'fc':>4s} {'up RE':>9s} {'down RE':>9s} {'up ms':>8s} "
+             (f"{'task':8s} {'protocol':11s} {'ES':>2s} {'fc':>4s} {'up RE':>9s} {'down RE':>9s} {'up ms':>8s} "
              f"{'down ms':>8s} {'slots':>9s} {'gen/s':>9s}")]
     for r in rows:
         gps = "-" if r.gen_per_s is None else f"{r.gen_per_s:,.1f}"
-        lines.append(f"{r.task:8s} {r.protocol:8s} {r.n_es:2d} {r.fc:4g} {r.uplink_re:9,d} {r.downlink_re:9,d} "
+        lines.append(f"{r.task:8s} {r.protocol:11s} {r.n_es:2d} {r.fc:4g} {r.uplink_re:9,d} {r.downlink_re:9,d} "
                      f"{r.uplink_air_s * 1e3:8.2f} {r.downlink_air_s * 1e3:8.2f} "
                      f"{f'{r.uplink_slots}+{r.downlink_slots}':>9s} {gps:>9s}")
     return "\n".join(lines)

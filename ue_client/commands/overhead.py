@@ -34,6 +34,8 @@ def add_parser(sub: Any) -> None:
                      f"and control (default {DEFAULT_OVERHEAD}, TS 38.306)")
     air.add_argument("--prompt-bytes", type=int, default=DEFAULT_PROMPT_BYTES, help="the prompt's length: its bits go "
                      f"digitally at the MCS of --snr-db (default {DEFAULT_PROMPT_BYTES})")
+    air.add_argument("--png-bytes", type=int, default=0, help="the digital baseline's image as PNG, bytes (default 0: "
+                     "half the raw RGB bytes, H·W·3/2); its bits go at the MCS of --snr-db")
     air.add_argument("--snr-db", type=float, default=DEFAULT_SNR_DB, help="the link SNR that picks the prompt's MCS "
                      f"(TS 38.214 Table 5.1.3.1-2; default {DEFAULT_SNR_DB:g})")
     ovh.add_argument("--json", action="store_true")
@@ -73,7 +75,10 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--prompt-bytes must be >= 0, got {args.prompt_bytes}")
         cell = CellConfig(bandwidth_mhz=args.bandwidth_mhz, numerology=args.numerology, overhead=args.overhead,
                           duplex=args.duplex, tdd_pattern=args.tdd_pattern)
-        air = [air_row(r, cell, args.prompt_bytes, args.snr_db) for r in rows]
+        if args.png_bytes < 0:
+            raise ValueError(f"--png-bytes must be >= 0, got {args.png_bytes}")
+        png = args.png_bytes or geometry.image_size**2 * 3 // 2
+        air = [air_row(r, cell, args.prompt_bytes, args.snr_db, png) for r in rows]
     if args.json:
         out: dict[str, object] = {"geometry": source, "shape": geometry.__dict__, "table_ii": table_ii(geometry),
                                   "n_es": args.es_count, "rows": [r.as_dict() for r in rows], "full_es_over_ciag": reductions}
