@@ -102,6 +102,11 @@ def _generic(desc: Descriptor, cls: type, depth: int) -> st.SearchStrategy[Messa
         for f in desc.fields:
             if not d(st.booleans()):
                 continue
+            if f.type == FieldDescriptor.TYPE_MESSAGE and f.message_type.GetOptions().map_entry:
+                key, value = f.message_type.fields_by_name["key"], f.message_type.fields_by_name["value"]
+                if value.type != FieldDescriptor.TYPE_MESSAGE:  # a map of scalars (digital payloads: name -> bytes)
+                    getattr(msg, f.name).update(d(st.dictionaries(_scalar(key), _scalar(value), max_size=3)))
+                continue
             if f.type == FieldDescriptor.TYPE_MESSAGE:
                 if depth >= 3:
                     continue
