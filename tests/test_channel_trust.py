@@ -131,6 +131,7 @@ def test_a_huge_probe_with_block_length_one_does_not_stall_health_checks() -> No
                 done.set()
 
         thread = threading.Thread(target=probe)
+        started = time.perf_counter()
         thread.start()
         while not done.is_set():
             t0 = time.perf_counter()
@@ -138,8 +139,11 @@ def test_a_huge_probe_with_block_length_one_does_not_stall_health_checks() -> No
             worst = max(worst, time.perf_counter() - t0)
             time.sleep(0.01)
         thread.join()
+        took = time.perf_counter() - started
         assert table.links["ue->es0"]["uplink"].counters.symbols == n  # the math did run
-        assert worst < 0.25, worst
+        # on the loop, one health check would wait for the whole math (worst ~ took); off it, a check waits at
+        # most for a scheduling slice, also on a busy machine (relative, not a fixed wall-clock bound)
+        assert worst < max(0.25, 0.3 * took), (worst, took)
         # a power allocation over more than MAX_POWER_BLOCKS blocks is refused, not computed
         over = air.to_air("x", np.ones(MAX_POWER_BLOCKS + 1, np.float32))
         over.block_length = 1
