@@ -10,9 +10,7 @@ them until the RPC's deadline, which ends it with DEADLINE_EXCEEDED (the cliff).
 from __future__ import annotations
 
 import io
-import json
 import struct
-import subprocess
 import time
 import zlib
 from pathlib import Path
@@ -25,7 +23,7 @@ from PIL import Image
 
 from shared.channel.profiles import ChannelProfile
 from shared.model.images import PngError, image_to_png, png_to_image, quantize
-from shared.pb import edge_pb2, edge_pb2_grpc
+from shared.pb import channel_pb2, channel_pb2_grpc, edge_pb2, edge_pb2_grpc
 from shared.protocol.params import Params
 from shared.protocol.plan import plan
 from shared.protocol.registry import get_protocol
@@ -152,39 +150,36 @@ CELL = ["--bandwidth-mhz", "20", "--numerology", "1"]
 
 
 @pytest.mark.slow
-def test_full_es_png_through_processes_with_a_cell_and_the_outage_cliff(random_model_dir: Path, tmp_path: Path) -> None:
+def test_full_es_png_through_processes_with_a_cell_and_the_outage_cliff(random_model_dir: Path) -> None:
+    """Real ``meg-edge`` and ``meg-channel`` processes (a 20 MHz cell, AWGN 10 dB), the UE's own code in this
+    process (what ``meg-ue generate --json`` prints is its ``summary()``)."""
+    from shared.model.ops import ModelParts
+
     model = str(random_model_dir)
+    parts = ModelParts.load(model, "cpu")
     edge = [script("meg-edge"), "serve", "--listen", "127.0.0.1:0", "--model", model, "--device", "cpu"]
     with running(edge, "meg.v1.EdgeService") as (_, es_port):
-        good = [script("meg-channel"), "serve", "--listen", "127.0.0.1:0", "--upstream", f"127.0.0.1:{es_port}",
-                "--model", "awgn", "--snr-db", "10", *CELL]
-        with running(good, "meg.v1.ChannelControl") as (_, port):
-            out = tmp_path / "png.png"
-            ue = subprocess.run([script("meg-ue"), "generate", PROMPT, "--protocol", "FULL-ES-PNG", "--via",
-                                 f"127.0.0.1:{port}", "--model", model, "--out", str(out), "--seed", "3", "--steps", "2",
-                                 "--json"], capture_output=True, text=True, timeout=180, check=False)
-            assert ue.returncode == 0, ue.stderr
-            report = json.loads(ue.stdout.strip().splitlines()[-1])
+        proxy = [script("meg-channel"), "serve", "--listen", "127.0.0.1:0", "--upstream", f"127.0.0.1:{es_port}",
+                 "--model", "awgn", "--snr-db", "10", *CELL]
+        with running(proxy, "meg.v1.ChannelControl") as (_, port):
+            with EdgeClient(f"127.0.0.1:{port}", timeout_s=60, ue_id="phone") as client:
+                report = generate(parts, client, PROMPT, "FULL-ES-PNG", "txt2img", Params(seed=3, steps=2))
             with EdgeClient(f"127.0.0.1:{es_port}", timeout_s=60) as direct:
-                from shared.model.ops import ModelParts
-
-                parts = ModelParts.load(model, "cpu")
                 analog = generate(parts, direct, PROMPT, "FULL-ES", "txt2img", Params(seed=3, steps=2))
-        down = report["downlink"]
-        assert down["digital_bytes"] == len(image_to_png(analog.image)) and down["symbols"] == 0
-        assert down["air_s"] > 0 and down["resource_elements"] > 0 and down["cell"] == "es0"
-        with Image.open(out) as img:  # what the UE wrote is the ES's 8-bit image
-            written = torch.from_numpy(np.asarray(img.convert("RGB"), np.float32) / 255).permute(2, 0, 1)[None]
-        assert torch.equal(written, quantize(analog.image))
 
-        # the downlink in outage (-10 dB is below MCS 0's -6.0 dB): the PNG's bits wait until the deadline
-        outage = [script("meg-channel"), "serve", "--listen", "127.0.0.1:0", "--upstream", f"127.0.0.1:{es_port}",
-                  "--model", "awgn", "--uplink-snr-db", "20", "--downlink-snr-db", "-10", *CELL]
-        with running(outage, "meg.v1.ChannelControl") as (_, port), \
-                EdgeClient(f"127.0.0.1:{port}", timeout_s=3.0, ue_id="edge-of-cell") as client:
-            t0 = time.monotonic()
-            with pytest.raises(grpc.RpcError) as err:
-                generate(parts, client, PROMPT, "FULL-ES-PNG", "txt2img", Params(seed=3, steps=2))
-            took = time.monotonic() - t0
+            # the downlink in outage (-10 dB is below MCS 0's -6.0 dB): the PNG's bits wait until the deadline
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+                channel_pb2_grpc.ChannelControlStub(ch).SetChannel(
+                    channel_pb2.SetChannelRequest(direction="downlink", profile="awgn-minus10"), timeout=5)
+            with EdgeClient(f"127.0.0.1:{port}", timeout_s=3.0, ue_id="edge-of-cell") as client:
+                t0 = time.monotonic()
+                with pytest.raises(grpc.RpcError) as err:
+                    generate(parts, client, PROMPT, "FULL-ES-PNG", "txt2img", Params(seed=3, steps=2))
+                took = time.monotonic() - t0
+    down = report.summary()["downlink"]
+    assert isinstance(down, dict)
+    assert down["digital_bytes"] == len(image_to_png(analog.image)) and down["symbols"] == 0
+    assert down["air_s"] > 0 and down["resource_elements"] > 0 and down["cell"] == "es0"
+    assert torch.equal(report.image, quantize(analog.image))  # the ES's 8-bit image, exactly
     assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED, err.value.details()
     assert 3.0 - 0.05 <= took <= 3.0 + 1.0, took
