@@ -24,6 +24,9 @@ EXPECTED_CROSSINGS = {
     # protocol: {task: (uplink tensor keys, prompt text goes up, downlink keys)}
     "FULL-UE": {"txt2img": ((), False, ()), "img2img": ((), False, ())},
     "FULL-ES": {"txt2img": ((), True, ("image",)), "img2img": (("image_in",), True, ("image",))},
+    # the digital baseline: PNG bytes, no tensor (tests/test_digital.py checks the image and the outage)
+    "FULL-ES-PNG": {"txt2img": ((), True, ("image_png (digital)",)),
+                    "img2img": (("image_in_png (digital)",), True, ("image_png (digital)",))},
     "UIEG": {"txt2img": (("cond",), False, ("image",)), "img2img": (("init_seed",), True, ("image",))},
     "EIUG": {"txt2img": ((), True, ("seed",)), "img2img": (("image_in",), True, ("seed",))},
     "CIAG": {"txt2img": (("cond",), False, ("seed",)), "img2img": (("init_seed",), True, ("seed",))},
@@ -65,7 +68,12 @@ def test_protocol_through_proxy(inproc_stack, name: str, task: str) -> None:  # 
     assert stats["uplink"].payload_bytes == r.uplink.payload_bytes == 4 * r.uplink.symbols
     assert stats["downlink"].payload_bytes == r.downlink.payload_bytes == 4 * r.downlink.symbols
     assert stats["uplink"].symbols == r.uplink.symbols and stats["downlink"].symbols == r.downlink.symbols
-    assert stats["uplink"].transmissions == len(up_keys) and stats["downlink"].transmissions == len(down_keys)
+    def tensors(keys: tuple[str, ...]) -> int:  # over-the-air tensors: digital keys are bytes, not transmissions
+        return len([k for k in keys if not k.endswith("(digital)")])
+
+    assert stats["uplink"].transmissions == tensors(up_keys) and stats["downlink"].transmissions == tensors(down_keys)
+    assert (r.uplink.digital_bytes > 0) == (tensors(up_keys) < len(up_keys))
+    assert (r.downlink.digital_bytes > 0) == (tensors(down_keys) < len(down_keys))
     if name == "ESUC":
         assert r.sketch is not None and r.sketch.shape == (1, 3, size // 4, size // 4)
 
