@@ -85,7 +85,11 @@ def test_compare_writes_panel_and_table(inproc_stack, tmp_path: Path) -> None:  
     assert (tmp_path / "panel.png").exists() and (tmp_path / "overhead.json").exists()
     assert (tmp_path / "esuc-sketch.png").exists()
     rows = {r["protocol"]: r for r in report["rows"]}  # type: ignore[index]
-    assert list(rows) == ["FULL-UE", "FULL-ES", "UIEG", "EIUG", "CIAG", "ESUC"]
+    assert list(rows) == ["FULL-UE", "FULL-ES", "FULL-ES-PNG", "UIEG", "EIUG", "CIAG", "ESUC"]
+    # the digital baseline at 20 dB: only the 8-bit rounding separates it from the ideal link's image
+    png = rows["FULL-ES-PNG"]
+    assert png["downlink"]["digital_bytes"] > 0 and png["downlink"]["symbols"] == 0
+    assert png["psnr_vs_ideal_db"] > max(40.0, rows["FULL-ES"]["psnr_vs_ideal_db"])
     for r in rows.values():
         assert r["uplink"]["symbols"] + r["downlink"]["symbols"] == r["predicted_total_symbols"]
     assert rows["CIAG"]["downlink"]["snr_db"] == 20.0

@@ -1,6 +1,7 @@
 """``meg-ue compare``: every single-ES protocol (``--multi-es``: every multi-ES one, over all the session's
 ESs) of the registry on one prompt through the proxy; a labelled panel and the measured accounting beside
-the predicted one (like paper 1, Figs. 5 and 6). Quality is PSNR against the perfectly received image: the
+the predicted one (like paper 1, Figs. 5 and 6; the digital baseline FULL-ES-PNG beside them, its PNG counted in
+bytes). Quality is PSNR against the perfectly received image: the
 same generation (Full-ES, same seed, the first ES) over an ideal link. The links it changes are put back
 afterwards, whatever happens in between, but only where nobody changed them meanwhile (:class:`LinkGuard`),
 and a failure to put them back never hides the error that stopped the run."""
@@ -164,11 +165,13 @@ def run_compare(parts: ModelParts, client: EdgeClient, prompt: str, task: str, p
     panel({"IDEAL LINK": reference, **images}, {"IDEAL LINK": "Full-ES, ideal link\n(reference)", **captions}).save(out / "panel.png")
     lines = [f"prompt: {prompt!r}  task: {task}  SNR: {'as the proxy is set' if snr_db is None else f'{snr_db:g} dB'}"
              + (f"  ESs: {', '.join(clients)}" if multi_es else ""),
-             f"{'protocol':8s} {'uplink':>9s} {'downlink':>9s} {'total':>9s} {'text B':>6s} {'seconds':>8s} {'PSNR vs ideal':>14s}"]
+             (f"{'protocol':11s} {'uplink':>9s} {'downlink':>9s} {'total':>9s} {'text B':>6s} {'digital B':>9s} "
+              f"{'seconds':>8s} {'PSNR vs ideal':>14s}")]
     for row in rows:
         up, down = row["uplink"], row["downlink"]
-        lines.append(f"{row['protocol']:8s} {up['symbols']:9,d} {down['symbols']:9,d} {up['symbols'] + down['symbols']:9,d} "
-                     f"{up['text_bytes']:6d} {row['seconds']:8.2f} {row['psnr_vs_ideal_db']:14.2f}")
+        lines.append(f"{row['protocol']:11s} {up['symbols']:9,d} {down['symbols']:9,d} {up['symbols'] + down['symbols']:9,d} "
+                     f"{up['text_bytes']:6d} {up['digital_bytes'] + down['digital_bytes']:9,d} {row['seconds']:8.2f} "
+                     f"{row['psnr_vs_ideal_db']:14.2f}")
     table = "\n".join(lines)
     report: dict[str, object] = {"prompt": prompt, "task": task, "snr_db": snr_db, "rows": rows, "panel": str(out / "panel.png"),
                                  "table": table, "links_left": dict(guard.left)}
@@ -197,5 +200,7 @@ def _run_all(parts: ModelParts, client: EdgeClient, clients: dict[str, EdgeClien
                                       halo=opts.halo, broadcast=opts.broadcast, rounds=r.rounds or 1)
         rows.append({**r.summary(), "predicted_total_symbols": predicted.total_symbols})
         extra = f" · {r.picked}" if r.picked else ""
-        captions[name] = f"{name}{extra}\nsymbols {r.uplink.symbols + r.downlink.symbols:,d}"
+        digital = r.uplink.digital_bytes + r.downlink.digital_bytes  # the digital baseline: PNG bytes, no symbols
+        captions[name] = f"{name}{extra}\n" + (f"PNG {digital:,d} B" if digital else
+                                                f"symbols {r.uplink.symbols + r.downlink.symbols:,d}")
     return rows, images, captions
