@@ -120,8 +120,9 @@ async def _serve(args: argparse.Namespace) -> None:
     if args.metrics_port is not None:
         from channel_emulator.metrics import CellCollector, serve_link_metrics
 
-        _, metrics_port = serve_link_metrics(table, args.listen, args.metrics_port,
+        _, metrics_port = serve_link_metrics(table, args.metrics_listen, args.metrics_port,
                                              [*([membership.collector()] if membership else []), CellCollector(cells)])
+        logging.getLogger("meg.channel").info("meg-channel metrics bound to %s", args.metrics_listen)
         logging.getLogger("meg.channel").info("meg-channel metrics on port %d", metrics_port)
     print(f"meg-channel listening on port {port}", flush=True)
     await serve_until_signal(server, health, args.grace_s)
@@ -298,7 +299,10 @@ def main(argv: list[str] | None = None) -> int:
                             "account = compute and report the times without waiting")
     serve.add_argument("--grace-s", type=float, default=5.0)
     serve.add_argument("--metrics-port", type=int, help="serve per-link Prometheus metrics on http://HOST:PORT/metrics "
-                                                        "(HOST from --listen; 0 = any free port)")
+                                                        "(HOST: --metrics-listen; 0 = any free port)")
+    serve.add_argument("--metrics-listen", default="127.0.0.1",
+                       help="host /metrics binds (default 127.0.0.1: loopback, as Prometheus exporters do; the "
+                            "per-link counters name every UE; 0.0.0.0 exposes them to anyone who can reach the host)")
     helps = {
         "profiles": "list the named profiles", "show": "print the links' settings", "stats": "print the counters",
         "set": "change a link direction; applies from the next transmission", "reset": "back to start-up settings",

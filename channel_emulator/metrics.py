@@ -107,14 +107,13 @@ class CellCollector(Collector):
             yield c
 
 
-def serve_link_metrics(table: LinkTable, listen: str, port: int, extra: Sequence[Collector] = ()) -> tuple[WSGIServer, int]:
-    """Serve ``table``'s counters on ``http://HOST:port/metrics`` (``HOST`` from ``listen``; 0 = a free port)
+def serve_link_metrics(table: LinkTable, host: str, port: int, extra: Sequence[Collector] = ()) -> tuple[WSGIServer, int]:
+    """Serve ``table``'s counters on ``http://host:port/metrics`` (``--metrics-listen``, loopback by default; 0 = a free port)
     in a daemon thread, from a registry of its own, with the ``extra`` collectors (the upstream membership's).
     Returns ``(server, port)``."""
     registry = CollectorRegistry()
     registry.register(LinkCollector(table))
     for collector in extra:
         registry.register(collector)
-    host = listen.rpartition(":")[0].strip("[]") or "0.0.0.0"
-    server, _thread = start_http_server(port, addr=host, registry=registry)
+    server, _thread = start_http_server(port, addr=host.strip("[]"), registry=registry)
     return server, int(server.server_port)

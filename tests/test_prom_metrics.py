@@ -90,3 +90,27 @@ def test_edge_and_proxy_metrics_match_the_load(random_model_dir: Path) -> None:
     assert ch[("meg_channel_links", ())] == 3
     rpcs = [ch[("meg_channel_rpcs_total", (("direction", "uplink"), ("link", f"ue{i}->es0")))] for i in range(3)]
     assert sum(rpcs) == 9 and min(rpcs) >= 1  # one ES segment per request (FULL-ES and CIAG), every UE its link
+
+
+
+def _listening_hosts(port: int) -> set[str]:
+    """Local addresses with a TCP socket listening on ``port`` (from /proc/net/tcp{,6})."""
+    hosts = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for row in Path(table).read_text().splitlines()[1:]:
+            local, state = row.split()[1], row.split()[3]
+            addr, _, hexport = local.partition(":")
+            if state == "0A" and int(hexport, 16) == port:  # 0A = LISTEN
+                hosts.add("127.0.0.1" if addr == "0100007F" else "any" if set(addr) == {"0"} else addr)
+    return hosts
+
+
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="needs Linux's /proc/net/tcp")
+def test_proxy_metrics_bind_loopback_even_when_grpc_listens_on_all() -> None:
+    """The per-link counters name every UE: /metrics binds 127.0.0.1 unless --metrics-listen says otherwise
+    (issue 23.5; before, it bound the --listen host, 0.0.0.0 in containers)."""
+    argv = [script("meg-channel"), "serve", "--listen", "0.0.0.0:0", "--upstream", "127.0.0.1:1", "--metrics-port", "0"]
+    with serving(argv) as (_port, metrics):
+        assert _listening_hosts(metrics) == {"127.0.0.1"}
+    with serving([*argv, "--metrics-listen", "0.0.0.0"]) as (_port, metrics):
+        assert _listening_hosts(metrics) == {"any"}
