@@ -6,7 +6,11 @@ Schemes, all sending one generated result over the same channel function the pro
 
 - ``centralized``: the ES sends the image pixels (Full-ES), ``H·W·3`` symbols;
 - ``raw-latent``: the ES sends the denoised latent (EIUG at fc = 1), the UE decodes it;
-- ``meg-paper`` / ``meg-residual`` at each fc: the ES sends the codec's seed (EIUG with C / C⁻¹).
+- ``meg-paper`` / ``meg-residual`` at each fc: the ES sends the codec's seed (EIUG with C / C⁻¹);
+- ``digital-png``: the digital baseline the papers skip (FULL-ES-PNG): the image as PNG bits at the MCS the
+  SNR affords (:func:`shared.channel.mcs.select_mcs`, TS 38.214, the proxy's rule: the link's mean SNR picks
+  it, ideal link adaptation) — exact after 8-bit rounding above MCS 0's threshold (−6.0 dB), **lost** below
+  (``outage`` = 1, PSNR and FID empty: nothing arrived). ``digital_bytes`` is the PNGs' mean size.
 
 The reference ("perfectly received") image of each prompt is the same generation over an ideal link.
 Writes ``results.csv``, ``psnr_vs_snr.png``, ``fid_vs_snr.png``, ``psnr_fc_snr.png``, ``fid_fc_snr.png`` and
@@ -26,17 +30,18 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from shared.channel.mcs import select_mcs
 from shared.channel.models import MODELS
 from shared.channel.profiles import ChannelProfile
 from shared.channel.transmit import transmit
 from shared.model import vae
 from shared.model.codec import FCS, SeedCodec, load_codecs
-from shared.model.images import psnr
+from shared.model.images import image_to_png, png_to_image, psnr
 
 if TYPE_CHECKING:
     from shared.model.ops import ModelParts
 
-COLUMNS = ("channel", "snr_db", "scheme", "design", "fc", "symbols", "psnr_db", "fid", "n")
+COLUMNS = ("channel", "snr_db", "scheme", "design", "fc", "symbols", "psnr_db", "fid", "n", "outage", "digital_bytes")
 COHERENCE = 64  # fading block length in symbols
 
 
@@ -80,6 +85,14 @@ def send_each(x: torch.Tensor, profile: ChannelProfile, rng: np.random.Generator
     return torch.stack([torch.from_numpy(transmit(item.numpy(), profile, rng).received) for item in x])
 
 
+def send_png(pngs: list[bytes], snr_db: float) -> torch.Tensor | None:
+    """The digital baseline's downlink of PNG images at ``snr_db``: the images ``[B, 3, H, W]`` exactly as sent
+    when the SNR affords an MCS, ``None`` (every image lost: the outage) below MCS 0's threshold."""
+    if select_mcs(snr_db) is None:
+        return None
+    return torch.cat([png_to_image(p) for p in pngs])
+
+
 def run(model: Path, out: Path, sweep: Sweep, seed: int = 0) -> list[dict[str, object]]:
     t0 = time.perf_counter()
     from shared.model.ops import ModelParts
@@ -95,13 +108,25 @@ def run(model: Path, out: Path, sweep: Sweep, seed: int = 0) -> list[dict[str, o
     schemes: list[tuple[str, str, float]] = [("centralized", "", 1.0), ("raw-latent", "", 1.0)]
     for design, table in codecs.items():
         schemes += [(f"meg-{design}", design, fc) for fc in sweep.fcs if fc in table]
+    schemes.append(("digital-png", "", 1.0))
     seeds = {(d, fc): codecs[d][fc].encode(latents) for _, d, fc in schemes if d}
+    pngs = [image_to_png(im) for im in images]
+    png_bytes = round(sum(map(len, pngs)) / len(pngs))
     rows: list[dict[str, object]] = []
     for channel in sweep.channels:
         for snr in sweep.snrs:
             profile = ChannelProfile(model=channel, snr_db=snr, coherence_symbols=COHERENCE if MODELS[channel].fading else 0)
             for scheme, design, fc in schemes:
                 rng = np.random.default_rng([seed, int(snr * 10) + 1000, len(rows)])
+                if scheme == "digital-png":
+                    got = send_png(pngs, snr)
+                    rows.append({
+                        "channel": channel, "snr_db": snr, "scheme": scheme, "design": "-", "fc": fc, "symbols": 0,
+                        "psnr_db": float("nan") if got is None else round(psnr(got, images, per_image=True, max_db=100.0), 3),
+                        "fid": round(fid(got * 2 - 1), 3) if fid and got is not None else float("nan"), "n": sweep.n,
+                        "outage": 1.0 if got is None else 0.0, "digital_bytes": png_bytes,
+                    })
+                    continue
                 if scheme == "centralized":
                     received, symbols = send_each(images, profile, rng).clamp(0, 1), images[0].numel()
                 elif scheme == "raw-latent":
@@ -115,6 +140,7 @@ def run(model: Path, out: Path, sweep: Sweep, seed: int = 0) -> list[dict[str, o
                     "channel": channel, "snr_db": snr, "scheme": scheme, "design": design or "-", "fc": fc,
                     "symbols": int(symbols), "psnr_db": round(psnr(received, images, per_image=True, max_db=100.0), 3),
                     "fid": round(fid(received * 2 - 1), 3) if fid else float("nan"), "n": sweep.n,
+                    "outage": 0.0, "digital_bytes": 0,
                 })
         print(f"{channel}: done in {time.perf_counter() - t0:.0f}s", flush=True)
     out.mkdir(parents=True, exist_ok=True)
@@ -138,6 +164,8 @@ def _style(scheme: str, fc: float) -> dict[str, object]:
         return {"color": "black", "linestyle": "-"}
     if scheme == "raw-latent":
         return {"color": "tab:red", "linestyle": "-", "linewidth": 2}
+    if scheme == "digital-png":  # the cliff: a step at MCS 0's threshold
+        return {"color": "tab:orange", "linestyle": ":", "linewidth": 2, "drawstyle": "steps-post"}
     cmap = matplotlib.colormaps["Blues" if scheme == "meg-paper" else "Greens"]
     return {"color": cmap(0.35 + 0.6 * fc), "linestyle": "--" if scheme == "meg-paper" else "-"}
 
@@ -159,7 +187,7 @@ def plot(rows: list[dict[str, object]], out: Path) -> None:
                              if r["channel"] == ch and r["scheme"] == scheme and float(r["fc"]) == fc)
                 if not pts or all(np.isnan(v) for _, v in pts):
                     continue
-                name = scheme if scheme in ("centralized", "raw-latent") else f"{scheme} fc={fc:g}"
+                name = scheme if scheme in ("centralized", "raw-latent", "digital-png") else f"{scheme} fc={fc:g}"
                 ax.plot(*zip(*pts), **_style(scheme, fc), marker="o", ms=3, label=name)
             ax.set_title(f"{ch.upper()}" + (f" (block fading, L={COHERENCE})" if MODELS[ch].fading else ""))
             ax.set_xlabel("SNR (dB)")

@@ -38,7 +38,9 @@ def test_eval_quick(random_model_dir: Path, tmp_path: Path) -> None:
     series: dict[tuple[str, str, str], list[tuple[float, float, float]]] = defaultdict(list)
     for row in rows:
         series[row["channel"], row["scheme"], row["fc"]].append((float(row["snr_db"]), float(row["psnr_db"]), float(row["fid"])))
-    assert {k[1] for k in series} == {"centralized", "raw-latent", "meg-residual"}  # the random model ships fc 0.5 only
+    # the random model ships fc 0.5 only; digital-png is the digital baseline (FULL-ES-PNG)
+    assert {k[1] for k in series} == {"centralized", "raw-latent", "meg-residual", "digital-png"}
+    digital = series.pop(("awgn", "digital-png", "1.0")), series.pop(("rayleigh", "digital-png", "1.0"))
     assert {k[0] for k in series} == {"awgn", "rayleigh"}
     for key, pts in series.items():
         pts.sort()
@@ -49,4 +51,14 @@ def test_eval_quick(random_model_dir: Path, tmp_path: Path) -> None:
         assert np.corrcoef(np.argsort(np.argsort(psnr)), np.arange(len(psnr)))[0, 1] > 0.8, (key, psnr)
     # accounting: the symbols column is the geometry's (32² RGB image, 4×4×4 latent, half of it for fc 0.5)
     symbols = {row["scheme"]: int(row["symbols"]) for row in rows}
-    assert symbols == {"centralized": 3072, "raw-latent": 64, "meg-residual": 32}
+    assert symbols == {"centralized": 3072, "raw-latent": 64, "meg-residual": 32, "digital-png": 0}
+    # the cliff: lost below MCS 0's threshold (-6.0 dB), exact (8-bit rounding only) above, whatever the SNR
+    for pts in digital:
+        pts.sort()
+        assert [snr for snr, p, _ in pts if np.isnan(p)] == [-20.0, -10.0], pts
+        received = {p for snr, p, _ in pts if snr >= 0}
+        assert len(received) == 1 and received.pop() > 40, pts
+    for row in rows:
+        lost = row["scheme"] == "digital-png" and float(row["snr_db"]) < -6.0
+        assert float(row["outage"]) == (1.0 if lost else 0.0), row
+        assert (int(row["digital_bytes"]) > 0) == (row["scheme"] == "digital-png"), row
