@@ -29,15 +29,12 @@ from shared.channel.profiles import ChannelProfile, ProfileBook
 from shared.channel.transmit import estimate_csi, transmit
 from shared.pb import air_pb2, channel_pb2
 from shared.wire import air
+from shared.wire.limits import MAX_LINKS, MAX_PENDING_BLOCKS
 
 DIRECTIONS = ("uplink", "downlink")
 DEFAULT_LINK = "default"
 #: A UE or ES name: 1-64 letters, digits or ``_.:-`` (no whitespace, no control characters).
 NAME = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
-#: CSI draws handed out but not yet used by a transmission, kept per link direction (oldest dropped).
-MAX_PENDING_BLOCKS = 1 << 16
-#: Most links the proxy tracks at once (least recently used idle ones make room for new names).
-MAX_LINKS = 10_000
 
 
 class LinkTableFull(LookupError):

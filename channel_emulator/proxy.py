@@ -27,7 +27,6 @@ from google.protobuf.message import DecodeError, Message
 from channel_emulator.cells import AirError, CellSet
 from channel_emulator.link import (
     DIRECTIONS,
-    MAX_PENDING_BLOCKS,
     NAME,
     LinkTable,
     LinkTableFull,
@@ -53,6 +52,7 @@ from shared.rpc.server import (
 )
 from shared.wire import air
 from shared.wire.headers import AIRTIME_HEADER, CONTROL_HEADER, ES_HEADER, REQUEST_ID_HEADER, UE_HEADER
+from shared.wire.limits import MAX_PENDING_BLOCKS
 
 if TYPE_CHECKING:
     from channel_emulator.membership import Membership

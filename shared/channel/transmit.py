@@ -26,10 +26,8 @@ import numpy as np
 from shared.channel.models import ChannelConfigError
 from shared.channel.power import P_MAX
 from shared.channel.profiles import ChannelProfile
+from shared.wire.limits import MAX_POWER_BLOCKS
 
-#: Most power blocks a transmission may have (``block_length`` 1 over millions of values is refused: the work
-#: a caller may ask of the channel is bounded); also the most CSI draws a link direction keeps.
-MAX_POWER_BLOCKS = 1 << 16
 _F32_MAX = float(np.finfo(np.float32).max)
 
 # --- transmission -------------------------------------------------------------------------------------

@@ -23,6 +23,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from shared.wire.limits import MAX_SYNC
+
 if TYPE_CHECKING:
     import torch
 
@@ -96,8 +98,6 @@ DEFAULT_HEAD = 0.0
 #: the air and back, and over a noisy link the channel's noise accumulates round after round (25 rounds at
 #: 10 dB AWGN ruin the image; 5 do not; docs/multi-es.md); on an ideal link every step (1) is as fast.
 DEFAULT_SYNC = 5
-#: The most steps a round may span (longer than any schedule we run; 0 means no fusion at all).
-MAX_SYNC = 1000
 
 
 def default_halo(latent_width: int) -> int:

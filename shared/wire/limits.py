@@ -36,3 +36,15 @@ MAX_REQUEST_ID_CHARS = 128
 MAX_UE_ID_CHARS = 64
 #: Most rounds a cooperative generation may be cut into (``steps / sync``): its plan is written out per round.
 MAX_ROUNDS = 64
+
+# -- what a caller may ask of the channel proxy ---------------------------------------------------------------
+#: Most power blocks a transmission may have (``block_length`` 1 over millions of values is refused: the work
+#: a caller may ask of the channel is bounded); also the most CSI draws a link direction keeps.
+MAX_POWER_BLOCKS = 1 << 16
+#: CSI draws handed out but not yet used by a transmission, kept per link direction (oldest dropped); also the
+#: most blocks one GetCSI may draw.
+MAX_PENDING_BLOCKS = 1 << 16
+#: Most links the proxy tracks at once (least recently used idle ones make room for new names).
+MAX_LINKS = 10_000
+#: The most steps a cooperative round may span (longer than any schedule we run; 0 means no fusion at all).
+MAX_SYNC = 1000
