@@ -271,6 +271,38 @@ def power_readme(rows: list[dict[str, str]]) -> list[str]:
     return _power(rows, ["0.25", "1.0", "4.0"], sem=False)
 
 
+def serving_mixed(data: dict[str, Any]) -> list[str]:
+    """bench_mixed: mixed 10/25/50-step txt2img and img2img, open loop, three batching policies."""
+    arms = data["arms"]
+    classes = list(next(iter(arms.values()))["per_class"])
+    lines = ["| policy | images / s | p50 / p99 (s), all | " + " | ".join(f"{c} p50 / p99 (s)" for c in classes) + " |",
+             "|---|---:|---:|" + "---:|" * len(classes)]
+    for name, arm in arms.items():
+        pc = arm["per_class"]
+        lines.append(_row(name, f"{arm['images_per_s']:.2f}", f"{arm['p50_s']:.2f} / {arm['p99_s']:.2f}",
+                          *(f"{pc[c]['p50_s']:.2f} / {pc[c]['p99_s']:.2f}" for c in classes)))
+    lines += ["", f"{data['requests']} requests, Poisson arrivals at {data['rate_per_s']:.2f}/s "
+                  f"({data['load_x_one_at_a_time_capacity']:g}× the one-at-a-time capacity); alone, a request takes "
+                  + ", ".join(f"{c} {t:.2f} s" for c, t in data["service_s_alone"].items()) + "."]
+    return lines
+
+
+def airtime_accuracy(data: dict[str, Any]) -> list[str]:
+    """bench_airtime: reported air time vs the extra latency measured through real processes."""
+    acc, own = data["accuracy"], data["own_latency"]
+    lines = ["| values | UEs | reported (ms, median) | measured extra (ms, median) | error (ms, median) | abs. error p95 (ms) |",
+             "|---:|---:|---:|---:|---:|---:|"]
+    for pt in acc["points"]:
+        lines.append(_row(_n(pt["values"]), pt["ues"], f"{pt['reported_s_median'] * 1e3:.1f}",
+                          f"{pt['measured_extra_s_median'] * 1e3:.1f}", f"{pt['error_s_median'] * 1e3:+.1f}",
+                          f"{pt['abs_error_s_p95'] * 1e3:.1f}"))
+    added = own["added_vs_direct_ms"]
+    lines += ["", f"Cell: {acc['cell']}; {data['calls']} calls per point. The proxy's own added latency for a "
+                  f"{_n(own['probe_values'])}-value Probe (median, vs direct {own['median_ms']['direct']:.2f} ms): "
+                  + ", ".join(f"{k} +{v:.2f} ms" for k, v in added.items() if k != "direct") + "."]
+    return lines
+
+
 _COOP = "python benchmarks/bench_cooperative.py"
 TABLES: dict[str, Table] = {
     "multi-es/latency-512": Table("docs/multi-es.md", "benchmarks/results/multi_es/latency-512.json",
@@ -294,6 +326,10 @@ TABLES: dict[str, Table] = {
                               eval_awgn),
     "readme/serving": Table("README.md", "benchmarks/results/serving/serving.json", "python -m benchmarks.bench_serving",
                             serving),
+    "readme/serving-mixed": Table("README.md", "benchmarks/results/serving/mixed.json", "python -m benchmarks.bench_mixed",
+                                  serving_mixed),
+    "readme/airtime-accuracy": Table("README.md", "benchmarks/results/airtime.json", "python -m benchmarks.bench_airtime",
+                                     airtime_accuracy),
     "readme/channel-latency": Table("README.md", "benchmarks/results/channel.json", "python -m benchmarks.bench_channel",
                                     channel_latency),
     "readme/channel-throughput": Table("README.md", "benchmarks/results/channel.json", "python -m benchmarks.bench_channel",
