@@ -133,10 +133,14 @@ def test_k_ues_at_once_in_one_cell_take_k_times_the_air_of_one(es_port: int) -> 
 
 def test_a_full_queue_is_resource_exhausted_at_once_and_a_late_one_deadline_exceeded_at_the_deadline(es_port: int) -> None:
     big = _probe(1_000_000)  # 500,000 RE = 139 slots = 139 ms each way in the narrow cell
-    with proxy(es_port, *NARROW, "--queue-limit", "1") as (_, stub, _):
+    with proxy(es_port, *NARROW, "--queue-limit", "1") as (_, stub, ctl):
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             first = pool.submit(_timed, stub, big, "phone")
-            time.sleep(0.05)  # let it reach the cell (its air lasts 139 ms)
+            deadline = time.monotonic() + 30
+            while not any(c.direction == "uplink" and c.backlog_messages
+                          for c in ctl.GetStats(channel_pb2.GetStatsRequest(), timeout=5).cells):
+                assert time.monotonic() < deadline and not first.done(), "the big Probe never reached the cell"
+                time.sleep(0.002)  # poll: wait until it is on the cell's uplink (its air lasts 139 ms)
             t0 = time.perf_counter()
             with pytest.raises(grpc.RpcError) as err:  # a small one: its refusal must not wait for the big one's air
                 _timed(stub, _probe(10), "phone")
