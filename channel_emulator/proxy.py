@@ -20,22 +20,17 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import grpc
-import numpy as np
 from google.protobuf import message_factory
 from google.protobuf.message import DecodeError, Message
 
 from channel_emulator.cells import AirError, CellSet
+from channel_emulator.control import ChannelControlServicer
 from channel_emulator.link import (
-    DIRECTIONS,
     NAME,
     LinkTable,
     LinkTableFull,
-    check_link_name,
-    profile_from_proto,
-    profile_to_proto,
 )
 from channel_emulator.mobility import SERVING
-from channel_emulator.replay import REPLAY
 from channel_emulator.walker import carries_air
 from shared.channel.airtime import DirectionAirtime, airtime_value
 from shared.channel.models import ChannelConfigError
@@ -52,7 +47,6 @@ from shared.rpc.server import (
 )
 from shared.wire import air
 from shared.wire.headers import AIRTIME_HEADER, CONTROL_HEADER, ES_HEADER, REQUEST_ID_HEADER, UE_HEADER
-from shared.wire.limits import MAX_PENDING_BLOCKS
 
 if TYPE_CHECKING:
     from channel_emulator.membership import Membership
@@ -62,8 +56,6 @@ EDGE_SERVICE = edge_pb2.DESCRIPTOR.services_by_name["EdgeService"]
 CONTROL_SERVICE_NAME = channel_pb2.DESCRIPTOR.services_by_name["ChannelControl"].full_name
 #: Deadline given upstream when the caller sent none (every RPC has one).
 DEFAULT_DEADLINE_S = 300.0
-#: Most fading blocks one GetCSI may draw (also the most reported-but-unused draws a direction keeps).
-MAX_CSI_BLOCKS = MAX_PENDING_BLOCKS
 _HOP_HEADERS = {"user-agent", "content-type", "te", "grpc-timeout", "grpc-accept-encoding", "grpc-encoding"}
 
 
@@ -260,120 +252,6 @@ def _forwarder(method: object, table: LinkTable, upstreams: Upstreams, advertise
         raise AssertionError("context.abort returned")  # it raises
 
     return handle
-
-
-class ChannelControlServicer(channel_pb2_grpc.ChannelControlServicer):
-    """Read and change the links' settings at runtime; CSI; counters."""
-
-    def __init__(self, table: LinkTable, upstreams: Upstreams, cells: CellSet | None = None) -> None:
-        self.table = table
-        self.upstreams = upstreams
-        self.cells = cells
-
-    def _settings(self) -> channel_pb2.ChannelSettings:
-        out = self.table.settings(list(self.upstreams.targets))
-        if self.cells is not None and self.cells.enabled:
-            out.cells.extend(self.cells.settings())
-            out.clock = self.cells.clock_mode
-        return out
-
-    def _known(self) -> str:
-        names = sorted(self.table.links)
-        return ", ".join(names[:20]) + (f" and {len(names) - 20} more" if len(names) > 20 else "") or "none yet"
-
-    def _settable(self, link: str) -> None:
-        """A link SetChannel may configure: a UE->ES name whose ES is behind this proxy (raises LookupError)."""
-        _, es = check_link_name(link)
-        if link not in self.table.links and es not in self.upstreams.targets:
-            raise LookupError(f"no link {link!r}: no upstream edge server named {es!r} "
-                              f"(upstreams: {', '.join(self.upstreams.targets)}; known links: {self._known()})")
-
-    async def ListProfiles(self, request: channel_pb2.ListProfilesRequest, context: grpc.aio.ServicerContext) -> channel_pb2.ProfileList:
-        return channel_pb2.ProfileList(profiles=[profile_to_proto(p) for _, p in sorted(self.table.book.profiles.items())])
-
-    async def GetChannel(self, request: channel_pb2.GetChannelRequest, context: grpc.aio.ServicerContext) -> channel_pb2.ChannelSettings:
-        return self._settings()
-
-    async def SetChannel(self, request: channel_pb2.SetChannelRequest, context: grpc.aio.ServicerContext) -> channel_pb2.ChannelSettings:
-        try:
-            which = request.WhichOneof("setting")
-            if which is None:
-                raise ChannelConfigError("say which profile (by name) or give a custom one")
-            profile = self.table.book.get(request.profile) if which == "profile" else profile_from_proto(request.custom)
-            if request.link:
-                self._settable(request.link)
-            self.table.set(request.link, request.direction or "both", profile)
-        except ChannelConfigError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except LinkTableFull as exc:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
-        except LookupError as exc:
-            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
-        if self.cells is not None:
-            self.cells.profiles_changed.set()  # a link in outage may lift
-        log.info("%s %s <- %s", request.link or "all links", request.direction or "both", profile)
-        return self._settings()
-
-    async def SetCell(self, request: channel_pb2.SetCellRequest, context: grpc.aio.ServicerContext) -> channel_pb2.ChannelSettings:
-        assert self.cells is not None  # create_proxy always gives one (empty: no cell yet)
-        name = request.cell.cell or "default"
-        try:
-            if name != "default":
-                check_link_name(f"ue->{name}")  # an ES name: 1-64 letters, digits or _.:-
-            if name != "default" and name not in self.upstreams.targets and name not in self.cells.cells:
-                raise LookupError(f"no edge server named {name!r} (upstreams: {', '.join(self.upstreams.targets)}); "
-                                  "name one, or 'default' for every ES without its own cell")
-            cell = self.cells.changed(name, request.cell)
-        except ChannelConfigError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"cell {name}: {exc}")
-        except LookupError as exc:
-            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
-        self.cells.set_cell(name, cell)
-        log.info("cell %s <- %s", name, cell.describe())
-        return self._settings()
-
-    async def ResetChannel(self, request: channel_pb2.ResetChannelRequest, context: grpc.aio.ServicerContext) -> channel_pb2.ChannelSettings:
-        self.table.reset(request.stats)
-        if self.cells is not None:
-            self.cells.reset(request.stats)
-        return self._settings()
-
-    async def GetStats(self, request: channel_pb2.GetStatsRequest, context: grpc.aio.ServicerContext) -> channel_pb2.ChannelStats:
-        out = self.table.stats()
-        if self.cells is not None:
-            out.cells.extend(self.cells.stats())
-        return out
-
-    async def GetCSI(self, request: channel_pb2.CSIRequest, context: grpc.aio.ServicerContext) -> channel_pb2.CSIResponse:
-        if request.direction not in DIRECTIONS:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"direction must be uplink or downlink, got {request.direction!r}")
-        if request.link not in self.table.links:
-            try:
-                check_link_name(request.link)
-            except ChannelConfigError as exc:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-            await context.abort(grpc.StatusCode.NOT_FOUND,
-                                f"no link {request.link!r} yet (a link exists once traffic or SetChannel used it); "
-                                f"known links: {self._known()}")
-        if request.symbols > air.MAX_VALUES:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"symbols={request.symbols} is more than a tensor may hold ({air.MAX_VALUES})")
-        d = self.table.links[request.link][request.direction]
-        p = d.profile
-        if p.trace:  # a trace link: the gains of the next transmission's PRBs, pinned for it (replay.py)
-            try:
-                h, lc = REPLAY.csi(request.link, request.direction, p, int(request.symbols), int(request.blocks))
-            except ChannelConfigError as exc:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-            return channel_pb2.CSIResponse(gains=h.tolist(), coherence_symbols=lc, snr_db=p.snr_db, model=p.model)
-        lc = p.block_length
-        blocks = int(request.blocks) or ((1 if lc == 0 else -(-int(request.symbols) // lc)) if request.symbols else 0)
-        if not 1 <= blocks <= MAX_CSI_BLOCKS:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"ask for 1 to {MAX_CSI_BLOCKS} blocks (or give symbols > 0 needing at most that many), "
-                                f"got blocks={request.blocks} symbols={request.symbols}")
-        gains = d.csi(blocks)
-        return channel_pb2.CSIResponse(gains=np.asarray(gains).tolist(), coherence_symbols=lc, snr_db=p.snr_db, model=p.model)
 
 
 async def create_proxy(

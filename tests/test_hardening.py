@@ -157,7 +157,7 @@ def test_show_lists_configured_links_and_reset_stats_forgets_traffic_links(tmp_p
 
 # -- 5: GetCSI bounded; pending draws bounded ------------------------------------------------------------
 def test_csi_requests_are_bounded(inproc_stack) -> None:  # type: ignore[no-untyped-def]
-    from channel_emulator.proxy import MAX_CSI_BLOCKS
+    from channel_emulator.control import MAX_CSI_BLOCKS
 
     with grpc.insecure_channel(inproc_stack.proxy_addr) as ch:
         ctl = channel_pb2_grpc.ChannelControlStub(ch)
