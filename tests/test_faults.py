@@ -77,7 +77,10 @@ class Daemon:
 @pytest.mark.timeout(300)
 def test_kill_and_restart_es_and_proxy_under_load(random_model_dir: Path) -> None:
     parts = ModelParts.load(str(random_model_dir), "cpu")
-    es = Daemon([script("meg-edge"), "serve", "--listen", "127.0.0.1:{port}", "--model", str(random_model_dir), "--device", "cpu"])
+    # the orphan grace outlasts the faults below however slow a busy machine makes the restarts (the default 3 s
+    # does not when the proxy takes longer than that to come back): a retry must join the run, never restart it
+    es = Daemon([script("meg-edge"), "serve", "--listen", "127.0.0.1:{port}", "--model", str(random_model_dir), "--device", "cpu",
+                 "--orphan-grace-s", "120"])
     proxy = Daemon([script("meg-channel"), "serve", "--listen", "127.0.0.1:{port}", "--upstream", "127.0.0.1:ES_PORT"])
     results: dict[str, list[object]] = {}
     errors: list[BaseException] = []

