@@ -3,8 +3,6 @@ later rounds use, and the windows fused between rounds (shared.protocol.tiles, s
 
 from __future__ import annotations
 
-import time
-
 import grpc
 import pytest
 import torch
@@ -72,7 +70,8 @@ def test_overhead_counts_every_round() -> None:
 def test_sessions_expire_refuse_when_full_and_say_what_is_missing() -> None:
     from edge_server.sessions import SessionsFull
 
-    s = Sessions(ttl_s=0.2, max_sessions=2)
+    now = [0.0]  # a virtual clock: expiry is exact, whatever the machine's load
+    s = Sessions(ttl_s=0.2, max_sessions=2, clock=lambda: now[0])
     s.keep(("r1", "UIDCG", "txt2img", 0), {"cond": 1})
     assert s.take(("r1", "UIDCG", "txt2img", 0), ("cond",)) == {"cond": 1}
     with pytest.raises(SessionGone, match=r"does not hold \['latent'\]"):
@@ -81,7 +80,10 @@ def test_sessions_expire_refuse_when_full_and_say_what_is_missing() -> None:
     with pytest.raises(SessionsFull, match="no room"):  # full of live sessions: nobody else's is evicted
         s.keep("b", {"x": 2}, owner="third")
     assert s.take(("r1", "UIDCG", "txt2img", 0), ("cond",)) == {"cond": 1}
-    time.sleep(0.3)
+    now[0] = 0.199
+    with pytest.raises(SessionsFull):  # not yet expired
+        s.keep("b", {"x": 2}, owner="third")
+    now[0] = 0.3
     s.keep("b", {"x": 2})  # the others expired: room again
     with pytest.raises(SessionGone, match="holds nothing of generation r1"):
         s.take(("r1", "UIDCG", "txt2img", 0), ("cond",))
