@@ -2,7 +2,9 @@
 over-the-air tensors (requests = uplink, responses = downlink), and serves the channel-control RPCs.
 
 Routing: the UE names itself in the ``meg-ue`` request header (default ``ue``) and picks an upstream ES
-by name in ``meg-es`` (default: the first one); the pair is the link, ``"UE->ES"``.
+by name in ``meg-es`` (default: the first one); the pair is the link, ``"UE->ES"``. With client certificates
+required (mutual TLS), the UE id must be in the certificate's namespace (its name, or the name then one of
+``-._:`` and more; the name itself without a header), else ``PERMISSION_DENIED``.
 
 The channel math (parsing, noise, serializing) runs in one worker thread, off the event loop, in the order
 the RPCs reach it (so a link's RNG draws keep their order and health checks never wait behind a large
@@ -115,27 +117,75 @@ class Upstreams:
             await ch.close()
 
 
-def _route(context: grpc.aio.ServicerContext, upstreams: Upstreams, table: LinkTable) -> tuple[str, str]:
-    """``(link name, upstream name)`` from the request headers; raises ValueError for bad names."""
+#: What may follow a certificate's name in the UE ids it may claim: certificate ``ue`` may claim ``ue``, ``ue-3``,
+#: ``ue.7``, ``ue_a``, ``ue:1`` (its namespace), never ``bob`` or ``ue1``.
+NAMESPACE_SEPARATORS = "-._:"
+
+
+class NotYourUeId(PermissionError):
+    """With client certificates required, the ``meg-ue`` header claims a UE id outside the certificate's namespace."""
+
+
+def certificate_names(context: grpc.aio.ServicerContext) -> list[str]:
+    """The names TLS verified for this call's client certificate: its common name, else (a certificate without
+    one) its subject alternative names; ``[]`` without a client certificate."""
+    ac = context.auth_context() or {}
+    raw = ac.get("x509_common_name") or ac.get("x509_subject_alternative_name") or []
+    return [n.decode("utf-8", "replace") if isinstance(n, bytes) else str(n) for n in raw]
+
+
+def in_namespace(ue: str, name: str) -> bool:
+    """Whether UE id ``ue`` is certificate ``name``'s: ``name`` itself, or ``name`` then one of
+    :data:`NAMESPACE_SEPARATORS` then more (Kubernetes' node authorizer: a node's credentials touch its own objects)."""
+    return ue == name or (len(ue) > len(name) and ue.startswith(name) and ue[len(name)] in NAMESPACE_SEPARATORS)
+
+
+def _ue_id(context: grpc.aio.ServicerContext, claimed: str | None, certified: bool) -> str:
+    """The UE id of this call: the ``meg-ue`` header (``ue`` without one); with ``certified`` (client certificates
+    required) only an id in the certificate's namespace, the certificate's name without a header (raises
+    NotYourUeId)."""
+    if not certified:
+        return "ue" if claimed is None else claimed
+    names = certificate_names(context)
+    if not names:
+        raise NotYourUeId("the proxy requires client certificates and found none verified on this call")
+    if claimed is None:
+        return names[0]
+    if any(in_namespace(claimed, n) for n in names):
+        return claimed
+    shown = claimed if len(claimed) <= 80 else claimed[:80] + "..."
+    raise NotYourUeId(f"the client certificate {names[0]!r} may claim the UE id {names[0]} or {names[0]} followed by "
+                      f"one of {NAMESPACE_SEPARATORS} and more (e.g. {names[0]}-1), not {shown!r} (the {UE_HEADER} "
+                      "header): another UE's link, counters and CSI are not its to use")
+
+
+def _route(context: grpc.aio.ServicerContext, upstreams: Upstreams, table: LinkTable,
+           certified: bool = False) -> tuple[str, str]:
+    """``(link name, upstream name)`` from the request headers; raises ValueError for bad names, NotYourUeId for
+    a UE id the client certificate may not claim (``certified``: the proxy requires client certificates)."""
     md = dict(context.invocation_metadata() or ())
-    ue = str(md.get(UE_HEADER, "ue"))
+    claimed = md.get(UE_HEADER)
+    ue = _ue_id(context, None if claimed is None else str(claimed), certified)
     es = str(md[ES_HEADER] if ES_HEADER in md else SERVING.get(ue) or upstreams.first or "")  # SERVING: handovers
     if not NAME.fullmatch(ue):
-        raise ValueError(f"UE id {ue!r} in the {UE_HEADER} header must be 1-64 letters, digits or _.:-")
+        shown = ue if len(ue) <= 80 else ue[:80] + "..."
+        raise ValueError(f"UE id {shown!r} in the {UE_HEADER} header must be 1-64 letters, digits or _.:-")
     if es in upstreams.gone or not es:
         now = ", ".join(upstreams.targets) or "none"
         raise UpstreamGone(f"edge server {es} has left the proxy ({upstreams.gone[es]}); upstreams now: {now}" if es
                            else "no edge server has joined the proxy yet (it follows --upstream-pattern)")
     if es not in upstreams.channels:
-        raise ValueError(f"no upstream edge server named {es!r}; known: {', '.join(upstreams.channels)}")
+        shown_es = es if len(es) <= 80 else es[:80] + "..."
+        raise ValueError(f"no upstream edge server named {shown_es!r}; known: {', '.join(upstreams.channels)}")
     link = f"{ue}->{es}"
     table.link(link)  # admitted (made, or the most recently used); LinkTableFull when no room can be made
     return link, es
 
 
 def _forwarder(method: object, table: LinkTable, upstreams: Upstreams, advertise: list[str],
-               pool: ThreadPoolExecutor, cells: CellSet | None) -> Callable[..., object]:
-    """A raw-bytes unary handler for one method: parse only messages that can carry tensors."""
+               pool: ThreadPoolExecutor, cells: CellSet | None, certified: bool = False) -> Callable[..., object]:
+    """A raw-bytes unary handler for one method: parse only messages that can carry tensors. ``certified``: the
+    proxy requires client certificates (a UE id must be in its certificate's namespace, :func:`_ue_id`)."""
     in_desc, out_desc = method.input_type, method.output_type  # type: ignore[attr-defined]
     in_cls: type[Message] = message_factory.GetMessageClass(in_desc)
     out_cls: type[Message] = message_factory.GetMessageClass(out_desc)
@@ -192,7 +242,9 @@ def _forwarder(method: object, table: LinkTable, upstreams: Upstreams, advertise
 
     async def handle(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         try:
-            link, es = _route(context, upstreams, table)
+            link, es = _route(context, upstreams, table, certified)
+        except NotYourUeId as exc:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"channel proxy: {exc}")
         except ValueError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"channel proxy: {exc}")
         except UpstreamGone as exc:
@@ -226,8 +278,8 @@ def _forwarder(method: object, table: LinkTable, upstreams: Upstreams, advertise
         remaining = context.time_remaining()
         metadata = tuple(
             (k, v) for k, v in context.invocation_metadata() or ()
-            if k not in _HOP_HEADERS and not k.startswith(":") and k != CONTROL_HEADER
-        ) + ((CONTROL_HEADER, advertise[0]),)
+            if k not in _HOP_HEADERS and not k.startswith(":") and k not in (CONTROL_HEADER, UE_HEADER)
+        ) + ((UE_HEADER, link.partition("->")[0]), (CONTROL_HEADER, advertise[0]))  # the ES keys by the UE id decided here
         if log.isEnabledFor(logging.DEBUG):
             rid = next((v for k, v in metadata if k == REQUEST_ID_HEADER), "-")
             log.debug("forward %s %s -> %s request_id=%s uplink %d B", method_name, link, es, rid, len(up))
@@ -258,17 +310,19 @@ async def create_proxy(
     listen: str, upstreams: Mapping[str, str], table: LinkTable, max_message_bytes: int | None = None,
     advertise_as: str | None = None, tls: TlsFiles | None = None, upstream_tls: TlsFiles | None = None,
     ue_token: str | None = None, admin_token: str | None = None, membership: Membership | None = None,
-    cells: CellSet | None = None, insecure_open_control: bool = False,
+    cells: CellSet | None = None, insecure_open_control: bool = False, trace_dir: str | None = None,
 ) -> tuple[grpc.aio.Server, int, object]:
     """Build and start the proxy; returns ``(server, port, health)``. Bind ``HOST:0`` for a free port.
 
     ``advertise_as``: the control address edge servers should use for CSI (default: the bound address).
-    ``tls``: the server side (with a CA, clients must present certificates); ``upstream_tls``: the client side
+    ``tls``: the server side (with a CA, clients must present certificates, and each may claim only UE ids in its
+    certificate's namespace: :func:`_ue_id`); ``upstream_tls``: the client side
     towards the edge servers. ``ue_token`` guards the edge service (and is forwarded upstream with each
     request), ``admin_token`` the ChannelControl service; ``None`` leaves that service open. A UE token without
     an admin token is refused (``ValueError``: the control service would be open to callers with no token at
     all) unless ``insecure_open_control``. ``membership`` adds and drops discovered edge servers at runtime
     (started once the server is). ``cells``: time on the air (None or no cell: transmissions take no time).
+    ``trace_dir``: the folder control callers may name trace files under (channel_emulator.trace_access).
     """
     if ue_token and not admin_token and not insecure_open_control:
         raise ValueError("a UE token without an admin token would leave the control service (SetChannel, GetStats, "
@@ -279,8 +333,9 @@ async def create_proxy(
     options = server_options(max_message_bytes) if max_message_bytes else server_options()
     ups = Upstreams(upstreams, [o for o in options if o[0] != "grpc.so_reuseport"], upstream_tls, dynamic=membership is not None)
     advertise: list[str] = [""]  # filled in once the port is bound
+    certified = bool(tls and tls.enabled and tls.ca)  # client certificates required: UE ids tied to them
     handlers = {
-        m.name: grpc.unary_unary_rpc_method_handler(_forwarder(m, table, ups, advertise, pool, cells))
+        m.name: grpc.unary_unary_rpc_method_handler(_forwarder(m, table, ups, advertise, pool, cells, certified))
         for m in EDGE_SERVICE.methods
         if not (m.client_streaming or m.server_streaming)
     }
@@ -293,7 +348,7 @@ async def create_proxy(
     })
     server = grpc.aio.server(options=options, interceptors=interceptors)
     add_guarded_handlers(server, {EDGE_SERVICE.full_name: handlers})  # raw bytes: the forwarder parses
-    add_guarded(server, channel_pb2_grpc.add_ChannelControlServicer_to_server, ChannelControlServicer(table, ups, cells))
+    add_guarded(server, channel_pb2_grpc.add_ChannelControlServicer_to_server, ChannelControlServicer(table, ups, cells, trace_dir))
     health = add_health_and_reflection(server, [CONTROL_SERVICE_NAME, EDGE_SERVICE.full_name])
     port = bind(server, listen, server_credentials(tls) if tls and tls.enabled else None)
     host = listen.rpartition(":")[0]

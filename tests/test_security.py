@@ -92,7 +92,8 @@ def _fails(target: str, tls: TlsFiles | None, token: str | None) -> grpc.RpcErro
 
 def test_mutual_tls_and_tokens_end_to_end(secure_stack: SecureStack, pki: tuple[Path, Path]) -> None:
     good, _ = pki
-    with EdgeClient(secure_stack.proxy, timeout_s=60, tls=_tls(good, "ue"), token=secure_stack.ue_token) as client:
+    with EdgeClient(secure_stack.proxy, timeout_s=60, ue_id="meg-ue", tls=_tls(good, "ue"),
+                    token=secure_stack.ue_token) as client:  # the UE id is the certificate's (issue 23.8)
         result = generate(secure_stack.parts, client, "a red circle", "CIAG", params=Params(seed=1, steps=2))  # type: ignore[arg-type]
     assert result.image.shape == (1, 3, 32, 32)
     # the ES directly: the proxy's certificate may call it, a UE's (same CA, other role) may not
@@ -101,9 +102,9 @@ def test_mutual_tls_and_tokens_end_to_end(secure_stack: SecureStack, pki: tuple[
     assert denied.code() == grpc.StatusCode.PERMISSION_DENIED and "named meg-channel only" in denied.details()
     with secure_channel(secure_stack.proxy, _tls(good, "ue"), secure_stack.admin_token) as ch:
         stats = channel_pb2_grpc.ChannelControlStub(ch).GetStats(channel_pb2.GetStatsRequest(), timeout=10)
-    assert any(e.link == "ue->es0" and e.rpcs >= 1 for e in stats.entries)
+    assert any(e.link == "meg-ue->es0" and e.rpcs >= 1 for e in stats.entries)
     # the ES asked the proxy for CSI over mTLS with the admin token: its power allocation was applied
-    assert any(e.link == "ue->es0" and e.direction == "downlink" and e.allocated >= 1 for e in stats.entries)
+    assert any(e.link == "meg-ue->es0" and e.direction == "downlink" and e.allocated >= 1 for e in stats.entries)
 
 
 def test_multi_es_discovery_and_compare_over_mtls(secure_stack: SecureStack, pki: tuple[Path, Path], tmp_path: Path) -> None:
@@ -114,7 +115,7 @@ def test_multi_es_discovery_and_compare_over_mtls(secure_stack: SecureStack, pki
 
     good, _ = pki
     parts = secure_stack.parts
-    clients = open_clients(secure_stack.proxy, None, parts, 60, "multi", tls=_tls(good, "ue"),  # type: ignore[arg-type]
+    clients = open_clients(secure_stack.proxy, None, parts, 60, "meg-ue.multi", tls=_tls(good, "ue"),  # type: ignore[arg-type]
                            token=secure_stack.ue_token)
     try:
         assert list(clients) == ["es0"]
@@ -208,7 +209,7 @@ def test_every_hop_over_mtls_with_the_real_daemons(pki: tuple[Path, Path], rando
                  "--admin-token-file", str(good / "admin.token")]
         with running(proxy, "meg.v1.ChannelControl", tls=client) as (_, port):
             tls = ["--tls-ca", str(good / "ca.pem"), "--tls-cert", str(good / "ue.pem"), "--tls-key", str(good / "ue.key")]
-            r = subprocess.run([script("meg-ue"), "generate", "a red circle", "--via", f"127.0.0.1:{port}", *tls,
+            r = subprocess.run([script("meg-ue"), "generate", "a red circle", "--via", f"127.0.0.1:{port}", *tls, "--ue-id", "meg-ue",
                                 "--token-file", str(good / "ue.token"), "--model", str(random_model_dir), "--steps", "2",
                                 "--out", str(tmp_path / "x.png"), "--json"], capture_output=True, text=True, timeout=120,
                                check=False)
@@ -216,7 +217,7 @@ def test_every_hop_over_mtls_with_the_real_daemons(pki: tuple[Path, Path], rando
             r = subprocess.run([script("meg-channel"), "show", "--via", f"127.0.0.1:{port}", *tls,
                                 "--admin-token-file", str(good / "admin.token")], capture_output=True, text=True, timeout=60,
                                check=False)
-            assert r.returncode == 0 and "ue->es0" in r.stdout, r.stderr
+            assert r.returncode == 0 and "meg-ue->es0" in r.stdout, r.stderr
 
 
 def test_tokens_without_tls_on_loopback(pki: tuple[Path, Path], random_model_dir: Path) -> None:
@@ -245,7 +246,7 @@ def test_load_over_mtls_reads_the_proxy_counters_with_the_admin_token(secure_sta
     from ue_client.load import LoadConfig, run_load
 
     good, _ = pki
-    cfg = LoadConfig(via=secure_stack.proxy, ues=2, requests=2, steps=2, ue_id="tlsload",
+    cfg = LoadConfig(via=secure_stack.proxy, ues=2, requests=2, steps=2, ue_id="meg-ue-tlsload",
                      control_tls=_tls(good, "ue"), admin_token=secure_stack.admin_token)
     summary, records = run_load(secure_stack.parts, cfg, lambda ue: EdgeClient(  # type: ignore[arg-type]
         secure_stack.proxy, timeout_s=60, ue_id=ue, tls=_tls(good, "ue"), token=secure_stack.ue_token), None)
@@ -330,3 +331,57 @@ def test_dev_certificates_have_roles(pki: tuple[Path, Path]) -> None:
                               capture_output=True, text=True, check=True).stdout
         assert f"CN = meg-{role}" in text or f"CN=meg-{role}" in text, text
         assert usages in text.replace("\n", " "), (role, text)
+
+
+# --- issue 23 item 8: a UE's certificate names the UE ids it may claim ------------------------------------------
+def _extra_cert(pki_dir: Path, name: str) -> TlsFiles:
+    """A client certificate of common name ``name`` signed by ``pki_dir``'s CA (as make-dev-certs.sh makes the UE's)."""
+    key, csr, pem, ext = (pki_dir / f"{name}.{s}" for s in ("key", "csr", "pem", "ext"))
+    if not pem.exists():
+        subprocess.run(["openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout",
+                        str(key), "-out", str(csr), "-subj", f"/CN={name}"], check=True, capture_output=True, timeout=60)
+        ext.write_text("basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
+                       "extendedKeyUsage=clientAuth\n")
+        subprocess.run(["openssl", "x509", "-req", "-in", str(csr), "-CA", str(pki_dir / "ca.pem"), "-CAkey",
+                        str(pki_dir / "ca.key"), "-CAcreateserial", "-days", "2", "-extfile", str(ext), "-out", str(pem)],
+                       check=True, capture_output=True, timeout=60)
+    return TlsFiles(str(pem), str(key), str(pki_dir / "ca.pem"))
+
+
+def _describe_as(target: str, tls: TlsFiles, token: str, ue: str | None) -> grpc.StatusCode:
+    with secure_channel(target, tls, token) as ch:
+        try:
+            edge_pb2_grpc.EdgeServiceStub(ch).Describe(edge_pb2.DescribeRequest(), timeout=20,
+                                                       metadata=(("meg-ue", ue),) if ue is not None else ())
+        except grpc.RpcError as exc:
+            assert exc.code() == grpc.StatusCode.PERMISSION_DENIED, (exc.code(), exc.details())
+            assert repr(ue) in (exc.details() or "") and "client certificate" in (exc.details() or ""), exc.details()
+            return grpc.StatusCode.PERMISSION_DENIED
+    return grpc.StatusCode.OK
+
+
+def test_a_ue_certificate_claims_only_ue_ids_in_its_namespace(secure_stack: SecureStack, pki: tuple[Path, Path]) -> None:
+    """A real ``meg-channel serve`` with client certificates required: the ``meg-ue`` header may name the certificate
+    (``meg-ue``) or its namespace (``meg-ue-3``, ``meg-ue.7``, ``meg-ue:a``); no header is the certificate's name;
+    another UE's id (``alice``, ``ue``, ``meg-ue1``) is PERMISSION_DENIED naming both, and the proxy keeps serving."""
+    good, _ = pki
+    alice = _extra_cert(good, "alice")
+    ue = _tls(good, "ue")
+    proxy = [script("meg-channel"), "serve", "--listen", "127.0.0.1:0", "--upstream", f"es0={secure_stack.es}",
+             "--tls-cert", str(good / "channel.pem"), "--tls-key", str(good / "channel.key"),
+             "--tls-ca", str(good / "ca.pem"), "--token-file", str(good / "ue.token"),
+             "--admin-token-file", str(good / "admin.token")]
+    with running(proxy, "meg.v1.ChannelControl", tls=ue) as (_, port):
+        via, token = f"127.0.0.1:{port}", secure_stack.ue_token
+        ok = grpc.StatusCode.OK
+        denied = grpc.StatusCode.PERMISSION_DENIED
+        for cert, claim, want in [(ue, "meg-ue", ok), (ue, "meg-ue-3", ok), (ue, "meg-ue.7", ok), (ue, "meg-ue:a", ok),
+                                  (ue, None, ok), (ue, "alice", denied), (ue, "ue", denied), (ue, "meg-ue1", denied),
+                                  (ue, "meg-ue-", ok), (alice, "alice_2", ok), (alice, "meg-ue-3", denied),
+                                  (alice, "bob", denied), (alice, None, ok), (ue, "meg-ue-4", ok)]:
+            assert _describe_as(via, cert, token, claim) == want, (cert.cert, claim)
+        with secure_channel(via, ue, secure_stack.admin_token) as ch:
+            stats = channel_pb2_grpc.ChannelControlStub(ch).GetStats(channel_pb2.GetStatsRequest(), timeout=10)
+        links = {e.link for e in stats.entries}
+        assert {"meg-ue->es0", "meg-ue-3->es0", "alice->es0", "alice_2->es0"} <= links, links
+        assert not links & {"ue->es0", "bob->es0", "meg-ue1->es0"}, links  # a refused claim touched nothing
