@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import sys
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -111,7 +112,7 @@ async def _serve(args: argparse.Namespace) -> None:
     server, port, health = await create_proxy(
         args.listen, fixed, table, advertise_as=args.advertise, tls=tls, upstream_tls=upstream_tls,
         ue_token=read_token(args.token_file, UE_TOKEN_ENV), admin_token=read_token(args.admin_token_file, ADMIN_TOKEN_ENV),
-        membership=membership, cells=cells, insecure_open_control=args.insecure_open_control,
+        membership=membership, cells=cells, insecure_open_control=args.insecure_open_control, trace_dir=args.trace_dir,
     )
     start_motion(scenario, table, lambda: membership.upstreams.targets if membership and membership.upstreams
                  else fixed, cells.clock, cells.cell_of)  # trace replay's slots and the scenario start now
@@ -140,7 +141,27 @@ def _fmt_profile(p: dict[str, object]) -> str:
         extra += f", K {p.get('k_factor')}"
     if p.get("csi_error"):
         extra += f", CSI error {p.get('csi_error')}"
+    if p.get("trace"):
+        extra += f", trace {p['trace']} from {p.get('trace_offset_s') or 0:g} s"
+        if p.get("trace_gain_db"):
+            extra += f", gain {p['trace_gain_db']:+g} dB"
     return f"{name}{model} {p.get('snr_db')} dB{extra}"
+
+
+def _fmt_scenarios(scenarios: list[dict[str, Any]]) -> list[str]:
+    """``meg-channel show``'s lines of each scenario: its state and clock, then where each of its links is."""
+    lines = []
+    for s in scenarios:
+        lines.append(f"scenario {s['name']} ({s['source']}): {s['state']}, t={s['elapsed_s']:.2f} of "
+                     f"{s['duration_s']:.2f} s, {s['fired']}/{s['events']} events fired")
+        for p in s.get("positions", []):
+            last = (f"last #{p['last_event']} at {p['last_at_s']:.2f} s: {p['last']}"
+                    + (f" (refused: {p['last_error']})" if p.get("last_error") else "")) if p["last_event"] >= 0 \
+                else "not started"
+            nxt = f"next #{p['next_event']} at {p['next_at_s']:.2f} s: {p['next']}" if p["next_event"] >= 0 else "done"
+            here = f"; now {p['snr_db']:.2f} dB at {p['distance_m']:.0f} m" if p.get("snr_db") is not None else ""
+            lines.append(f"  {p['link']:16s} {last}{here}; {nxt}")
+    return lines
 
 
 def _print(command: str, data: dict[str, Any]) -> None:
@@ -175,11 +196,14 @@ def _print(command: str, data: dict[str, Any]) -> None:
             print(f"cell {c['cell']:11s} {c['bandwidth_mhz']:g} MHz, mu {c['numerology']}, {c['prbs']} PRB, "
                   f"{c['re_per_slot']} RE/slot, {duplex}, {c['scheduler']}, delay {c['delay_ms']:g} ms "
                   f"± {c['jitter_ms']:g} ({c['jitter']}), queue {c['queue_limit']} ({data.get('clock')} clock)")
+        for line in _fmt_scenarios(data.get("scenarios", [])):
+            print(line)
 
 
 def to_plain(msg: Message) -> dict[str, object]:
     """A message as JSON-ready Python values: every field present, 64-bit integers as numbers (not
-    strings as in proto3 JSON), non-finite floats (``mean_snr_db`` of a link with no noisy symbol) as None."""
+    strings as in proto3 JSON), non-finite floats (``mean_snr_db`` of a link with no noisy symbol) as None, an
+    ``optional`` field not set as None."""
     def value(f: FieldDescriptor, v: object) -> object:
         if f.type == FieldDescriptor.TYPE_MESSAGE:
             return to_plain(v)
@@ -190,6 +214,9 @@ def to_plain(msg: Message) -> dict[str, object]:
     out: dict[str, object] = {}
     for f in msg.DESCRIPTOR.fields:
         v = getattr(msg, f.name)
+        if f.containing_oneof is not None and f.containing_oneof.name == f"_{f.name}" and not msg.HasField(f.name):
+            out[f.name] = None  # proto3 optional, not set
+            continue
         out[f.name] = [value(f, x) for x in v] if f.is_repeated else value(f, v)
     return out
 
@@ -208,6 +235,13 @@ def _control(args: argparse.Namespace) -> int:
             reply = control.reset(stats=args.stats)
         elif args.command == "csi":
             reply = control.csi(args.link, args.direction, blocks=args.blocks)
+        elif args.command == "scenario" and args.action == "start":
+            if not args.file:
+                raise ValueError("scenario start needs the scenario FILE")
+            text = _scenario_text(args.file)
+            reply = control.start_scenario(args.name or Path(args.file).stem, text, replace=args.replace)
+        elif args.command == "scenario":
+            reply = control.stop_scenario(args.name or "")
         elif args.command == "set-cell":
             cell = channel_pb2.CellSettings(cell=args.cell)
             for attr, fieldname in _CELL_FLAGS.items():
@@ -219,7 +253,8 @@ def _control(args: argparse.Namespace) -> int:
         elif args.snr_db is not None:
             reply = control.set(set_request(args.link, args.direction, custom=channel_pb2.Profile(
                 model=args.channel_model, snr_db=args.snr_db, coherence_symbols=args.coherence,
-                k_factor=args.k_factor, csi_error=args.csi_error)))
+                k_factor=args.k_factor, csi_error=args.csi_error, trace=args.trace or "",
+                trace_offset_s=args.trace_offset_s, trace_gain_db=args.trace_gain_db)))
         else:
             raise ValueError("set needs a PROFILE name or --snr-db")
     data = to_plain(reply)
@@ -228,6 +263,19 @@ def _control(args: argparse.Namespace) -> int:
     else:
         _print(args.command, data)
     return 0
+
+
+def _scenario_text(path: str) -> str:
+    """A scenario file's text for ``StartScenario`` (it travels in the request: at most MAX_SCENARIO_BYTES)."""
+    from shared.wire.limits import MAX_SCENARIO_BYTES
+
+    size = Path(path).stat().st_size
+    if size > MAX_SCENARIO_BYTES:
+        raise ValueError(f"{path}: {size} bytes, more than the {MAX_SCENARIO_BYTES} a proxy takes")
+    try:
+        return Path(path).read_text()
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text ({exc})") from None
 
 
 def _custom_flags(p: argparse.ArgumentParser) -> None:
@@ -273,6 +321,9 @@ def main(argv: list[str] | None = None) -> int:
                             "dropped after 2 failed ones)")
     serve.add_argument("--profiles", help="TOML file of named profiles and per-link settings")
     serve.add_argument("--scenario", help="TOML file of timed events per link (docs/channels.md), played from start-up")
+    serve.add_argument("--trace-dir", help="folder of trace files control callers may name (SetChannel custom "
+                                           "profiles, meg-channel scenario start); without it they may name only "
+                                           "the traces --profiles and --scenario loaded")
     serve.add_argument("--advertise", help="HOST:PORT edge servers reach this proxy's control service at, for CSI "
                                            "(default: the listen address)")
     serve.add_argument("--uplink-profile", help="named profile of every uplink")
@@ -308,6 +359,7 @@ def main(argv: list[str] | None = None) -> int:
         "set": "change a link direction; applies from the next transmission", "reset": "back to start-up settings",
         "csi": "draw and print the CSI of a link direction's next blocks",
         "set-cell": "change a cell (time on the air) from the next slot on",
+        "scenario": "start a scenario file (timed events per link) from now, or stop one",
     }
     for name, help_ in helps.items():
         p = sub.add_parser(name, help=help_)
@@ -319,8 +371,19 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("direction", choices=["uplink", "downlink", "both"])
             p.add_argument("profile", nargs="?", help="a named profile (or give --snr-db and the model flags)")
             p.add_argument("--link", default="", help="UE->ES link (default: every link and the default)")
-            p.add_argument("--snr-db", type=float)
+            p.add_argument("--snr-db", type=float, help="the SNR (with --trace: the trace's mean SNR)")
             _custom_flags(p)
+            p.add_argument("--trace", help="replay this trace file (one the proxy loaded, or under its --trace-dir; "
+                                           "needs --snr-db and the awgn model)")
+            p.add_argument("--trace-offset-s", type=float, default=0.0, help="where in the trace to start")
+            p.add_argument("--trace-gain-db", type=float, default=0.0, help="an SNR offset on top of --snr-db")
+        if name == "scenario":
+            p.add_argument("action", choices=["start", "stop"])
+            p.add_argument("file", nargs="?", help="start: the scenario TOML file (it travels to the proxy as text)")
+            p.add_argument("--name", help="the scenario's name (start: default the file's stem; stop: default every "
+                                          "scenario playing)")
+            p.add_argument("--replace", action="store_true",
+                           help="start: stop a scenario of this name or on the same links instead of being refused")
         if name == "reset":
             p.add_argument("--stats", action="store_true", help="also zero the counters")
         if name == "set-cell":

@@ -1,4 +1,5 @@
-"""The proxy's ChannelControl service: read and change the links' settings and cells at runtime, CSI, counters."""
+"""The proxy's ChannelControl service: read and change the links' settings and cells at runtime, start and stop
+scenarios, CSI, counters."""
 
 from __future__ import annotations
 
@@ -11,17 +12,29 @@ import numpy as np
 from channel_emulator.cells import CellSet
 from channel_emulator.link import (
     DIRECTIONS,
+    NAME,
     LinkTable,
     LinkTableFull,
     check_link_name,
     profile_from_proto,
     profile_to_proto,
 )
+from channel_emulator.mobility import (
+    SCENARIOS,
+    LinkTableTarget,
+    ScenarioConflict,
+    Scenarios,
+    TooManyScenarios,
+    check_scenario,
+)
 from channel_emulator.replay import REPLAY
+from channel_emulator.trace_access import TraceAccess
 from shared.channel.models import ChannelConfigError
+from shared.channel.scenario import parse_scenario_text
+from shared.channel.scheduler import MonotonicClock
 from shared.pb import channel_pb2, channel_pb2_grpc
 from shared.wire import air
-from shared.wire.limits import MAX_PENDING_BLOCKS
+from shared.wire.limits import MAX_PENDING_BLOCKS, MAX_SCENARIO_BYTES
 
 if TYPE_CHECKING:
     from channel_emulator.proxy import Upstreams
@@ -34,16 +47,27 @@ MAX_CSI_BLOCKS = MAX_PENDING_BLOCKS
 class ChannelControlServicer(channel_pb2_grpc.ChannelControlServicer):
     """Read and change the links' settings at runtime; CSI; counters."""
 
-    def __init__(self, table: LinkTable, upstreams: Upstreams, cells: CellSet | None = None) -> None:
+    def __init__(self, table: LinkTable, upstreams: Upstreams, cells: CellSet | None = None,
+                 trace_dir: str | None = None, scenarios: Scenarios | None = None) -> None:
+        """``trace_dir``: the operator's folder callers may name trace files under (None: only the traces the
+        proxy's own files loaded: :mod:`channel_emulator.trace_access`); ``scenarios``: where scenarios play
+        (default: this process's :data:`~channel_emulator.mobility.SCENARIOS`)."""
         self.table = table
         self.upstreams = upstreams
         self.cells = cells
+        self.scenarios = SCENARIOS if scenarios is None else scenarios
+        self.traces = TraceAccess(trace_dir, self._loaded_traces)
+
+    def _loaded_traces(self) -> set[str]:
+        """Traces the operator's files named: the profiles file's, the serve-time scenario's."""
+        return {p.trace for p in self.table.book.profiles.values() if p.trace} | self.scenarios.loaded_traces
 
     def _settings(self) -> channel_pb2.ChannelSettings:
         out = self.table.settings(list(self.upstreams.targets))
         if self.cells is not None and self.cells.enabled:
             out.cells.extend(self.cells.settings())
             out.clock = self.cells.clock_mode
+        out.scenarios.extend(self.scenarios.status())
         return out
 
     def _known(self) -> str:
@@ -68,7 +92,8 @@ class ChannelControlServicer(channel_pb2_grpc.ChannelControlServicer):
             which = request.WhichOneof("setting")
             if which is None:
                 raise ChannelConfigError("say which profile (by name) or give a custom one")
-            profile = self.table.book.get(request.profile) if which == "profile" else profile_from_proto(request.custom)
+            profile = (self.table.book.get(request.profile) if which == "profile"
+                       else profile_from_proto(request.custom, self.traces.resolve))
             if request.link:
                 self._settable(request.link)
             self.table.set(request.link, request.direction or "both", profile)
@@ -99,6 +124,39 @@ class ChannelControlServicer(channel_pb2_grpc.ChannelControlServicer):
             await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
         self.cells.set_cell(name, cell)
         log.info("cell %s <- %s", name, cell.describe())
+        return self._settings()
+
+    async def StartScenario(self, request: channel_pb2.StartScenarioRequest,
+                            context: grpc.aio.ServicerContext) -> channel_pb2.ChannelSettings:
+        name = request.name
+        if not NAME.fullmatch(name):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"name {name!r} must be 1-64 letters, digits or _.:- (it names the scenario)")
+        size = len(request.toml.encode())
+        if size > MAX_SCENARIO_BYTES:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"toml: the scenario file is {size} bytes, more than {MAX_SCENARIO_BYTES} a proxy takes")
+        try:  # parsed and checked whole: nothing changes unless every event can be played
+            scenario = parse_scenario_text(request.toml, name, self.traces.resolve)
+            check_scenario(scenario, self.table, self.upstreams.targets)
+        except ChannelConfigError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        clock = self.cells.clock if self.cells is not None else MonotonicClock()
+        target = LinkTableTarget(self.table, lambda: self.upstreams.targets, self.cells)
+        try:
+            self.scenarios.play(name, "StartScenario", scenario, target, clock, replace=request.replace)
+        except ScenarioConflict as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        except TooManyScenarios as exc:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        return self._settings()
+
+    async def StopScenario(self, request: channel_pb2.StopScenarioRequest,
+                           context: grpc.aio.ServicerContext) -> channel_pb2.ChannelSettings:
+        try:
+            self.scenarios.stop(request.name)
+        except LookupError as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
         return self._settings()
 
     async def ResetChannel(self, request: channel_pb2.ResetChannelRequest, context: grpc.aio.ServicerContext) -> channel_pb2.ChannelSettings:

@@ -17,6 +17,7 @@ import math
 import re
 import zlib
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -74,13 +75,25 @@ class DirectionCounters:
 
 def profile_to_proto(p: ChannelProfile) -> channel_pb2.Profile:
     return channel_pb2.Profile(name=p.name, model=p.model, snr_db=p.snr_db, coherence_symbols=p.coherence_symbols,
-                               k_factor=p.k_factor, csi_error=p.csi_error)
+                               k_factor=p.k_factor, csi_error=p.csi_error, trace=p.trace,
+                               trace_offset_s=p.trace_offset_s, trace_gain_db=p.trace_gain_db)
 
 
-def profile_from_proto(p: channel_pb2.Profile) -> ChannelProfile:
-    """An ad hoc profile from the control RPC (model defaults to AWGN); raises ChannelConfigError."""
+def profile_from_proto(p: channel_pb2.Profile, trace_path: Callable[[str, str], str] | None = None,
+                       field: str = "custom") -> ChannelProfile:
+    """An ad hoc profile from the control RPC (model defaults to AWGN); raises ChannelConfigError.
+
+    A ``trace`` is opened only as ``trace_path(name, "custom.trace")`` says (the proxy's
+    :class:`channel_emulator.trace_access.TraceAccess`, which refuses a file the caller may not name); without one a
+    trace is refused."""
+    trace = ""
+    if p.trace:
+        if trace_path is None:
+            raise ChannelConfigError(f"{field}.trace: this proxy takes no trace file from a caller")
+        trace = trace_path(p.trace, f"{field}.trace")
     return ChannelProfile(name=p.name, model=p.model or "awgn", snr_db=p.snr_db, coherence_symbols=p.coherence_symbols,
-                          k_factor=p.k_factor, csi_error=p.csi_error)
+                          k_factor=p.k_factor, csi_error=p.csi_error, trace=trace, trace_offset_s=p.trace_offset_s,
+                          trace_gain_db=p.trace_gain_db)
 
 
 @dataclass

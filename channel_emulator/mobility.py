@@ -10,27 +10,37 @@ the link table, and handovers move a UE's traffic to another ES.
 - Each fired event is logged (``meg.channel``: scheduled and actual time); an event the table refuses (an unknown
   profile, a bad trace, an ES not behind the proxy) is logged as refused and play goes on.
 
-The scenario starts when the proxy starts, on the proxy's clock (the cells' clock: virtual in tests).
+``serve --scenario`` starts when the proxy starts; ``StartScenario`` (``meg-channel scenario start FILE``) starts
+one at runtime, checked whole first (:func:`check_scenario`), and ``StopScenario`` stops it. Both play on the proxy's
+clock (the cells' clock: virtual in tests), events at their times from the start. :data:`SCENARIOS` holds them and
+says where each link is (``GetChannel``'s ``scenarios``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from channel_emulator.link import DIRECTIONS, LinkTable, check_link_name
 from channel_emulator.replay import REPLAY
 from shared.channel.cell import CellConfig
 from shared.channel.models import ChannelConfigError
-from shared.channel.scenario import Fired, Scenario, ScenarioPlayer
+from shared.channel.scenario import Fired, Scenario, ScenarioError, ScenarioPlayer
 from shared.channel.scheduler import MonotonicClock, VirtualClock
+from shared.channel.trace import load_trace_cached
+from shared.pb import channel_pb2
+from shared.wire.limits import MAX_SCENARIOS
+
+if TYPE_CHECKING:
+    from channel_emulator.cells import CellSet
 
 log = logging.getLogger("meg.channel")
 
-#: The scenarios playing in this process (the player, its task).
-PLAYING: list[tuple[ScenarioPlayer, asyncio.Task[list[Fired]]]] = []
 #: UE -> its serving ES after a handover (what the proxy routes a request naming no ES to).
 SERVING: dict[str, str] = {}
 
@@ -38,9 +48,16 @@ SERVING: dict[str, str] = {}
 class LinkTableTarget:
     """A :class:`shared.channel.scenario.ScenarioTarget` acting on the proxy's link table."""
 
-    def __init__(self, table: LinkTable, edge_servers: Callable[[], Iterable[str]]) -> None:
+    def __init__(self, table: LinkTable, edge_servers: Callable[[], Iterable[str]], cells: CellSet | None = None) -> None:
+        """``cells``: told of each change (a link in outage at its old SNR may lift)."""
         self.table = table
         self.edge_servers = edge_servers
+        self.cells = cells
+
+    def _changed(self, link: str) -> None:
+        REPLAY.forget(link)
+        if self.cells is not None:
+            self.cells.profiles_changed.set()
 
     def _check(self, link: str) -> None:
         _, es = check_link_name(link)
@@ -54,12 +71,12 @@ class LinkTableTarget:
         for d in DIRECTIONS if direction == "both" else (direction,):
             current = self.table.link(link)[d].profile
             self.table.set(link, d, replace(current, **changes))  # type: ignore[arg-type]
-        REPLAY.forget(link)
+        self._changed(link)
 
     def scenario_profile(self, link: str, direction: str, profile: str) -> None:
         self._check(link)
         self.table.set(link, direction, self.table.book.get(profile))
-        REPLAY.forget(link)
+        self._changed(link)
 
     def scenario_trace(self, link: str, direction: str, trace: str, offset_s: float) -> None:
         self._change(link, direction, trace=trace, trace_offset_s=offset_s, model="awgn")
@@ -98,6 +115,151 @@ class _Logged:
         return call
 
 
+class ScenarioConflict(Exception):
+    """A scenario of that name, or on the same links, is playing (the control service: FAILED_PRECONDITION)."""
+
+
+class TooManyScenarios(Exception):
+    """:data:`~shared.wire.limits.MAX_SCENARIOS` are playing (the control service: RESOURCE_EXHAUSTED)."""
+
+
+@dataclass
+class Playing:
+    """One scenario started in this proxy: its player and task, where it came from, whether it was stopped."""
+
+    name: str
+    source: str
+    player: ScenarioPlayer
+    task: asyncio.Task[list[Fired]]
+    stopped: bool = False
+
+    @property
+    def state(self) -> str:
+        if self.stopped or (not self.task.done() and self.task.get_loop().is_closed()):  # its loop ended under it
+            return "stopped"
+        return "done" if self.task.done() else "playing"
+
+    @property
+    def keys(self) -> set[str]:
+        """The links and handed-over UEs it acts on."""
+        return {e.link or e.ue for e in self.player.scenario.events}
+
+    def stop(self) -> None:
+        if self.state == "playing":
+            self.task.cancel()
+            self.stopped = True
+            self.player.end = self.player.clock.now()
+
+    def status(self) -> channel_pb2.ScenarioStatus:
+        """The ``ScenarioStatus`` of ``GetChannel``: where each of its links is."""
+        out = channel_pb2.ScenarioStatus(
+            name=self.name, source=self.source, state=self.state, elapsed_s=self.player.elapsed(),
+            duration_s=self.player.scenario.duration_s, events=len(self.player.scenario.events),
+            fired=len(self.player.fired))
+        for p in self.player.positions():
+            pos = out.positions.add(link=p.key, last_event=-1, next_event=-1)
+            if p.last is not None:
+                pos.last_event, pos.last, pos.last_at_s = p.last.event.index, p.last.event.describe(), p.last.at_s
+                pos.last_error = p.last.error
+            if p.next is not None:
+                pos.next_event, pos.next, pos.next_at_s = p.next.index, p.next.describe(), p.next.at_s
+            if p.path is not None:
+                pos.snr_db, pos.distance_m = p.path
+        return out
+
+
+class Scenarios:
+    """The scenarios of this proxy, by name (at most :data:`MAX_SCENARIOS`; finished ones are forgotten oldest first),
+    and the traces its operator's files named (callers may name those: :mod:`channel_emulator.trace_access`)."""
+
+    def __init__(self) -> None:
+        self.items: OrderedDict[str, Playing] = OrderedDict()
+        self.loaded_traces: set[str] = set()
+
+    def conflicts(self, name: str, scenario: Scenario) -> list[Playing]:
+        """The playing scenarios ``scenario`` would clash with: the same name, or a link / UE in common."""
+        keys = {e.link or e.ue for e in scenario.events}
+        return [p for p in self.items.values() if p.state == "playing" and (p.name == name or p.keys & keys)]
+
+    def play(self, name: str, source: str, scenario: Scenario, target: LinkTableTarget,
+             clock: MonotonicClock | VirtualClock, replace: bool = False) -> Playing:
+        """Start ``scenario`` now on ``clock`` (its events at their times from now). Raises ScenarioConflict (it
+        clashes and not ``replace``: nothing changes) or TooManyScenarios."""
+        clash = self.conflicts(name, scenario)
+        if clash and not replace:
+            what = "; ".join(f"{p.name!r} on {', '.join(sorted(p.keys)) or 'no links'}" for p in clash)
+            raise ScenarioConflict(f"scenario {name!r} would act on links a playing scenario acts on ({what}): stop "
+                                   "it first (meg-channel scenario stop), or start with replace")
+        finished = [n for n, p in self.items.items() if p.state != "playing" and n != name]
+        playing = sum(1 for p in self.items.values() if p.state == "playing" and p not in clash)
+        if playing >= MAX_SCENARIOS:
+            raise TooManyScenarios(f"{playing} scenarios are playing (at most {MAX_SCENARIOS}): stop one first")
+        for p in clash:
+            p.stop()
+            log.info("scenario %s stopped: %s replaces it", p.name, name)
+        self.items.pop(name, None)
+        while len(self.items) >= MAX_SCENARIOS and finished:
+            self.items.pop(finished.pop(0), None)
+        player = ScenarioPlayer(scenario, _Logged(target), clock, start=clock.now())
+        playing_ = Playing(name, source, player, asyncio.ensure_future(player.run()))
+        self.items[name] = playing_  # held: a task nobody references may be collected
+        self.loaded_traces.update(str(e.value) for e in scenario.events if e.kind == "trace" and source != "StartScenario")
+        log.info("scenario %s (%s): %d events over %.1f s on %s", name, source, len(scenario.events),
+                 scenario.duration_s, ", ".join(sorted(playing_.keys)) or "no links")
+        return playing_
+
+    def stop(self, name: str = "") -> list[Playing]:
+        """Stop scenario ``name`` (``""``: every one playing); LookupError for a name never started."""
+        if name and name not in self.items:
+            raise LookupError(f"no scenario named {name!r} (scenarios: {', '.join(self.items) or 'none'})")
+        stopped = [p for p in self.items.values() if (not name or p.name == name) and p.state == "playing"]
+        for p in stopped:
+            p.stop()
+            log.info("scenario %s stopped at %.3f s (%d of %d events fired)", p.name, p.player.elapsed(),
+                     len(p.player.fired), len(p.player.scenario.events))
+        return stopped
+
+    def status(self) -> list[channel_pb2.ScenarioStatus]:
+        return [p.status() for p in self.items.values()]
+
+
+#: This process's scenarios (one proxy per process, as :data:`SERVING`).
+SCENARIOS = Scenarios()
+
+
+def check_scenario(scenario: Scenario, table: LinkTable, edge_servers: Iterable[str]) -> None:
+    """Everything about ``scenario`` that can be known before it plays, checked now (``StartScenario``: nothing starts
+    unless it all holds): the links' and handovers' ESs are behind the proxy, named profiles are in its book, trace
+    files load and fit the ES's carrier. Raises ScenarioError naming the event and field."""
+    known = list(edge_servers)
+    where = scenario.path
+    seen: set[tuple[int, str]] = set()
+    for e in scenario.events:
+        if (e.index, e.kind) in seen:  # a path's steps share their event
+            continue
+        seen.add((e.index, e.kind))
+        w = f"{where}: event[{e.index}]"
+        try:
+            if e.kind == "handover":
+                check_link_name(f"{e.ue}->{e.value}")
+                es, field_ = str(e.value), "handover"
+            else:
+                check_link_name(e.link)
+                es, field_ = e.link.partition("->")[2], "link"
+        except ChannelConfigError as exc:
+            raise ScenarioError(f"{w}: {exc}") from None
+        if es not in known:
+            raise ScenarioError(f"{w}.{field_}: no edge server named {es!r} behind the proxy (upstreams: "
+                                f"{', '.join(known) or 'none'})")
+        try:
+            if e.kind == "profile":
+                table.book.get(str(e.value))
+            elif e.kind == "trace":
+                REPLAY.carrier(e.link, load_trace_cached(str(e.value)))  # loads it; its numerology fits the cell
+        except ChannelConfigError as exc:
+            raise ScenarioError(f"{w}.{e.kind}: {exc}") from None
+
+
 def start_motion(scenario: Scenario | None, table: LinkTable, edge_servers: Callable[[], Iterable[str]],
                  clock: MonotonicClock | VirtualClock,
                  cell_of: Callable[[str], CellConfig | None]) -> tuple[ScenarioPlayer, asyncio.Task[list[Fired]]] | None:
@@ -107,9 +269,6 @@ def start_motion(scenario: Scenario | None, table: LinkTable, edge_servers: Call
     REPLAY.cell_of = cell_of
     if scenario is None:
         return None
-    player = ScenarioPlayer(scenario, _Logged(LinkTableTarget(table, edge_servers)), clock)
-    log.info("scenario %s: %d events over %.1f s on %s", scenario.path, len(scenario.events), scenario.duration_s,
-             ", ".join(scenario.links) or "no links")
-    task = asyncio.ensure_future(player.run())
-    PLAYING.append((player, task))  # held: a task nobody references may be collected
-    return player, task
+    playing = SCENARIOS.play(Path(scenario.path).stem or "scenario", scenario.path, scenario,
+                             LinkTableTarget(table, edge_servers), clock)
+    return playing.player, playing.task

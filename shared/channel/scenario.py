@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import math
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -214,9 +214,12 @@ def _name(where: str, key: str, v: object) -> str:
     return v
 
 
-def parse_scenario(raw: Mapping[str, Any], where: str = "scenario", base: Path | None = None) -> Scenario:
-    """A scenario from a parsed TOML mapping; relative trace files are resolved against ``base``. Raises
-    ScenarioError naming ``where``, the event (``event[i]``) and the field."""
+def parse_scenario(raw: Mapping[str, Any], where: str = "scenario", base: Path | None = None,
+                   traces: Callable[[str, str], str] | None = None) -> Scenario:
+    """A scenario from a parsed TOML mapping; relative trace files are resolved against ``base``, or every trace
+    name by ``traces(name, field)`` when given (the proxy's :class:`channel_emulator.trace_access.TraceAccess`: it
+    raises ChannelConfigError for a file a caller may not name). Raises ScenarioError naming ``where``, the event
+    (``event[i]``) and the field."""
     unknown = set(raw) - {"step_s", "event"}
     if unknown:
         raise ScenarioError(f"{where}: unknown keys {sorted(unknown)}; a scenario has step_s and [[event]] tables")
@@ -255,11 +258,16 @@ def parse_scenario(raw: Mapping[str, Any], where: str = "scenario", base: Path |
         if action == "profile":
             events.append(Event(at, "profile", link, direction, _name(w, "profile", e["profile"]), i))
         elif action == "trace":
-            file = Path(_name(w, "trace", e["trace"]))
-            if base is not None and not file.is_absolute():
-                file = base / file
+            name = _name(w, "trace", e["trace"])
+            if traces is not None:
+                try:
+                    file = traces(name, f"event[{i}].trace")
+                except ChannelConfigError as exc:
+                    raise ScenarioError(f"{where}: {exc}") from None
+            else:
+                file = str(base / name) if base is not None and not Path(name).is_absolute() else name
             offset = _number(w, "trace_offset_s", e.get("trace_offset_s", 0.0), lo=0.0)
-            events.append(Event(at, "trace", link, direction, str(file), i, offset_s=offset))
+            events.append(Event(at, "trace", link, direction, file, i, offset_s=offset))
         elif action == "snr_db":
             events.append(Event(at, "snr", link, direction, _number(w, "snr_db", e["snr_db"]), i))
         else:
@@ -297,6 +305,16 @@ def parse_scenario(raw: Mapping[str, Any], where: str = "scenario", base: Path |
                                     distance_m=road.distance_at(t)))
     events.sort(key=lambda ev: (ev.at_s, ev.index))
     return Scenario(tuple(events), where, step)
+
+
+def parse_scenario_text(text: str, where: str, traces: Callable[[str, str], str] | None = None) -> Scenario:
+    """A scenario from a file's text (``StartScenario``: the file travels in the request); as :func:`parse_scenario`,
+    with TOML syntax errors raised as ScenarioError naming ``where``."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ScenarioError(f"{where}: {exc}") from None
+    return parse_scenario(raw, where, None, traces)
 
 
 def load_scenario(path: str | Path) -> Scenario:
@@ -338,6 +356,9 @@ class ScenarioPlayer:
     clock: MonotonicClock | VirtualClock = field(default_factory=MonotonicClock)
     fired: list[Fired] = field(default_factory=list)
     start: float | None = None
+    #: when play ended (the last event fired, or stopped), on the clock; None while playing
+    end: float | None = None
+    _by_key: dict[str, list[Event]] | None = field(default=None, init=False, repr=False)
 
     def apply(self, e: Event) -> None:
         if e.kind == "profile":
@@ -360,23 +381,62 @@ class ScenarioPlayer:
             except ChannelConfigError as exc:
                 error = str(exc)
             self.fired.append(Fired(e, self.clock.now() - self.start, error))
+        self.end = self.clock.now()
         return self.fired
 
     @property
     def done(self) -> bool:
         return len(self.fired) == len(self.scenario.events)
 
-    def position(self) -> dict[str, str]:
-        """Where each link (and each handed-over UE) is in the scenario: its last fired event, and the next."""
-        out: dict[str, str] = {}
-        elapsed = (self.clock.now() - self.start) if self.start is not None else 0.0
-        for key in {e.link or e.ue for e in self.scenario.events}:
-            mine = [e for e in self.scenario.events if (e.link or e.ue) == key]
-            last = [f for f in self.fired if (f.event.link or f.event.ue) == key]
-            nxt = mine[len(last)] if len(last) < len(mine) else None
-            parts = [f"t={elapsed:.2f} s"]
-            parts.append(f"last: {last[-1].event.describe()} at {last[-1].at_s:.2f} s" if last else "not started")
-            parts.append(f"next: {nxt.describe()} at {nxt.at_s:.2f} s" if nxt else "done")
-            out[key] = "; ".join(parts)
-        return dict(sorted(out.items()))
+    def elapsed(self) -> float:
+        """Seconds since the start on the player's clock (frozen at :attr:`end` once finished or stopped)."""
+        if self.start is None:
+            return 0.0
+        return (self.end if self.end is not None else self.clock.now()) - self.start
 
+    def positions(self) -> list[LinkPosition]:
+        """Where each link (and each handed-over UE) is in the scenario, by name."""
+        if self._by_key is None:
+            by_key: dict[str, list[Event]] = {}
+            for e in self.scenario.events:
+                by_key.setdefault(e.link or e.ue, []).append(e)
+            self._by_key = by_key
+        last: dict[str, Fired] = {}
+        count: dict[str, int] = {}
+        for f in self.fired:
+            key = f.event.link or f.event.ue
+            last[key] = f
+            count[key] = count.get(key, 0) + 1
+        out = []
+        for key, mine in sorted(self._by_key.items()):
+            n = count.get(key, 0)
+            out.append(LinkPosition(key, last.get(key), mine[n] if n < len(mine) else None))
+        return out
+
+    def position(self) -> dict[str, str]:
+        """Where each link (and each handed-over UE) is in the scenario, in words: its last fired event, and the next."""
+        elapsed = self.elapsed()
+        return {p.key: f"t={elapsed:.2f} s; {p.describe()}" for p in self.positions()}
+
+
+@dataclass(frozen=True)
+class LinkPosition:
+    """One link (or handed-over UE) in a scenario: the last event fired on it (None: none yet), the next (None: done)."""
+
+    key: str
+    last: Fired | None
+    next: Event | None
+
+    @property
+    def path(self) -> tuple[float, float] | None:
+        """``(SNR dB, distance m)`` the last event set if it was a step of a path, else None."""
+        if self.last is None or self.last.event.distance_m is None:
+            return None
+        return float(self.last.event.value), self.last.event.distance_m
+
+    def describe(self) -> str:
+        last = self.last
+        parts = [f"last: {last.event.describe()} at {last.at_s:.2f} s" + (f" (refused: {last.error})" if last.error
+                                                                           else "") if last else "not started"]
+        parts.append(f"next: {self.next.describe()} at {self.next.at_s:.2f} s" if self.next else "done")
+        return "; ".join(parts)

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17shared/pb/channel.proto\x12\x06meg.v1\"\xbd\x03\n\x0c\x43\x65llSettings\x12\x0c\n\x04\x63\x65ll\x18\x01 \x01(\t\x12\x1a\n\rbandwidth_mhz\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x17\n\nnumerology\x18\x03 \x01(\x05H\x01\x88\x01\x01\x12\x15\n\x08overhead\x18\x04 \x01(\x01H\x02\x88\x01\x01\x12\x13\n\x06\x64uplex\x18\x05 \x01(\tH\x03\x88\x01\x01\x12\x18\n\x0btdd_pattern\x18\x06 \x01(\tH\x04\x88\x01\x01\x12\x16\n\tscheduler\x18\x07 \x01(\tH\x05\x88\x01\x01\x12\x15\n\x08\x64\x65lay_ms\x18\x08 \x01(\x01H\x06\x88\x01\x01\x12\x16\n\tjitter_ms\x18\t \x01(\x01H\x07\x88\x01\x01\x12\x13\n\x06jitter\x18\n \x01(\tH\x08\x88\x01\x01\x12\x18\n\x0bqueue_limit\x18\x0b \x01(\rH\t\x88\x01\x01\x12\x0c\n\x04prbs\x18\x0c \x01(\r\x12\x13\n\x0bre_per_slot\x18\r \x01(\x04\x42\x10\n\x0e_bandwidth_mhzB\r\n\x0b_numerologyB\x0b\n\t_overheadB\t\n\x07_duplexB\x0e\n\x0c_tdd_patternB\x0c\n\n_schedulerB\x0b\n\t_delay_msB\x0c\n\n_jitter_msB\t\n\x07_jitterB\x0e\n\x0c_queue_limit\"4\n\x0eSetCellRequest\x12\"\n\x04\x63\x65ll\x18\x01 \x01(\x0b\x32\x14.meg.v1.CellSettings\"\xdf\x01\n\tCellStats\x12\x0c\n\x04\x63\x65ll\x18\x01 \x01(\t\x12\x11\n\tdirection\x18\x02 \x01(\t\x12\x13\n\x0butilisation\x18\x03 \x01(\x01\x12!\n\x19\x62\x61\x63klog_resource_elements\x18\x04 \x01(\x04\x12\x18\n\x10\x62\x61\x63klog_messages\x18\x05 \x01(\x04\x12\x1c\n\x14\x64\x65livered_bits_per_s\x18\x06 \x01(\x01\x12\x19\n\x11resource_elements\x18\x07 \x01(\x04\x12\x10\n\x08messages\x18\x08 \x01(\x04\x12\x14\n\x0c\x61\x63tive_links\x18\t \x01(\r\"v\n\x07Profile\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0e\n\x06snr_db\x18\x03 \x01(\x01\x12\x19\n\x11\x63oherence_symbols\x18\x04 \x01(\r\x12\x10\n\x08k_factor\x18\x05 \x01(\x01\x12\x11\n\tcsi_error\x18\x06 \x01(\x01\"\x15\n\x13ListProfilesRequest\"0\n\x0bProfileList\x12!\n\x08profiles\x18\x01 \x03(\x0b\x32\x0f.meg.v1.Profile\"`\n\x0cLinkSettings\x12\x0c\n\x04link\x18\x01 \x01(\t\x12\x1f\n\x06uplink\x18\x02 \x01(\x0b\x32\x0f.meg.v1.Profile\x12!\n\x08\x64ownlink\x18\x03 \x01(\x0b\x32\x0f.meg.v1.Profile\"\x13\n\x11GetChannelRequest\"\xa4\x01\n\x0f\x43hannelSettings\x12%\n\x07\x64\x65\x66\x61ult\x18\x01 \x01(\x0b\x32\x14.meg.v1.LinkSettings\x12#\n\x05links\x18\x02 \x03(\x0b\x32\x14.meg.v1.LinkSettings\x12\x11\n\tupstreams\x18\x03 \x03(\t\x12#\n\x05\x63\x65lls\x18\x04 \x03(\x0b\x32\x14.meg.v1.CellSettings\x12\r\n\x05\x63lock\x18\x05 \x01(\t\"u\n\x11SetChannelRequest\x12\x0c\n\x04link\x18\x01 \x01(\t\x12\x11\n\tdirection\x18\x02 \x01(\t\x12\x11\n\x07profile\x18\x03 \x01(\tH\x00\x12!\n\x06\x63ustom\x18\x04 \x01(\x0b\x32\x0f.meg.v1.ProfileH\x00\x42\t\n\x07setting\"$\n\x13ResetChannelRequest\x12\r\n\x05stats\x18\x01 \x01(\x08\"\x11\n\x0fGetStatsRequest\"\xcd\x01\n\x0e\x44irectionStats\x12\x0c\n\x04link\x18\x01 \x01(\t\x12\x11\n\tdirection\x18\x02 \x01(\t\x12\x0c\n\x04rpcs\x18\x03 \x01(\x04\x12\x15\n\rtransmissions\x18\x04 \x01(\x04\x12\x0f\n\x07symbols\x18\x05 \x01(\x04\x12\x15\n\rpayload_bytes\x18\x06 \x01(\x04\x12\x15\n\rmessage_bytes\x18\x07 \x01(\x04\x12\x13\n\x0bmean_snr_db\x18\x08 \x01(\x01\x12\x0e\n\x06\x65nergy\x18\t \x01(\x01\x12\x11\n\tallocated\x18\n \x01(\x04\"Y\n\x0c\x43hannelStats\x12\'\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x16.meg.v1.DirectionStats\x12 \n\x05\x63\x65lls\x18\x02 \x03(\x0b\x32\x11.meg.v1.CellStats\"N\n\nCSIRequest\x12\x0c\n\x04link\x18\x01 \x01(\t\x12\x11\n\tdirection\x18\x02 \x01(\t\x12\x0e\n\x06\x62locks\x18\x03 \x01(\r\x12\x0f\n\x07symbols\x18\x04 \x01(\x04\"V\n\x0b\x43SIResponse\x12\r\n\x05gains\x18\x01 \x03(\x01\x12\x19\n\x11\x63oherence_symbols\x18\x02 \x01(\r\x12\x0e\n\x06snr_db\x18\x03 \x01(\x01\x12\r\n\x05model\x18\x04 \x01(\t2\xc6\x03\n\x0e\x43hannelControl\x12@\n\x0cListProfiles\x12\x1b.meg.v1.ListProfilesRequest\x1a\x13.meg.v1.ProfileList\x12@\n\nGetChannel\x12\x19.meg.v1.GetChannelRequest\x1a\x17.meg.v1.ChannelSettings\x12@\n\nSetChannel\x12\x19.meg.v1.SetChannelRequest\x1a\x17.meg.v1.ChannelSettings\x12\x44\n\x0cResetChannel\x12\x1b.meg.v1.ResetChannelRequest\x1a\x17.meg.v1.ChannelSettings\x12\x39\n\x08GetStats\x12\x17.meg.v1.GetStatsRequest\x1a\x14.meg.v1.ChannelStats\x12\x31\n\x06GetCSI\x12\x12.meg.v1.CSIRequest\x1a\x13.meg.v1.CSIResponse\x12:\n\x07SetCell\x12\x16.meg.v1.SetCellRequest\x1a\x17.meg.v1.ChannelSettingsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17shared/pb/channel.proto\x12\x06meg.v1\"\xbd\x03\n\x0c\x43\x65llSettings\x12\x0c\n\x04\x63\x65ll\x18\x01 \x01(\t\x12\x1a\n\rbandwidth_mhz\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x17\n\nnumerology\x18\x03 \x01(\x05H\x01\x88\x01\x01\x12\x15\n\x08overhead\x18\x04 \x01(\x01H\x02\x88\x01\x01\x12\x13\n\x06\x64uplex\x18\x05 \x01(\tH\x03\x88\x01\x01\x12\x18\n\x0btdd_pattern\x18\x06 \x01(\tH\x04\x88\x01\x01\x12\x16\n\tscheduler\x18\x07 \x01(\tH\x05\x88\x01\x01\x12\x15\n\x08\x64\x65lay_ms\x18\x08 \x01(\x01H\x06\x88\x01\x01\x12\x16\n\tjitter_ms\x18\t \x01(\x01H\x07\x88\x01\x01\x12\x13\n\x06jitter\x18\n \x01(\tH\x08\x88\x01\x01\x12\x18\n\x0bqueue_limit\x18\x0b \x01(\rH\t\x88\x01\x01\x12\x0c\n\x04prbs\x18\x0c \x01(\r\x12\x13\n\x0bre_per_slot\x18\r \x01(\x04\x42\x10\n\x0e_bandwidth_mhzB\r\n\x0b_numerologyB\x0b\n\t_overheadB\t\n\x07_duplexB\x0e\n\x0c_tdd_patternB\x0c\n\n_schedulerB\x0b\n\t_delay_msB\x0c\n\n_jitter_msB\t\n\x07_jitterB\x0e\n\x0c_queue_limit\"4\n\x0eSetCellRequest\x12\"\n\x04\x63\x65ll\x18\x01 \x01(\x0b\x32\x14.meg.v1.CellSettings\"\xdf\x01\n\tCellStats\x12\x0c\n\x04\x63\x65ll\x18\x01 \x01(\t\x12\x11\n\tdirection\x18\x02 \x01(\t\x12\x13\n\x0butilisation\x18\x03 \x01(\x01\x12!\n\x19\x62\x61\x63klog_resource_elements\x18\x04 \x01(\x04\x12\x18\n\x10\x62\x61\x63klog_messages\x18\x05 \x01(\x04\x12\x1c\n\x14\x64\x65livered_bits_per_s\x18\x06 \x01(\x01\x12\x19\n\x11resource_elements\x18\x07 \x01(\x04\x12\x10\n\x08messages\x18\x08 \x01(\x04\x12\x14\n\x0c\x61\x63tive_links\x18\t \x01(\r\"\xb4\x01\n\x07Profile\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0e\n\x06snr_db\x18\x03 \x01(\x01\x12\x19\n\x11\x63oherence_symbols\x18\x04 \x01(\r\x12\x10\n\x08k_factor\x18\x05 \x01(\x01\x12\x11\n\tcsi_error\x18\x06 \x01(\x01\x12\r\n\x05trace\x18\x07 \x01(\t\x12\x16\n\x0etrace_offset_s\x18\x08 \x01(\x01\x12\x15\n\rtrace_gain_db\x18\t \x01(\x01\"\x15\n\x13ListProfilesRequest\"0\n\x0bProfileList\x12!\n\x08profiles\x18\x01 \x03(\x0b\x32\x0f.meg.v1.Profile\"`\n\x0cLinkSettings\x12\x0c\n\x04link\x18\x01 \x01(\t\x12\x1f\n\x06uplink\x18\x02 \x01(\x0b\x32\x0f.meg.v1.Profile\x12!\n\x08\x64ownlink\x18\x03 \x01(\x0b\x32\x0f.meg.v1.Profile\"\x13\n\x11GetChannelRequest\"\xcf\x01\n\x0f\x43hannelSettings\x12%\n\x07\x64\x65\x66\x61ult\x18\x01 \x01(\x0b\x32\x14.meg.v1.LinkSettings\x12#\n\x05links\x18\x02 \x03(\x0b\x32\x14.meg.v1.LinkSettings\x12\x11\n\tupstreams\x18\x03 \x03(\t\x12#\n\x05\x63\x65lls\x18\x04 \x03(\x0b\x32\x14.meg.v1.CellSettings\x12\r\n\x05\x63lock\x18\x05 \x01(\t\x12)\n\tscenarios\x18\x06 \x03(\x0b\x32\x16.meg.v1.ScenarioStatus\"\xe6\x01\n\x10ScenarioPosition\x12\x0c\n\x04link\x18\x01 \x01(\t\x12\x12\n\nlast_event\x18\x02 \x01(\x05\x12\x0c\n\x04last\x18\x03 \x01(\t\x12\x11\n\tlast_at_s\x18\x04 \x01(\x01\x12\x12\n\nlast_error\x18\x05 \x01(\t\x12\x12\n\nnext_event\x18\x06 \x01(\x05\x12\x0c\n\x04next\x18\x07 \x01(\t\x12\x11\n\tnext_at_s\x18\x08 \x01(\x01\x12\x13\n\x06snr_db\x18\t \x01(\x01H\x00\x88\x01\x01\x12\x17\n\ndistance_m\x18\n \x01(\x01H\x01\x88\x01\x01\x42\t\n\x07_snr_dbB\r\n\x0b_distance_m\"\xb0\x01\n\x0eScenarioStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x11\n\telapsed_s\x18\x04 \x01(\x01\x12\x12\n\nduration_s\x18\x05 \x01(\x01\x12\x0e\n\x06\x65vents\x18\x06 \x01(\r\x12\r\n\x05\x66ired\x18\x07 \x01(\r\x12+\n\tpositions\x18\x08 \x03(\x0b\x32\x18.meg.v1.ScenarioPosition\"C\n\x14StartScenarioRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04toml\x18\x02 \x01(\t\x12\x0f\n\x07replace\x18\x03 \x01(\x08\"#\n\x13StopScenarioRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"u\n\x11SetChannelRequest\x12\x0c\n\x04link\x18\x01 \x01(\t\x12\x11\n\tdirection\x18\x02 \x01(\t\x12\x11\n\x07profile\x18\x03 \x01(\tH\x00\x12!\n\x06\x63ustom\x18\x04 \x01(\x0b\x32\x0f.meg.v1.ProfileH\x00\x42\t\n\x07setting\"$\n\x13ResetChannelRequest\x12\r\n\x05stats\x18\x01 \x01(\x08\"\x11\n\x0fGetStatsRequest\"\xcd\x01\n\x0e\x44irectionStats\x12\x0c\n\x04link\x18\x01 \x01(\t\x12\x11\n\tdirection\x18\x02 \x01(\t\x12\x0c\n\x04rpcs\x18\x03 \x01(\x04\x12\x15\n\rtransmissions\x18\x04 \x01(\x04\x12\x0f\n\x07symbols\x18\x05 \x01(\x04\x12\x15\n\rpayload_bytes\x18\x06 \x01(\x04\x12\x15\n\rmessage_bytes\x18\x07 \x01(\x04\x12\x13\n\x0bmean_snr_db\x18\x08 \x01(\x01\x12\x0e\n\x06\x65nergy\x18\t \x01(\x01\x12\x11\n\tallocated\x18\n \x01(\x04\"Y\n\x0c\x43hannelStats\x12\'\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x16.meg.v1.DirectionStats\x12 \n\x05\x63\x65lls\x18\x02 \x03(\x0b\x32\x11.meg.v1.CellStats\"N\n\nCSIRequest\x12\x0c\n\x04link\x18\x01 \x01(\t\x12\x11\n\tdirection\x18\x02 \x01(\t\x12\x0e\n\x06\x62locks\x18\x03 \x01(\r\x12\x0f\n\x07symbols\x18\x04 \x01(\x04\"V\n\x0b\x43SIResponse\x12\r\n\x05gains\x18\x01 \x03(\x01\x12\x19\n\x11\x63oherence_symbols\x18\x02 \x01(\r\x12\x0e\n\x06snr_db\x18\x03 \x01(\x01\x12\r\n\x05model\x18\x04 \x01(\t2\xd4\x04\n\x0e\x43hannelControl\x12@\n\x0cListProfiles\x12\x1b.meg.v1.ListProfilesRequest\x1a\x13.meg.v1.ProfileList\x12@\n\nGetChannel\x12\x19.meg.v1.GetChannelRequest\x1a\x17.meg.v1.ChannelSettings\x12@\n\nSetChannel\x12\x19.meg.v1.SetChannelRequest\x1a\x17.meg.v1.ChannelSettings\x12\x44\n\x0cResetChannel\x12\x1b.meg.v1.ResetChannelRequest\x1a\x17.meg.v1.ChannelSettings\x12\x39\n\x08GetStats\x12\x17.meg.v1.GetStatsRequest\x1a\x14.meg.v1.ChannelStats\x12\x31\n\x06GetCSI\x12\x12.meg.v1.CSIRequest\x1a\x13.meg.v1.CSIResponse\x12:\n\x07SetCell\x12\x16.meg.v1.SetCellRequest\x1a\x17.meg.v1.ChannelSettings\x12\x46\n\rStartScenario\x12\x1c.meg.v1.StartScenarioRequest\x1a\x17.meg.v1.ChannelSettings\x12\x44\n\x0cStopScenario\x12\x1b.meg.v1.StopScenarioRequest\x1a\x17.meg.v1.ChannelSettingsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,32 +37,40 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SETCELLREQUEST']._serialized_end=535
   _globals['_CELLSTATS']._serialized_start=538
   _globals['_CELLSTATS']._serialized_end=761
-  _globals['_PROFILE']._serialized_start=763
-  _globals['_PROFILE']._serialized_end=881
-  _globals['_LISTPROFILESREQUEST']._serialized_start=883
-  _globals['_LISTPROFILESREQUEST']._serialized_end=904
-  _globals['_PROFILELIST']._serialized_start=906
-  _globals['_PROFILELIST']._serialized_end=954
-  _globals['_LINKSETTINGS']._serialized_start=956
-  _globals['_LINKSETTINGS']._serialized_end=1052
-  _globals['_GETCHANNELREQUEST']._serialized_start=1054
-  _globals['_GETCHANNELREQUEST']._serialized_end=1073
-  _globals['_CHANNELSETTINGS']._serialized_start=1076
-  _globals['_CHANNELSETTINGS']._serialized_end=1240
-  _globals['_SETCHANNELREQUEST']._serialized_start=1242
-  _globals['_SETCHANNELREQUEST']._serialized_end=1359
-  _globals['_RESETCHANNELREQUEST']._serialized_start=1361
-  _globals['_RESETCHANNELREQUEST']._serialized_end=1397
-  _globals['_GETSTATSREQUEST']._serialized_start=1399
-  _globals['_GETSTATSREQUEST']._serialized_end=1416
-  _globals['_DIRECTIONSTATS']._serialized_start=1419
-  _globals['_DIRECTIONSTATS']._serialized_end=1624
-  _globals['_CHANNELSTATS']._serialized_start=1626
-  _globals['_CHANNELSTATS']._serialized_end=1715
-  _globals['_CSIREQUEST']._serialized_start=1717
-  _globals['_CSIREQUEST']._serialized_end=1795
-  _globals['_CSIRESPONSE']._serialized_start=1797
-  _globals['_CSIRESPONSE']._serialized_end=1883
-  _globals['_CHANNELCONTROL']._serialized_start=1886
-  _globals['_CHANNELCONTROL']._serialized_end=2340
+  _globals['_PROFILE']._serialized_start=764
+  _globals['_PROFILE']._serialized_end=944
+  _globals['_LISTPROFILESREQUEST']._serialized_start=946
+  _globals['_LISTPROFILESREQUEST']._serialized_end=967
+  _globals['_PROFILELIST']._serialized_start=969
+  _globals['_PROFILELIST']._serialized_end=1017
+  _globals['_LINKSETTINGS']._serialized_start=1019
+  _globals['_LINKSETTINGS']._serialized_end=1115
+  _globals['_GETCHANNELREQUEST']._serialized_start=1117
+  _globals['_GETCHANNELREQUEST']._serialized_end=1136
+  _globals['_CHANNELSETTINGS']._serialized_start=1139
+  _globals['_CHANNELSETTINGS']._serialized_end=1346
+  _globals['_SCENARIOPOSITION']._serialized_start=1349
+  _globals['_SCENARIOPOSITION']._serialized_end=1579
+  _globals['_SCENARIOSTATUS']._serialized_start=1582
+  _globals['_SCENARIOSTATUS']._serialized_end=1758
+  _globals['_STARTSCENARIOREQUEST']._serialized_start=1760
+  _globals['_STARTSCENARIOREQUEST']._serialized_end=1827
+  _globals['_STOPSCENARIOREQUEST']._serialized_start=1829
+  _globals['_STOPSCENARIOREQUEST']._serialized_end=1864
+  _globals['_SETCHANNELREQUEST']._serialized_start=1866
+  _globals['_SETCHANNELREQUEST']._serialized_end=1983
+  _globals['_RESETCHANNELREQUEST']._serialized_start=1985
+  _globals['_RESETCHANNELREQUEST']._serialized_end=2021
+  _globals['_GETSTATSREQUEST']._serialized_start=2023
+  _globals['_GETSTATSREQUEST']._serialized_end=2040
+  _globals['_DIRECTIONSTATS']._serialized_start=2043
+  _globals['_DIRECTIONSTATS']._serialized_end=2248
+  _globals['_CHANNELSTATS']._serialized_start=2250
+  _globals['_CHANNELSTATS']._serialized_end=2339
+  _globals['_CSIREQUEST']._serialized_start=2341
+  _globals['_CSIREQUEST']._serialized_end=2419
+  _globals['_CSIRESPONSE']._serialized_start=2421
+  _globals['_CSIRESPONSE']._serialized_end=2507
+  _globals['_CHANNELCONTROL']._serialized_start=2510
+  _globals['_CHANNELCONTROL']._serialized_end=3106
 # @@protoc_insertion_point(module_scope)

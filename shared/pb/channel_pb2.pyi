@@ -65,20 +65,26 @@ class CellStats(_message.Message):
     def __init__(self, cell: _Optional[str] = ..., direction: _Optional[str] = ..., utilisation: _Optional[float] = ..., backlog_resource_elements: _Optional[int] = ..., backlog_messages: _Optional[int] = ..., delivered_bits_per_s: _Optional[float] = ..., resource_elements: _Optional[int] = ..., messages: _Optional[int] = ..., active_links: _Optional[int] = ...) -> None: ...
 
 class Profile(_message.Message):
-    __slots__ = ("name", "model", "snr_db", "coherence_symbols", "k_factor", "csi_error")
+    __slots__ = ("name", "model", "snr_db", "coherence_symbols", "k_factor", "csi_error", "trace", "trace_offset_s", "trace_gain_db")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     SNR_DB_FIELD_NUMBER: _ClassVar[int]
     COHERENCE_SYMBOLS_FIELD_NUMBER: _ClassVar[int]
     K_FACTOR_FIELD_NUMBER: _ClassVar[int]
     CSI_ERROR_FIELD_NUMBER: _ClassVar[int]
+    TRACE_FIELD_NUMBER: _ClassVar[int]
+    TRACE_OFFSET_S_FIELD_NUMBER: _ClassVar[int]
+    TRACE_GAIN_DB_FIELD_NUMBER: _ClassVar[int]
     name: str
     model: str
     snr_db: float
     coherence_symbols: int
     k_factor: float
     csi_error: float
-    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., snr_db: _Optional[float] = ..., coherence_symbols: _Optional[int] = ..., k_factor: _Optional[float] = ..., csi_error: _Optional[float] = ...) -> None: ...
+    trace: str
+    trace_offset_s: float
+    trace_gain_db: float
+    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., snr_db: _Optional[float] = ..., coherence_symbols: _Optional[int] = ..., k_factor: _Optional[float] = ..., csi_error: _Optional[float] = ..., trace: _Optional[str] = ..., trace_offset_s: _Optional[float] = ..., trace_gain_db: _Optional[float] = ...) -> None: ...
 
 class ListProfilesRequest(_message.Message):
     __slots__ = ()
@@ -105,18 +111,80 @@ class GetChannelRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ChannelSettings(_message.Message):
-    __slots__ = ("default", "links", "upstreams", "cells", "clock")
+    __slots__ = ("default", "links", "upstreams", "cells", "clock", "scenarios")
     DEFAULT_FIELD_NUMBER: _ClassVar[int]
     LINKS_FIELD_NUMBER: _ClassVar[int]
     UPSTREAMS_FIELD_NUMBER: _ClassVar[int]
     CELLS_FIELD_NUMBER: _ClassVar[int]
     CLOCK_FIELD_NUMBER: _ClassVar[int]
+    SCENARIOS_FIELD_NUMBER: _ClassVar[int]
     default: LinkSettings
     links: _containers.RepeatedCompositeFieldContainer[LinkSettings]
     upstreams: _containers.RepeatedScalarFieldContainer[str]
     cells: _containers.RepeatedCompositeFieldContainer[CellSettings]
     clock: str
-    def __init__(self, default: _Optional[_Union[LinkSettings, _Mapping]] = ..., links: _Optional[_Iterable[_Union[LinkSettings, _Mapping]]] = ..., upstreams: _Optional[_Iterable[str]] = ..., cells: _Optional[_Iterable[_Union[CellSettings, _Mapping]]] = ..., clock: _Optional[str] = ...) -> None: ...
+    scenarios: _containers.RepeatedCompositeFieldContainer[ScenarioStatus]
+    def __init__(self, default: _Optional[_Union[LinkSettings, _Mapping]] = ..., links: _Optional[_Iterable[_Union[LinkSettings, _Mapping]]] = ..., upstreams: _Optional[_Iterable[str]] = ..., cells: _Optional[_Iterable[_Union[CellSettings, _Mapping]]] = ..., clock: _Optional[str] = ..., scenarios: _Optional[_Iterable[_Union[ScenarioStatus, _Mapping]]] = ...) -> None: ...
+
+class ScenarioPosition(_message.Message):
+    __slots__ = ("link", "last_event", "last", "last_at_s", "last_error", "next_event", "next", "next_at_s", "snr_db", "distance_m")
+    LINK_FIELD_NUMBER: _ClassVar[int]
+    LAST_EVENT_FIELD_NUMBER: _ClassVar[int]
+    LAST_FIELD_NUMBER: _ClassVar[int]
+    LAST_AT_S_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    NEXT_EVENT_FIELD_NUMBER: _ClassVar[int]
+    NEXT_FIELD_NUMBER: _ClassVar[int]
+    NEXT_AT_S_FIELD_NUMBER: _ClassVar[int]
+    SNR_DB_FIELD_NUMBER: _ClassVar[int]
+    DISTANCE_M_FIELD_NUMBER: _ClassVar[int]
+    link: str
+    last_event: int
+    last: str
+    last_at_s: float
+    last_error: str
+    next_event: int
+    next: str
+    next_at_s: float
+    snr_db: float
+    distance_m: float
+    def __init__(self, link: _Optional[str] = ..., last_event: _Optional[int] = ..., last: _Optional[str] = ..., last_at_s: _Optional[float] = ..., last_error: _Optional[str] = ..., next_event: _Optional[int] = ..., next: _Optional[str] = ..., next_at_s: _Optional[float] = ..., snr_db: _Optional[float] = ..., distance_m: _Optional[float] = ...) -> None: ...
+
+class ScenarioStatus(_message.Message):
+    __slots__ = ("name", "source", "state", "elapsed_s", "duration_s", "events", "fired", "positions")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    ELAPSED_S_FIELD_NUMBER: _ClassVar[int]
+    DURATION_S_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    FIRED_FIELD_NUMBER: _ClassVar[int]
+    POSITIONS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    source: str
+    state: str
+    elapsed_s: float
+    duration_s: float
+    events: int
+    fired: int
+    positions: _containers.RepeatedCompositeFieldContainer[ScenarioPosition]
+    def __init__(self, name: _Optional[str] = ..., source: _Optional[str] = ..., state: _Optional[str] = ..., elapsed_s: _Optional[float] = ..., duration_s: _Optional[float] = ..., events: _Optional[int] = ..., fired: _Optional[int] = ..., positions: _Optional[_Iterable[_Union[ScenarioPosition, _Mapping]]] = ...) -> None: ...
+
+class StartScenarioRequest(_message.Message):
+    __slots__ = ("name", "toml", "replace")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TOML_FIELD_NUMBER: _ClassVar[int]
+    REPLACE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    toml: str
+    replace: bool
+    def __init__(self, name: _Optional[str] = ..., toml: _Optional[str] = ..., replace: _Optional[bool] = ...) -> None: ...
+
+class StopScenarioRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class SetChannelRequest(_message.Message):
     __slots__ = ("link", "direction", "profile", "custom")

@@ -69,6 +69,16 @@ class ChannelControlStub:
                 request_serializer=shared_dot_pb_dot_channel__pb2.SetCellRequest.SerializeToString,
                 response_deserializer=shared_dot_pb_dot_channel__pb2.ChannelSettings.FromString,
                 _registered_method=True)
+        self.StartScenario = channel.unary_unary(
+                '/meg.v1.ChannelControl/StartScenario',
+                request_serializer=shared_dot_pb_dot_channel__pb2.StartScenarioRequest.SerializeToString,
+                response_deserializer=shared_dot_pb_dot_channel__pb2.ChannelSettings.FromString,
+                _registered_method=True)
+        self.StopScenario = channel.unary_unary(
+                '/meg.v1.ChannelControl/StopScenario',
+                request_serializer=shared_dot_pb_dot_channel__pb2.StopScenarioRequest.SerializeToString,
+                response_deserializer=shared_dot_pb_dot_channel__pb2.ChannelSettings.FromString,
+                _registered_method=True)
 
 
 class ChannelControlServicer:
@@ -123,6 +133,24 @@ class ChannelControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StartScenario(self, request, context):
+        """Play a scenario (docs/channels.md: timed profile, trace and SNR events per link, paths, handovers) from now on
+        the proxy's clock. The file travels as text, is checked whole before anything changes (INVALID_ARGUMENT naming
+        the event and field), and its traces must be ones the proxy loaded or files under its --trace-dir. A scenario
+        on links (or UEs) that another one playing acts on is refused (FAILED_PRECONDITION) unless `replace`, which
+        stops that one first. Answers the settings, the scenarios included.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StopScenario(self, request, context):
+        """Stop a scenario playing (its links keep the settings it gave them); "" = every one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ChannelControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -159,6 +187,16 @@ def add_ChannelControlServicer_to_server(servicer, server):
             'SetCell': grpc.unary_unary_rpc_method_handler(
                     servicer.SetCell,
                     request_deserializer=shared_dot_pb_dot_channel__pb2.SetCellRequest.FromString,
+                    response_serializer=shared_dot_pb_dot_channel__pb2.ChannelSettings.SerializeToString,
+            ),
+            'StartScenario': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartScenario,
+                    request_deserializer=shared_dot_pb_dot_channel__pb2.StartScenarioRequest.FromString,
+                    response_serializer=shared_dot_pb_dot_channel__pb2.ChannelSettings.SerializeToString,
+            ),
+            'StopScenario': grpc.unary_unary_rpc_method_handler(
+                    servicer.StopScenario,
+                    request_deserializer=shared_dot_pb_dot_channel__pb2.StopScenarioRequest.FromString,
                     response_serializer=shared_dot_pb_dot_channel__pb2.ChannelSettings.SerializeToString,
             ),
     }
@@ -350,6 +388,60 @@ class ChannelControl:
             target,
             '/meg.v1.ChannelControl/SetCell',
             shared_dot_pb_dot_channel__pb2.SetCellRequest.SerializeToString,
+            shared_dot_pb_dot_channel__pb2.ChannelSettings.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartScenario(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meg.v1.ChannelControl/StartScenario',
+            shared_dot_pb_dot_channel__pb2.StartScenarioRequest.SerializeToString,
+            shared_dot_pb_dot_channel__pb2.ChannelSettings.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StopScenario(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meg.v1.ChannelControl/StopScenario',
+            shared_dot_pb_dot_channel__pb2.StopScenarioRequest.SerializeToString,
             shared_dot_pb_dot_channel__pb2.ChannelSettings.FromString,
             options,
             channel_credentials,

@@ -87,6 +87,16 @@ class ControlClient:
         """``SetCell``: change the fields ``cell`` sets of cell ``cell.cell`` (``default``: every ES without its own)."""
         return self._stub.SetCell(channel_pb2.SetCellRequest(cell=cell), timeout=self.timeout_s)
 
+    def start_scenario(self, name: str, toml: str, replace: bool = False) -> channel_pb2.ChannelSettings:
+        """``StartScenario``: play the scenario file's text ``toml`` as ``name`` from now on the proxy's clock
+        (``replace``: stop a scenario of that name or on the same links instead of being refused)."""
+        return self._stub.StartScenario(channel_pb2.StartScenarioRequest(name=name, toml=toml, replace=replace),
+                                        timeout=self.timeout_s)
+
+    def stop_scenario(self, name: str = "") -> channel_pb2.ChannelSettings:
+        """``StopScenario``: stop scenario ``name`` (``""``: every one playing); its links keep their settings."""
+        return self._stub.StopScenario(channel_pb2.StopScenarioRequest(name=name), timeout=self.timeout_s)
+
     def reset(self, stats: bool = False) -> channel_pb2.ChannelSettings:
         """Back to the start-up settings (``stats``: also zero the counters)."""
         return self._stub.ResetChannel(channel_pb2.ResetChannelRequest(stats=stats), timeout=self.timeout_s)

@@ -48,3 +48,8 @@ MAX_PENDING_BLOCKS = 1 << 16
 MAX_LINKS = 10_000
 #: The most steps a cooperative round may span (longer than any schedule we run; 0 means no fusion at all).
 MAX_SYNC = 1000
+#: Largest scenario file ``StartScenario`` takes as text (``meg-channel scenario start``; a 30 s drive-by is ~1 KiB; a
+#: file expands to at most ``shared.channel.scenario.MAX_EVENTS`` events).
+MAX_SCENARIO_BYTES = 1024 * 1024
+#: Most scenarios the proxy keeps (playing, done or stopped; the oldest finished ones are forgotten first).
+MAX_SCENARIOS = 16
