@@ -153,6 +153,26 @@ def test_position_mid_scenario_and_a_refused_event_does_not_stop_play() -> None:
     assert [c[2][2] for c in target.calls] == [3.0, 9.0]
 
 
+def test_every_kind_of_event_describes_itself_and_a_path_step_says_where() -> None:
+    scenario = parse_scenario({"step_s": 1.0, "event": [
+        {"at_s": 0.0, "link": "a->es0", "profile": "awgn-10"},
+        {"at_s": 1.0, "link": "a->es0", "direction": "downlink", "trace": "t.npz", "trace_offset_s": 0.5},
+        {"at_s": 2.0, "link": "a->es0", "path": {"from_m": 100, "to_m": 110, "speed_kmh": 36}},
+        {"at_s": 4.0, "ue": "a", "handover": "es1"},
+    ]})
+    assert [e.describe() for e in scenario.events] == [
+        "a->es0 both: profile awgn-10", "a->es0 downlink: trace t.npz from 0.5 s",
+        f"a->es0 both: SNR {scenario.events[2].value:.2f} dB at 100 m",
+        f"a->es0 both: SNR {scenario.events[3].value:.2f} dB at 110 m", "handover of a to es1"]
+    clock = VirtualClock()
+    player = ScenarioPlayer(scenario, Recorder(clock), clock)
+    play_virtually(player, clock)
+    (a, link) = player.positions()
+    assert (a.key, a.next, a.path) == ("a", None, None)
+    assert link.key == "a->es0" and link.path == (scenario.events[3].value, 110.0) and link.next is None
+    assert player.elapsed() == 4.0 and player.end == 4.0
+
+
 def test_path_loss_tables() -> None:
     """TR 38.901 Table 7.4.1-1 at hand-computed points; continuous at the breakpoint; NLOS never below LOS."""
     fc = 3.5

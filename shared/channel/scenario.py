@@ -170,8 +170,12 @@ class Event:
     def describe(self) -> str:
         if self.kind == "handover":
             return f"handover of {self.ue} to {self.value}"
-        what = {"profile": f"profile {self.value}", "trace": f"trace {self.value} from {self.offset_s:g} s",
-                "snr": f"SNR {self.value:.2f} dB"}[self.kind]
+        if self.kind == "snr":
+            what = f"SNR {float(self.value):.2f} dB"
+        elif self.kind == "trace":
+            what = f"trace {self.value} from {self.offset_s:g} s"
+        else:
+            what = f"profile {self.value}"
         where = f" at {self.distance_m:.0f} m" if self.distance_m is not None else ""
         return f"{self.link} {self.direction}: {what}{where}"
 
