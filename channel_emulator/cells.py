@@ -33,6 +33,7 @@ from shared.channel.scheduler import (
     LinkDelay,
     MonotonicClock,
     PfScheduler,
+    Segment,
     Ticket,
     VirtualClock,
     make_scheduler,
@@ -71,6 +72,9 @@ class Crossing:
     segments: list[SegmentAir]
     #: when the message may be passed on (enforce: the proxy sleeps until then; account: now)
     departure: float
+    #: with ``grants``: each segment as the scheduler served it (enforce) or will (account, predicted at arrival),
+    #: its :attr:`~shared.channel.scheduler.Segment.grants` the units its REs are on; else empty
+    served: list[Segment] = field(default_factory=list)
 
 
 @dataclass
@@ -293,12 +297,14 @@ class CellSet:
             self.held.pop(key, None)
 
     async def carry(self, link: str, es: str, direction: str, message_bytes: int, tensor_values: list[int],
-                    tensor_bytes: int, snr_db: Callable[[], float], deadline: float, arrival: float) -> Crossing:
+                    tensor_bytes: int, snr_db: Callable[[], float], deadline: float, arrival: float,
+                    grants: bool = False) -> Crossing:
         """Send one message of ``message_bytes`` that came at ``arrival`` (its over-the-air tensors:
         ``tensor_values`` real values each, ``tensor_bytes`` of data in all) over ``es``'s cell in ``direction``;
         returns once its last slot has ended (enforce) or at once (account), with the departure time the caller
         waits for (so its own work after the air is absorbed in the delay). ``snr_db``: the link direction's SNR
-        now (for the MCS). Raises :class:`AirError` (RESOURCE_EXHAUSTED at once: the link's queue is full;
+        now (for the MCS). ``grants``: also return which units each segment got (:attr:`Crossing.served`; the proxy
+        replays a trace on them). Raises :class:`AirError` (RESOURCE_EXHAUSTED at once: the link's queue is full;
         DEADLINE_EXCEEDED: at the deadline)."""
         cell = self.cell_of(es)
         name = self.cell_name(es)
@@ -323,6 +329,7 @@ class CellSet:
         tk = sched.submit(link, segments, submit_at, math.inf if account else deadline)
         if account:
             predicted = sched.predict(tk)
+            served = sched.predict_segments(tk) if grants else []
             for done in sched.advance(self.clock.now()):
                 self._resolve(cd, done)
             finished = max((e for _, e, _ in predicted if not math.isnan(e)), default=arrival)
@@ -352,6 +359,7 @@ class CellSet:
             per = [SegmentAir(s.last_end - s.first_start if s.units else 0.0,
                               max(s.first_start - arrival, 0.0) if s.units else 0.0, s.slots, s.re) for s in tk.segments]
             slots = tk.slots
+            served = tk.segments if grants else []
         departure = self._delay(link, direction).departure(finished, cell.delay_ms / 1e3, cell.jitter_ms / 1e3, cell.jitter)
         if departure > deadline:
             if not account:
@@ -366,7 +374,7 @@ class CellSet:
         air = DirectionAirtime(air_s=max(finished - first, 0.0) if tk.re else 0.0, queue_s=queue_s,
                                delay_s=departure - finished, slots=slots, resource_elements=tk.re,
                                digital_bits=bits, mcs=mcs, cell=es)
-        return Crossing(air, per, arrival if account else departure)
+        return Crossing(air, per, arrival if account else departure, served)
 
     async def close(self) -> None:
         for cd in self.directions.values():

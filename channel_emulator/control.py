@@ -187,7 +187,7 @@ class ChannelControlServicer(channel_pb2_grpc.ChannelControlServicer):
                                 f"symbols={request.symbols} is more than a tensor may hold ({air.MAX_VALUES})")
         d = self.table.links[request.link][request.direction]
         p = d.profile
-        if p.trace:  # a trace link: the gains of the next transmission's PRBs, pinned for it (replay.py)
+        if p.trace:  # a trace link: the gains of the next transmission's REs (per subcarrier) or PRBs, pinned (replay.py)
             try:
                 h, lc = REPLAY.csi(request.link, request.direction, p, int(request.symbols), int(request.blocks))
             except ChannelConfigError as exc:

@@ -9,7 +9,8 @@ required (mutual TLS), the UE id must be in the certificate's namespace (its nam
 The channel math (parsing, noise, serializing) runs in one worker thread, off the event loop, in the order
 the RPCs reach it (so a link's RNG draws keep their order and health checks never wait behind a large
 tensor). With a cell (:mod:`channel_emulator.cells`) each message also takes its time on the air and the RPC
-gets the ``meg-airtime`` trailing metadata.
+gets the ``meg-airtime`` trailing metadata; a trace link's message is scheduled first and its math done on the
+resource elements its grant names (:mod:`channel_emulator.replay`), a block-fading link's math comes first.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import grpc
+import numpy as np
 from google.protobuf import message_factory
 from google.protobuf.message import DecodeError, Message
 
@@ -33,9 +35,11 @@ from channel_emulator.link import (
     LinkTableFull,
 )
 from channel_emulator.mobility import SERVING
-from channel_emulator.walker import carries_air
+from channel_emulator.replay import REPLAY
+from channel_emulator.walker import air_tensors, carries_air
 from shared.channel.airtime import DirectionAirtime, airtime_value
 from shared.channel.models import ChannelConfigError
+from shared.channel.scheduler import Segment
 from shared.pb import air_pb2, channel_pb2, channel_pb2_grpc, edge_pb2
 from shared.rpc.security import TlsFiles, aio_channel, server_credentials, server_interceptors
 from shared.rpc.server import (
@@ -221,15 +225,52 @@ def _forwarder(method: object, table: LinkTable, upstreams: Upstreams, advertise
             if cells is not None:
                 cells.release(link, es, direction)
 
+    def scan(direction: str, raw: bytes) -> tuple[Message, list[air_pb2.AirTensor]]:
+        """(In the math thread.) The parsed message and the tensors the channel will touch, picked as
+        :meth:`LinkTable.apply` picks them (well-formed, finite), before any is touched."""
+        msg = classes[direction].FromString(raw)
+        out = []
+        for t in air_tensors(msg):
+            try:
+                x = air.air_array(t)
+            except air.TensorError:
+                continue
+            if np.isfinite(x).all():
+                out.append(t)
+        return msg, out
+
+    def through_granted(link: str, direction: str, msg: Message, message_bytes: int, served: list[Segment],
+                        n_res: list[int], re_per_prb: int) -> list[air_pb2.AirTensor]:
+        """(In the math thread.) :meth:`LinkTable.apply` with each tensor of a trace link received on the units
+        the cell's scheduler granted its segment (``served``, one per tensor; :meth:`Replayer.grant`)."""
+        REPLAY.grant(link, direction, served, n_res, re_per_prb)
+        try:
+            return table.apply(link, direction, msg, message_bytes)
+        finally:
+            REPLAY.ungrant(link, direction)
+
     async def cross_admitted(link: str, es: str, direction: str, raw: bytes, deadline: float,
                              crossed: dict[str, DirectionAirtime], context: grpc.aio.ServicerContext,
                              arrival: float) -> bytes:
         loop = asyncio.get_running_loop()
-        msg, touched = await loop.run_in_executor(pool, through, link, direction, raw)
+        cell = cells.cell_of(es) if cells is not None else None
+        dirs = table.links.get(link)
+        # a trace link in a cell: scheduled first, its math on the REs granted (block fading: math first, as ever)
+        granted = cell is not None and perturb[direction] and dirs is not None and bool(dirs[direction].profile.trace)
+        if granted:
+            msg, touched = await loop.run_in_executor(pool, scan, direction, raw)
+        else:
+            msg, touched = await loop.run_in_executor(pool, through, link, direction, raw)
         crossing = None
-        if cells is not None and cells.cell_of(es) is not None:
+        if cells is not None and cell is not None:
             crossing = await cells.carry(link, es, direction, len(raw), [air.symbols(t) for t in touched],
-                                         sum(len(t.data) for t in touched), snr_of(link, direction), deadline, arrival)
+                                         sum(len(t.data) for t in touched), snr_of(link, direction), deadline, arrival,
+                                         grants=granted)
+            if granted:
+                assert msg is not None
+                n_res = [-(-air.symbols(t) // 2) for t in touched]
+                touched = await loop.run_in_executor(pool, through_granted, link, direction, msg, len(raw),
+                                                     crossing.served[1:], n_res, cell.re_per_prb)
             crossed[direction] = crossing.airtime
             context.set_trailing_metadata(((AIRTIME_HEADER, airtime_value(crossed.get("uplink"), crossed.get("downlink"))),))
             for t, seg in zip(touched, crossing.segments[1:], strict=True):

@@ -417,6 +417,49 @@ def test_csi_of_a_trace_link_is_what_the_next_transmission_gets(tmp_path: Path) 
         REPLAY.restart(__import__("time").monotonic)
 
 
+def test_csi_of_a_per_subcarrier_trace_is_one_gain_per_resource_element(tmp_path: Path) -> None:
+    """A per-subcarrier trace: GetCSI reports |Ĥ| of every RE of the next transmission (coherence_symbols 2: each
+    gain covers one RE's two real symbols) and that transmission's receiver equalises each RE with exactly it."""
+    from channel_emulator.link import LinkTable
+    from channel_emulator.replay import REPLAY
+    from shared.channel.profiles import IDEAL, profile_from_mapping
+    from shared.channel.scheduler import VirtualClock
+    from shared.channel.trace import normalise
+    from shared.pb import edge_pb2
+    from shared.wire import air
+
+    rng = np.random.default_rng(9)
+    h = (rng.normal(size=(40, 300)) + 1j * rng.normal(size=(40, 300))) / np.sqrt(2)  # 25 PRBs x 12 subcarriers
+    path = save_trace(tmp_path / "sc.npz", normalise(h), TraceMeta(model="TDL-C", per="subcarrier", numerology=0,
+                                                                  bandwidth_mhz=5.0, prbs=25, generator="test"))
+    profile = profile_from_mapping("moving", {"trace": str(path), "snr_db": 200, "csi_error": 0.2})
+    clock = VirtualClock(0.0)
+    REPLAY.restart(clock.now)
+    try:
+        table = LinkTable(load_profiles_book(profile), IDEAL, profile)
+        table.link("u->es0")
+        x = np.random.default_rng(3).normal(size=2 * 5000 + 1).astype(np.float32)  # 5,001 REs (the last holds one value)
+        clock.advance_to(0.0034)  # slot 3: the CSI is of slot 4 on
+        reported, coherence = REPLAY.csi("u->es0", "downlink", profile, symbols=x.size)
+        assert coherence == 2 and reported.shape == (5001,)
+        clock.advance_to(0.0207)
+        msg = edge_pb2.ProbeResponse(tensors=[air.to_air("x", x)])
+        table.apply("u->es0", "downlink", msg, msg.ByteSize())
+        got = air.air_array(msg.tensors[0]).astype(np.float64)
+        trace = load_trace(path)
+        alloc = Allocation.contiguous(5001, 4, 25, 144)  # 5 MHz at 15 kHz: 144 REs a PRB with the default overhead
+        h_true = np.abs(trace.gains(alloc.slots, trace.element_of(alloc.subcarriers)))
+        xs = np.append(x, 0.0)
+        ratio = np.hypot(np.append(got, 0.0)[0::2], np.append(got, 0.0)[1::2]) / np.hypot(xs[0::2], xs[1::2])
+        # |x̂|/|x| = |H|/|Ĥ| on every full RE (the last one carries only I: the phase error leaks into the lost Q)
+        np.testing.assert_allclose((ratio * reported)[:5000], h_true[:5000], rtol=2e-4)
+        assert np.abs(reported - h_true).std() > 0.05 and not REPLAY.pins
+        with pytest.raises(ChannelConfigError, match="one gain per resource element"):
+            REPLAY.csi("u->es0", "downlink", profile, symbols=2 * (1 << 16) + 2)
+    finally:
+        REPLAY.restart(__import__("time").monotonic)
+
+
 def load_profiles_book(*profiles: ChannelProfile) -> Any:
     from shared.channel.profiles import BUILTIN_PROFILES, ProfileBook
 

@@ -29,6 +29,7 @@ varies in time and frequency puts each resource element's own fading.
 from __future__ import annotations
 
 import asyncio
+import copy
 import heapq
 import math
 import random
@@ -71,6 +72,8 @@ class Segment:
     slots: int = 0
     units: int = 0
     grants: list[Grant] = field(default_factory=list)
+    #: REs of its first unit that belong to the segment before it (a unit can end one segment and start the next)
+    lead: int = 0
     _last_slot: tuple[int, int] = (0, -1)  # (grid, usable slot) of the last unit counted: a slot counts once
 
     @property
@@ -263,6 +266,24 @@ class CellScheduler:
             out.append((self.grid.start(v0), self.grid.end(v1), min(m1 - m0 + 1, v1 - v0 + 1)))
         return out
 
+    def predict_segments(self, ticket: Ticket, max_events: int = 1_000_000) -> list[Segment]:
+        """The segments of ``ticket`` as they will be served if nothing else arrives, with their grants (the
+        ``account`` clock's units, as predicted at arrival): a copy of the scheduler run until the ticket is done
+        (exact for both schedulers; this scheduler is left as it is)."""
+        if ticket.state != "queued":
+            return ticket.segments
+        memo: dict[int, object] = {}
+        twin = copy.deepcopy(self, memo)
+        tk: Ticket = memo[id(ticket)]  # type: ignore[assignment]
+        for _ in range(max_events):
+            if tk.state != "queued":
+                break
+            t = twin.next_event()
+            if t is None:
+                break
+            twin.advance(t)
+        return tk.segments
+
     @property
     def backlog_re(self) -> int:
         """REs queued and not yet delivered."""
@@ -338,6 +359,8 @@ class CellScheduler:
             i0, i1 = (lo - o0) // self.rpp, -(-(hi - o0) // self.rpp) - 1
             a = first + i0 * stride
             g = Grant(a, stride, i1 - i0 + 1, self.prbs, self.grid)
+            if not s.grants:
+                s.lead = (lo - o0) - i0 * self.rpp
             s.grants.append(g)
             s.units += g.count
             v_first, v_last = a // self.prbs, (first + i1 * stride) // self.prbs
