@@ -32,7 +32,7 @@ from shared.channel.trace import (
     save_trace,
     transmit_on_grid,
 )
-from shared.pb import edge_pb2, edge_pb2_grpc
+from shared.pb import air_pb2, edge_pb2, edge_pb2_grpc
 from shared.wire import air
 from shared.wire.headers import AIRTIME_HEADER, UE_HEADER
 from tests.conftest import BackgroundLoop
@@ -135,14 +135,14 @@ def stack(tmp_path: Path, random_model_dir: Path) -> Iterator[Stack]:
         REPLAY.cell_of = lambda es: None
 
 
-def _probe(stub: edge_pb2_grpc.EdgeServiceStub, ue: str, x: np.ndarray) -> tuple[edge_pb2.AirTensor, dict[str, object]]:
+def _probe(stub: edge_pb2_grpc.EdgeServiceStub, ue: str, x: np.ndarray) -> tuple[air_pb2.AirTensor, dict[str, object]]:
     reply, call = stub.Probe.with_call(edge_pb2.ProbeRequest(tensors=[air.to_air("x", x)]), timeout=60,
                                        metadata=((UE_HEADER, ue),))
     md = dict(call.trailing_metadata() or ())
     return reply.tensors[0], parse_airtime(md[AIRTIME_HEADER])["downlink"]  # type: ignore[return-value]
 
 
-def _expected(stack: Stack, x: np.ndarray, t: edge_pb2.AirTensor, alloc: Allocation) -> np.ndarray:
+def _expected(stack: Stack, x: np.ndarray, t: air_pb2.AirTensor, alloc: Allocation) -> np.ndarray:
     """What the replay gives ``x`` on ``alloc``: the trace's H there, the CSI error and noise from the stamped seed."""
     trace = load_trace(stack.trace)
     h = trace.gains(alloc.slots, trace.element_of(alloc.subcarriers))
