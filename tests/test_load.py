@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -137,3 +138,128 @@ def test_requests_are_on_disk_as_they_end_and_ctrl_c_keeps_them(random_model_dir
     assert len(rows) == summary["requests"] + summary["warmup_requests"] >= 3
     assert json.loads((tmp_path / "results.json").read_text())["requests"] == summary["requests"]
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+# --- the timeline under a mobility scenario (issue 20) ----------------------------------------------------------
+_LOGGED = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) meg\.channel INFO scenario: (snr|handover)\((.*)\)\s*$")
+ES1_SNR = 5.5  # ue0->es1's SNR: no step of ue0->es0 takes it, so a request's applied SNR says which ES served it
+
+
+def _scenario(path: Path) -> Path:
+    """ue0->es0 steps down 1 dB every 3 s (30 -> 0 dB over 90 s), ue0->es1 stays at 5.5 dB, and ue0 is handed
+    between es1 and es0 every 7 s: wherever the load's window falls (the model loads first), it sees steps and
+    a handover."""
+    lines = ["step_s = 0.5", '[[event]]\nat_s = 0.0\nlink = "ue0->es0"\nsnr_db = 30.0',
+             f'[[event]]\nat_s = 0.0\nlink = "ue0->es1"\nsnr_db = {ES1_SNR}']
+    lines += [f'[[event]]\nat_s = {3.0 * k}\nlink = "ue0->es0"\nsnr_db = {30.0 - k}' for k in range(1, 31)]
+    lines += [f'[[event]]\nat_s = {7.0 * k}\nue = "ue0"\nhandover = "{"es1" if k % 2 else "es0"}"' for k in range(1, 13)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _played(log_lines: list[str]) -> list[tuple[float, str, str, str]]:
+    """The events the proxy logged as fired: (Unix time, kind, link or UE, value)."""
+    from datetime import datetime
+
+    out = []
+    for line in log_lines:
+        m = _LOGGED.match(line)
+        if m:
+            t = datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()  # the proxy logs local time
+            args = [s.strip() for s in m.group(3).split(",")]
+            who, value = (args[0], args[2]) if m.group(2) == "snr" else (args[0], args[1])
+            out.append((t, m.group(2), who, value))
+    return out
+
+
+def _at(events: list[tuple[float, str, str, str]], t: float, kind: str, who: str, default: str) -> str:
+    value = default
+    for te, k, w, v in events:
+        if te <= t and k == kind and w == who:
+            value = v
+    return value
+
+
+def _near(events: list[tuple[float, str, str, str]], t0: float, t1: float, kind: str, who: str | None = None) -> bool:
+    return any(t0 <= te <= t1 and k == kind and (who is None or w == who) for te, k, w, _ in events)
+
+
+def test_timeline_follows_a_scenario_and_agrees_with_requests_csv(random_model_dir: Path, tmp_path: Path) -> None:
+    """Issue 20: a load run under ``meg-channel serve --scenario`` (real clock; one ES behind two names, so a
+    handover changes the link, not the model): the timeline's link SNR is the serving link's SNR the scenario set
+    at each read, its serving ES is the one that carried the bin's requests, a handover and several SNR steps
+    show up, and its bins recount requests.csv exactly."""
+    scenario = _scenario(tmp_path / "ramp.toml")
+    es = [script("meg-edge"), "serve", "--listen", "127.0.0.1:0", "--model", str(random_model_dir)]
+    with running(es) as (_, es_port):
+        ch = [script("meg-channel"), "serve", "--listen", "127.0.0.1:0", "--upstream", f"es0=127.0.0.1:{es_port}",
+              "--upstream", f"es1=127.0.0.1:{es_port}", "--snr-db", "40", "--scenario", str(scenario)]
+        with running(ch) as (proxy, ch_port):
+            s = _load(random_model_dir, f"127.0.0.1:{ch_port}", tmp_path / "run", "--ues", "1", "--duration", "16",
+                      "--steps", "2", "--timeline-s", "1")
+            events = _played(list(proxy.tail))  # type: ignore[attr-defined]
+    assert len([e for e in events if e[1] == "snr"]) >= 3, events
+    tl = s["timeline"]
+    assert tl["bin_s"] == 1.0 and tl["link_sampled"] is True and tl["link_error"] is None  # type: ignore[index]
+    t0 = float(tl["t0_unix"])  # type: ignore[index]
+    rows = list(csv.DictReader((tmp_path / "run" / "timeline.csv").open()))
+    assert len(rows) == tl["bins"] >= 15  # type: ignore[index]
+    assert [float(r["t0_s"]) for r in rows] == [float(k) for k in range(len(rows))]
+    reqs = [r for r in csv.DictReader((tmp_path / "run" / "requests.csv").open()) if r["warmup"] == "False"]
+    assert len(reqs) == s["requests"] and all(r["status"] == "OK" for r in reqs)
+
+    # each request's applied SNR: its link's (the ES serving ue0 when it was sent) at the time its reply crossed
+    for r in reqs:
+        sent, done = t0 + float(r["sent_s"]), t0 + float(r["done_s"])
+        if _near(events, sent - 0.3, sent + 0.3, "handover"):
+            continue
+        es = _at(events, sent, "handover", "ue0", "es0")
+        if _near(events, done - 0.6, done + 0.3, "snr", f"ue0->{es}"):
+            continue
+        assert float(r["downlink_snr_db"]) == float(_at(events, done, "snr", f"ue0->{es}", "40")), (r, es)
+
+    # each bin: its link SNR is what the scenario had set on the serving link when the bin was read; its serving
+    # ES is the one that carried every request that ended since the last read
+    checked = 0
+    previous = 0.0
+    seen_es: set[str] = set()
+    snrs: set[float] = set()
+    for row in rows:
+        at = float(row["sampled_s"])
+        es = row["serving"]
+        if es == "?":  # ue0 has two links (the scenario set both) and has not sent yet: no link state
+            assert row["link_snr_db"] == "" and not [r for r in reqs if float(r["done_s"]) <= at], row
+            continue
+        seen_es.add(es)
+        snrs.add(float(row["link_snr_db"]))
+        if not _near(events, t0 + at - 0.4, t0 + at + 0.4, "snr", f"ue0->{es}"):
+            assert float(row["link_snr_db"]) == float(_at(events, t0 + at, "snr", f"ue0->{es}", "40")), row
+            checked += 1
+        carried = {"es1" if float(r["downlink_snr_db"]) == ES1_SNR else "es0" for r in reqs
+                   if previous < float(r["done_s"]) <= at}
+        if len(carried) == 1:
+            assert es == carried.pop(), row
+        previous = at
+    known = [r for r in rows if r["serving"] != "?"]
+    table = "\n".join(f"{r['t0_s']} {r['sampled_s']} {r['serving']} {r['link_snr_db']} {r['finished']}" for r in rows)
+    assert len(known) >= 6 and checked >= len(known) // 2, f"t0 {t0}\n{table}\n{events}"
+    assert seen_es == {"es0", "es1"}, seen_es  # the handover shows up
+    assert len(snrs) >= 3, snrs  # and the steps do
+
+    # the bins recount requests.csv (sent by sent_s, finished/failed by done_s, latency of the finished)
+    for k, row in enumerate(rows):
+        def inside(key: str, k: int = k) -> list[dict[str, str]]:
+            return [r for r in reqs if k <= float(r[key]) < k + 1 or (k == len(rows) - 1 and float(r[key]) >= k)]
+        done = inside("done_s")
+        assert int(row["sent"]) == len(inside("sent_s")) and int(row["finished"]) == len(done), (row, k)
+        assert int(row["failed"]) == 0
+        if done:
+            lat = [float(r["latency_s"]) for r in done]
+            assert float(row["latency_p50_s"]) == pytest.approx(float(np.percentile(lat, 50)), abs=2e-6)
+            assert float(row["latency_p99_s"]) == pytest.approx(float(np.percentile(lat, 99)), abs=2e-6)
+            assert float(row["applied_snr_db"]) == pytest.approx(np.mean([float(r["downlink_snr_db"]) for r in done]),
+                                                                 abs=1e-3)
+        else:
+            assert row["latency_p50_s"] == "" and row["applied_snr_db"] == ""
+    assert sum(int(r["finished"]) for r in rows) == len(reqs)
+    assert (tmp_path / "run" / "timeline.png").read_bytes()[:4] == b"\x89PNG"

@@ -105,3 +105,66 @@ def test_attach_round_robin_and_least_loaded() -> None:
     assert all(c.closed for c in ll._clients.values())
     with pytest.raises(ValueError, match="--attach"):
         LoadConfig(via="x:1", ues=1, requests=1, attach="nearest")
+
+
+def test_timeline_bin_width() -> None:
+    from ue_client.load_timeline import default_bin_s
+
+    assert LoadConfig(via="x:1", ues=1, requests=5).bin_s == 1.0
+    assert LoadConfig(via="x:1", ues=1, duration_s=600).bin_s == 1.0
+    assert [default_bin_s(d) for d in (601, 1200, 1201, 3600, 86_400)] == [2, 2, 5, 10, 200]
+    assert LoadConfig(via="x:1", ues=1, duration_s=3600, timeline_s=0.5).bin_s == 0.5
+    for bad in (0.0, -1.0, 0.01, math.nan, math.inf):
+        with pytest.raises(ValueError, match="--timeline-s"):
+            LoadConfig(via="x:1", ues=1, requests=1, timeline_s=bad)
+    with pytest.raises(ValueError, match="more than 100000 bins"):
+        LoadConfig(via="x:1", ues=1, duration_s=86_400, timeline_s=0.1)
+
+
+def test_a_timeline_bin_counts_its_requests() -> None:
+    from ue_client.load_timeline import LinkState, TimelineRow, format_timeline
+
+    done = [RequestRecord(0, "ue0", "FULL-ES", False, done_s=1.2, latency_s=0.5, downlink_snr_db=10.0, air_s=0.01),
+            RequestRecord(1, "ue1", "FULL-ES", False, done_s=1.5, latency_s=1.5, downlink_snr_db=20.0, air_s=0.02),
+            RequestRecord(2, "ue0", "FULL-ES", False, done_s=1.9, latency_s=0.1, status="RESOURCE_EXHAUSTED")]
+    link = LinkState(2.0, serving={"ue0": "es0", "ue1": "es1"}, profile={"ue0": "urban", "ue1": "urban"},
+                     model={"ue0": "awgn", "ue1": "awgn"}, downlink_snr_db={"ue0": 10.0, "ue1": 20.0})
+    row = TimelineRow.of(1.0, 2.0, 4, done, link)
+    assert (row.sent, row.finished, row.failed, row.error_rate) == (4, 2, 1, 0.3333)
+    assert row.latency_p50_s == 1.0 and row.latency_p99_s == pytest.approx(1.49)  # OK requests only
+    assert row.applied_snr_db == 15.0 and row.air_s == pytest.approx(0.03)
+    assert (row.serving, row.link_profile, row.link_snr_db, row.uplink_snr_db) == ("es0:1 es1:1", "urban", 15.0, None)
+    empty = TimelineRow.of(2.0, 3.0, 0, [], None)
+    assert (empty.finished, empty.latency_p50_s, empty.error_rate, empty.serving) == (0, None, None, "")
+    table = format_timeline([row, empty])
+    assert "es0:1 es1:1" in table and table.count("\n") == 3
+
+
+def test_timeline_recorder_closes_bins_as_time_passes(tmp_path: Path) -> None:
+    """Bins close at their ends (a thread) and at finish; a request ending in bin k is counted in bin k."""
+    import threading
+    import time
+
+    from ue_client.load_timeline import TimelineLog, TimelineRecorder
+
+    lock = threading.Lock()
+    start = time.monotonic()
+    with TimelineLog(tmp_path / "timeline.csv") as log:
+        rec = TimelineRecorder(0.1, start, lock, None, log)
+        rec.start()
+        with lock:
+            rec.sent(time.monotonic() - start)
+        deadline = time.monotonic() + 10
+        while len((tmp_path / "timeline.csv").read_text().splitlines()) < 3:  # header + 2 bins, streamed
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        with lock:
+            r = RequestRecord(0, "ue0", "CIAG", False, latency_s=0.2)
+            r.done_s = time.monotonic() - start
+            rec.done(r)
+        rows = rec.finish()
+    k = int(r.done_s // 0.1)
+    assert [row.t0_s for row in rows] == pytest.approx([0.1 * i for i in range(len(rows))])
+    assert rows[0].sent == 1 and rows[k].finished == 1 and sum(row.finished for row in rows) == 1
+    assert rows[-1].t1_s <= time.monotonic() - start
+    assert len((tmp_path / "timeline.csv").read_text().splitlines()) == len(rows) + 1

@@ -42,6 +42,16 @@ import numpy as np
 
 from shared.rpc.security import TlsFiles
 from shared.wire.limits import MAX_SEED
+from ue_client.load_timeline import (
+    MAX_BINS,
+    MIN_BIN_S,
+    LinkSampler,
+    TimelineRecorder,
+    TimelineRow,
+    default_bin_s,
+    plot_timeline,
+    timeline_summary,
+)
 
 #: Prompts the virtual UEs cycle through (meg-tiny's vocabulary of shapes and colours).
 DEFAULT_PROMPTS = (
@@ -78,6 +88,7 @@ class LoadConfig:
     prompts: tuple[str, ...] = DEFAULT_PROMPTS
     control_tls: TlsFiles | None = field(default=None, repr=False)  # for the proxy's counters: mTLS towards a secured proxy
     admin_token: str | None = field(default=None, repr=False)  # and its admin token (GetStats); never written out
+    timeline_s: float | None = None  # the timeline's bin width (None: :func:`ue_client.load_timeline.default_bin_s`)
 
     def __post_init__(self) -> None:
         if self.ues < 1:
@@ -98,6 +109,12 @@ class LoadConfig:
             raise ValueError(f"--seed must be a whole number from 0 to 2^64-1, got {self.seed}")
         if self.warmup < 0:
             raise ValueError(f"--warmup must be >= 0, got {self.warmup}")
+        if self.timeline_s is not None and not (math.isfinite(self.timeline_s) and self.timeline_s >= MIN_BIN_S):
+            raise ValueError(f"--timeline-s must be at least {MIN_BIN_S} s, got {self.timeline_s}")
+        if (self.timeline_s is not None and self.duration_s is not None
+                and self.duration_s / self.timeline_s > MAX_BINS):
+            raise ValueError(f"--timeline-s {self.timeline_s} makes more than {MAX_BINS} bins of --duration "
+                             f"{self.duration_s}: give a wider bin")
         if not self.protocols or any(not (math.isfinite(w) and w > 0) for _, w in self.protocols):
             raise ValueError("every protocol weight must be a positive finite number")
 
@@ -108,6 +125,11 @@ class LoadConfig:
         out["control_tls"] = bool(self.control_tls and self.control_tls.enabled)
         out["admin_token_given"] = self.admin_token is not None
         return out
+
+    @property
+    def bin_s(self) -> float:
+        """The timeline's bin width: ``--timeline-s``, else 1 s (wider for a ``--duration`` over 600 s)."""
+        return self.timeline_s if self.timeline_s is not None else default_bin_s(self.duration_s)
 
     def request_seed(self, k: int) -> int:
         """Request ``k``'s seed: ``seed + k``, wrapped explicitly modulo 2^64 (the wire's uint64)."""
@@ -152,6 +174,10 @@ class RequestRecord:
     uplink_bytes: int = 0  # tensor payload + prompt text
     downlink_bytes: int = 0
     es: str = ""  # the ES (cell) the request went to ("": the proxy's first)
+    # the channel the proxy applied (ChannelApplied of the request's tensors; None: ideal, none sent, or no proxy)
+    uplink_snr_db: float | None = None
+    downlink_snr_db: float | None = None
+    channel: str = ""  # the downlink's profile name (or model; the uplink's if no tensor came down)
     # where the time went (both directions, every RPC; -1: no cell on the way, so no air time was measured)
     queue_s: float = -1.0  # waiting at the proxy for the cell's first granted slot
     air_s: float = -1.0  # on the air
@@ -170,6 +196,7 @@ class _Plan:
     def __init__(self, cfg: LoadConfig) -> None:
         self.cfg = cfg
         self.start = time.monotonic()
+        self.start_unix = time.time()  # the same instant on the wall clock
         self.stop = threading.Event()
         self._next = 0
         self._lock = threading.Lock()
@@ -297,19 +324,27 @@ Connect = Callable[..., Any]
 
 def run_load(parts: Any, cfg: LoadConfig, connect: Connect, image_in: Any = None,
              progress: TextIO | None = None, on_record: Callable[[RequestRecord], None] | None = None,
+             on_bin: Callable[[TimelineRow], None] | None = None,
              ) -> tuple[dict[str, object], list[RequestRecord]]:
     """Run the load; returns ``(summary, records)``. ``connect(ue_id)`` makes one UE's EdgeClient;
-    ``on_record(record)`` sees each request as it ends (:class:`RequestLog` streams them to a CSV). Ctrl-C
-    stops sending and returns what was done (``summary["interrupted"]``)."""
+    ``on_record(record)`` sees each request as it ends (:class:`RequestLog` streams them to a CSV), ``on_bin(row)``
+    each timeline bin as it closes (:class:`ue_client.load_timeline.TimelineLog`). Ctrl-C stops sending and
+    returns what was done (``summary["interrupted"]``)."""
     from shared.protocol.params import Params
     from ue_client.session import generate
 
     interrupted = False
     before = proxy_stats(cfg.via, cfg.ue_id, tls=cfg.control_tls, token=cfg.admin_token)
     attach = _Attach(cfg, connect)
+    try:
+        sampler = LinkSampler(cfg.via, [f"{cfg.ue_id}{i}" for i in range(cfg.ues)], cfg.control_tls, cfg.admin_token)
+    except BaseException:
+        attach.close()
+        raise
     plan = _Plan(cfg)
+    timeline = TimelineRecorder(cfg.bin_s, plan.start, threading.Lock(), sampler, on_bin)
     records: list[RequestRecord] = []
-    lock = threading.Lock()
+    lock = timeline.lock
 
     def worker(i: int) -> None:
         while (item := plan.take()) is not None:
@@ -319,7 +354,10 @@ def run_load(parts: Any, cfg: LoadConfig, connect: Connect, image_in: Any = None
                 return
             protocol = plan.protocol(k)
             rec = RequestRecord(k, f"{cfg.ue_id}{i}", protocol, k < cfg.warmup, intended_s=intended)
-            rec.sent_s = time.monotonic() - plan.start
+            with lock:  # the time read under the lock: a timeline bin that closes after it counts it
+                rec.sent_s = time.monotonic() - plan.start
+                if not rec.warmup:
+                    timeline.sent(rec.sent_s)
             params = Params(seed=cfg.request_seed(k), steps=cfg.steps, guidance=cfg.guidance, fc=cfg.fc, strength=cfg.strength)
             es, client = attach.take(i)
             rec.es = es
@@ -331,18 +369,22 @@ def run_load(parts: Any, cfg: LoadConfig, connect: Connect, image_in: Any = None
                 rec.uplink_bytes = result.uplink.payload_bytes + result.uplink.text_bytes
                 rec.downlink_bytes = result.downlink.payload_bytes + result.downlink.text_bytes
                 _split(rec, result)
+                rec.uplink_snr_db, rec.downlink_snr_db = result.uplink.snr_db, result.downlink.snr_db
+                rec.channel = result.downlink.channel or result.uplink.channel or ""
             except grpc.RpcError as exc:
                 rec.status, rec.error = exc.code().name, str(exc.details())
             except Exception as exc:  # noqa: BLE001  (a client-side failure is a result too)
                 rec.status, rec.error = "CLIENT_ERROR", f"{type(exc).__name__}: {exc}"
             finally:
                 attach.release(es)
-            rec.done_s = time.monotonic() - plan.start
-            rec.latency_s = rec.done_s - rec.intended_s
-            if rec.timed:
-                rec.compute_s = max(rec.done_s - rec.sent_s - rec.queue_s - rec.air_s - rec.delay_s, 0.0)
             with lock:
+                rec.done_s = time.monotonic() - plan.start
+                rec.latency_s = rec.done_s - rec.intended_s
+                if rec.timed:
+                    rec.compute_s = max(rec.done_s - rec.sent_s - rec.queue_s - rec.air_s - rec.delay_s, 0.0)
                 records.append(rec)
+                if not rec.warmup:
+                    timeline.done(rec)
                 if on_record is not None:
                     on_record(rec)
 
@@ -358,6 +400,7 @@ def run_load(parts: Any, cfg: LoadConfig, connect: Connect, image_in: Any = None
     ticker = _Ticker(records, lock, plan, cfg, progress) if progress is not None else None
     threads = [threading.Thread(target=guarded, args=(i,), name=f"ue{i}", daemon=True) for i in range(cfg.ues)]
     try:
+        timeline.start()
         if ticker:
             ticker.start()
         for t in threads:
@@ -373,6 +416,7 @@ def run_load(parts: Any, cfg: LoadConfig, connect: Connect, image_in: Any = None
     finally:
         if ticker:
             ticker.finish()
+        rows = timeline.finish()
         attach.close()
     if crashed:
         raise crashed[0]
@@ -380,6 +424,7 @@ def run_load(parts: Any, cfg: LoadConfig, connect: Connect, image_in: Any = None
     records.sort(key=lambda r: r.index)
     summary = summarize(records, cfg, wall)
     summary["interrupted"] = interrupted
+    summary["timeline"] = timeline_summary(rows, cfg.bin_s, sampler, plan.start_unix)
     after = proxy_stats(cfg.via, cfg.ue_id, tls=cfg.control_tls, token=cfg.admin_token)
     summary["proxy"] = _delta(after, before) if before is not None and after is not None else None
     return summary, records
@@ -535,20 +580,24 @@ class RequestLog:
 
 def write_outputs(out: Path, summary: dict[str, object], records: list[RequestRecord]) -> list[Path]:
     """``results.json`` (atomically) and the plots ``latency.png``, ``timeline.png`` under ``out`` (the rows
-    are already in ``requests.csv``: :class:`RequestLog`)."""
+    are already in ``requests.csv``: :class:`RequestLog`; the bins in ``timeline.csv``)."""
     paths = [out / "results.json"]
     write_atomic(paths[0], json.dumps(summary, indent=2) + "\n")
-    if (out / "requests.csv").exists():
-        paths.append(out / "requests.csv")
+    for name in ("requests.csv", "timeline.csv"):
+        if (out / name).exists():
+            paths.append(out / name)
+    timeline = summary.get("timeline")
+    rows = [TimelineRow(**r) for r in timeline["rows"]] if isinstance(timeline, dict) else []
     try:
-        paths += plot(out, records)
+        paths += plot(out, records, rows)
     except ImportError:  # matplotlib is the `plots` extra
         print("meg-ue load: no plots (matplotlib is not installed: pip install 'meg[plots]')", file=sys.stderr)
     return paths
 
 
-def plot(out: Path, records: list[RequestRecord]) -> list[Path]:
-    """``latency.png`` and ``timeline.png``; raises ImportError without matplotlib."""
+def plot(out: Path, records: list[RequestRecord], rows: list[TimelineRow] | None = None) -> list[Path]:
+    """``latency.png``, ``timeline.png`` (from the timeline's ``rows``) and, with cells, ``breakdown.png``;
+    raises ImportError without matplotlib."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -570,26 +619,9 @@ def plot(out: Path, records: list[RequestRecord]) -> list[Path]:
     fig.savefig(out / "latency.png", dpi=110)
     plt.close(fig)
 
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(10, 5.5), sharex=True)
-    if measured:
-        end = max(r.done_s for r in measured)
-        bins = np.arange(0, end + 1.0, 1.0)
-        done_ok = [r.done_s for r in measured if r.status == "OK"]
-        done_err = [r.done_s for r in measured if r.status != "OK"]
-        ax1.hist([done_ok, done_err], bins=bins, stacked=True, color=["#4c72b0", "#c44e52"], label=["OK", "error"])
-        ax1.legend(fontsize=8)
-        ax2.scatter([r.done_s for r in measured if r.status == "OK"], [r.latency_s for r in measured if r.status == "OK"],
-                    s=6, color="#4c72b0", label="OK")
-        if done_err:
-            ax2.scatter(done_err, [r.latency_s for r in measured if r.status != "OK"], s=6, color="#c44e52",
-                        label="error")
-        ax2.legend(fontsize=8)
-    ax1.set(ylabel="completed / s", title="throughput and latency over time")
-    ax2.set(xlabel="time since start (s)", ylabel="latency (s)")
-    fig.tight_layout()
-    fig.savefig(out / "timeline.png", dpi=110)
-    plt.close(fig)
-    paths = [out / "latency.png", out / "timeline.png"]
+    paths = [out / "latency.png"]
+    if rows:
+        paths.append(plot_timeline(out / "timeline.png", rows))
     timed = [r for r in measured if r.status == "OK" and r.timed]
     if timed:
         paths.append(plot_breakdown(out / "breakdown.png", timed))

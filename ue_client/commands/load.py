@@ -26,7 +26,10 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--warmup", type=int, default=0, help="requests sent first and left out of the statistics")
     p.add_argument("--prompt", action="append", help="prompt (repeat; default: a built-in list the UEs cycle)")
     p.add_argument("--out", required=True, help="folder for results.json, requests.csv (streamed as requests end), "
-                   "latency.png, timeline.png; must be empty or new")
+                   "timeline.csv (streamed as bins close), latency.png, timeline.png; must be empty or new")
+    p.add_argument("--timeline-s", type=float, help="the timeline's bin width in seconds: per bin requests sent, "
+                   "finished, failed, latency p50/p99, the SNR applied, air time and the link state the proxy "
+                   "reports (serving ES, profile, SNR) (default 1; a --duration over 600 s: at most 600 bins)")
     p.add_argument("--overwrite", action="store_true", help="replace the files of an earlier run in --out")
     p.add_argument("--attach", choices=ATTACH, default="round-robin", help="with several --es (comma-separated): "
                    "round-robin puts UE i in cell i mod N; least-loaded sends each request to the cell with the fewest "
@@ -50,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
         run_load,
         write_outputs,
     )
+    from ue_client.load_timeline import TimelineLog, TimelineRow, format_timeline
 
     cells = tuple(n.strip() for n in args.es.split(",") if n.strip()) if args.es and "," in args.es else ()
     cfg = LoadConfig(
@@ -57,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         protocols=parse_protocols(args.protocol, PROTOCOLS), task=args.task, steps=args.steps, fc=args.fc,
         guidance=args.guidance, strength=args.strength, warmup=args.warmup, seed=args.seed, timeout_s=args.timeout,
         ue_id=args.ue_id, es=cells, attach=args.attach, prompts=tuple(check_prompt(p) for p in args.prompt) if args.prompt else DEFAULT_PROMPTS,
-        control_tls=tls_from_args(args), admin_token=base.admin_token(args),
+        control_tls=tls_from_args(args), admin_token=base.admin_token(args), timeline_s=args.timeline_s,
     )
     out = Path(args.out)
     prepare_out(out, args.overwrite)
@@ -72,8 +76,8 @@ def run(args: argparse.Namespace) -> int:
         return shared[es].for_ue(ue_id, es or args.es)
 
     try:
-        with RequestLog(out / "requests.csv") as log:
-            summary, records = run_load(parts, cfg, connect, image_in, progress=sys.stderr, on_record=log)
+        with RequestLog(out / "requests.csv") as log, TimelineLog(out / "timeline.csv") as bins:
+            summary, records = run_load(parts, cfg, connect, image_in, progress=sys.stderr, on_record=log, on_bin=bins)
     finally:
         base.close_all(shared.values())
     paths = write_outputs(out, summary, records)
@@ -81,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(summary))
     else:
         print(format_summary(summary))
+        timeline: Any = summary["timeline"]
+        print(format_timeline([TimelineRow(**r) for r in timeline["rows"]]))
         print("wrote " + ", ".join(str(p) for p in paths))
     if summary["interrupted"]:
         print("meg-ue load: interrupted; the results cover the requests that ended", file=sys.stderr)
