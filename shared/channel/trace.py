@@ -50,6 +50,8 @@ from typing import Any
 import numpy as np
 
 from shared.channel.models import ChannelConfigError
+from shared.channel.power import P_MAX
+from shared.wire.limits import MAX_POWER_BLOCKS
 
 TRACE_FORMAT = "meg-trace"
 TRACE_VERSION = 1
@@ -62,6 +64,7 @@ SUBCARRIERS_PER_PRB = 12
 MAX_ELEMENTS = 4096
 #: Tolerance of the mean-|H|² normalisation a loaded trace must meet.
 NORM_TOLERANCE = 0.02
+_F32_MAX = float(np.finfo(np.float32).max)
 
 
 class TraceError(ChannelConfigError):
@@ -407,17 +410,23 @@ class GridTransmission:
 
 
 def _power_per_symbol(block_power: np.ndarray | None, n: int, block_length: int) -> np.ndarray:
-    """``[n]`` float32 powers from a per-block allocation (blocks of ``block_length`` real symbols; 0 = one)."""
+    """``[n]`` float32 powers from a per-block allocation (blocks of ``block_length`` real symbols; 0 = one), each
+    capped at :data:`~shared.channel.power.P_MAX` and at most :data:`MAX_POWER_BLOCKS` blocks, as
+    :func:`shared.channel.transmit.transmit` takes them."""
     if block_power is None or len(block_power) == 0:
         return np.ones(n, dtype=np.float32)
+    if block_length < 0:
+        raise ChannelConfigError(f"block length must be >= 0 symbols, got {block_length}")
     lp = block_length or n
     tp = 1 if block_length == 0 or n == 0 else math.ceil(n / block_length)
-    p = np.asarray(block_power, dtype=np.float32)
+    if tp > MAX_POWER_BLOCKS:
+        raise ChannelConfigError(f"{tp} power blocks of {lp} symbols: at most {MAX_POWER_BLOCKS} per transmission")
+    p = np.asarray(block_power, dtype=np.float64)
     if p.shape != (tp,):
         raise ChannelConfigError(f"power allocation has {p.size} entries for {tp} blocks of {lp} symbols")
     if not np.isfinite(p).all() or (p < 0).any():
         raise ChannelConfigError("power allocation entries must be finite and >= 0")
-    return np.repeat(p, lp)[:n]
+    return np.repeat(np.minimum(p, P_MAX).astype(np.float32), lp)[:n]
 
 
 def transmit_on_grid(
@@ -455,18 +464,20 @@ def transmit_on_grid(
     energy = float(n) if p is None else float(p.sum(dtype=np.float64))
     if n == 0:
         return GridTransmission(xf.copy(), 0, 0, 0.0, math.inf, hh, hh_hat)
-    scale = float(np.sqrt(np.dot(flat, flat) / n))
-    scale = scale if scale > 0 else 1.0
+    # in float64: the float32 sum of squares overflows for values beyond ~1e19
+    scale = math.sqrt(float(np.einsum("i,i->", flat, flat, dtype=np.float64)) / n)
+    scale = scale if 0 < scale < math.inf else 1.0
+    big = scale > 1e30  # scale / Ĥ could overflow float32: equalise at unit power, rescale in float64
     n0 = 10.0 ** (-snr_db / 10.0) if noisy else 0.0
     # real symbols 2j, 2j+1 are the I and Q of RE j: a float32 buffer of 2m viewed as m complex64 values
     buf = np.zeros(2 * m, dtype=np.float32)
     buf[:n] = flat
     sqrt_p = None
+    buf *= np.float32(1.0 / scale)  # unit power per real symbol (first: values at float32's limit stay finite)
     if p is not None:
         sqrt_p = np.zeros(2 * m, dtype=np.float32)
         sqrt_p[:n] = np.sqrt(p)
         buf *= sqrt_p
-    buf *= np.float32(1.0 / scale)  # unit power per real symbol
     y = buf.view(np.complex64)
     y *= hh
     if n0 > 0:
@@ -476,12 +487,17 @@ def transmit_on_grid(
         y += noise.view(np.complex64)
     known = hh_hat != 0
     inverse = np.zeros(m, dtype=np.complex64)
-    inverse[known] = np.complex64(scale) / hh_hat[known]
-    y *= inverse  # zero forcing with the receiver's CSI, and back to the tensor's scale
-    out = buf[:n]
-    if sqrt_p is not None:
-        sp = sqrt_p[:n]
-        out = np.where(sp > 0, out / np.where(sp > 0, sp, np.float32(1.0)), np.float32(0.0)).astype(np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        inverse[known] = np.complex64(1.0 if big else scale) / hh_hat[known]
+        y *= inverse  # zero forcing with the receiver's CSI, and back to the tensor's scale
+        out = buf[:n]
+        if sqrt_p is not None:
+            sp = sqrt_p[:n]
+            out = np.where(sp > 0, out / np.where(sp > 0, sp, np.float32(1.0)), np.float32(0.0)).astype(np.float32)
+        if big:
+            out = np.clip(out.astype(np.float64) * scale, -_F32_MAX, _F32_MAX).astype(np.float32)
+    # finite input never comes out Inf or NaN (a near-zero Ĥ, values at float32's limit): saturate
+    out = np.nan_to_num(out, copy=False, nan=0.0, posinf=_F32_MAX, neginf=-_F32_MAX)
     g2 = hh.real.astype(np.float64) ** 2 + hh.imag.astype(np.float64) ** 2
     if p is None:  # every RE carries 2 symbols, the last one 1 if n is odd
         mean_gain = float((2 * g2.sum() - (2 * m - n) * g2[-1]) / n)
