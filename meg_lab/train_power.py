@@ -1,7 +1,9 @@
 """``meg-lab train-power``: train the PPO power controller (paper 2, Alg. 3) with stable-baselines3.
 
-The environment is :class:`meg_lab.power_env.PowerEnv` (one seed download per episode over Rayleigh
-block fading at ``--snr-db``, budgets drawn log-uniformly over [0.2, 5] unless ``--budget`` fixes one),
+The environment is :class:`meg_lab.power_env.PowerEnv` (one seed download per episode at ``--snr-db`` over
+``--fading``: Rayleigh block fading, flat per-seed Rayleigh gains (a seed in one PRB of a TDL trace) or a mix of
+both; budgets drawn log-uniformly over [0.2, 5] unless ``--budget`` fixes one; actions mapped to powers by
+``--action-rule``, whose action ``1/2`` is uniform power),
 the seeds are VAE-encoded procedural renders of the ``train`` stream of ``meg_lab.shapes``, and the reward is
 the PSNR gain over uniform power (same fading and noise). The saved file is an ordinary SB3 ``PPO`` zip
 with the training settings in its ``meg_power`` attribute; load it with
@@ -18,8 +20,15 @@ import sys
 import time
 from pathlib import Path
 
-from shared.channel.power import P_MAX_FACTOR
-from shared.channel.power_ppo import DEFAULT_COHERENCE, DEFAULT_POLICY_PATH, DEFAULT_SNR_DB
+from shared.channel.power import P_MAX, P_MAX_FACTOR
+from shared.channel.power_ppo import (
+    ACTION_RULES,
+    DEFAULT_ACTION_RULE,
+    DEFAULT_COHERENCE,
+    DEFAULT_POLICY_PATH,
+    DEFAULT_SNR_DB,
+    UNIFORM_ACTION,
+)
 
 
 def default_model() -> str | None:
@@ -37,6 +46,10 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--coherence", type=int, default=DEFAULT_COHERENCE, help="fading/power block length, symbols")
     ap.add_argument("--budget", type=float, default=None,
                     help="fixed average power budget per symbol (default: log-uniform over [0.2, 5] per episode)")
+    ap.add_argument("--fading", choices=("block", "flat", "mix"), default="mix",
+                    help="block: Rayleigh per block; flat: one Rayleigh gain per seed (TDL, seed in one PRB); mix: 1/2 each")
+    ap.add_argument("--action-rule", choices=ACTION_RULES, default=DEFAULT_ACTION_RULE,
+                    help="share: a = 1/2 is the fair share (uniform), 0 drops, 1 the cap; pmax: a * 4 * budget (v1)")
     ap.add_argument("--latents", type=int, default=512, help="training seeds (renders of the train stream)")
     ap.add_argument("--reward", choices=("psnr", "psnr_abs"), default="psnr",
                     help="psnr: PSNR gain over uniform power (same noise); psnr_abs: PSNR")
@@ -66,11 +79,13 @@ def train(args: argparse.Namespace, log=print) -> Path:
     pipe, _ = load_pipeline(model_path, device=args.device)
     data = make_latent_set(pipe, args.latents, stream="train", seed=args.seed)
     env = Monitor(PowerEnv(data, snr_db=args.snr_db, coherence=args.coherence,
-                           budgets=None if args.budget is None else [args.budget], reward=args.reward))
+                           budgets=None if args.budget is None else [args.budget], reward=args.reward,
+                           fading=args.fading, action_rule=args.action_rule))
     env.reset(seed=args.seed)
     inner = env.unwrapped
     log(f"model {model_path}: {len(data.latents)} seeds of {inner.n} symbols, T = {inner.T} blocks of "
-        f"{args.coherence}, SNR {args.snr_db} dB ({time.time() - t0:.1f} s to prepare)")
+        f"{args.coherence}, SNR {args.snr_db} dB, {args.fading} fading, rule {args.action_rule} "
+        f"({time.time() - t0:.1f} s to prepare)")
     model = PPO(
         "MlpPolicy", env, seed=args.seed, device="cpu", verbose=0,
         n_steps=args.n_steps, batch_size=256, n_epochs=10, learning_rate=args.lr, gamma=1.0, gae_lambda=0.95,
@@ -78,11 +93,12 @@ def train(args: argparse.Namespace, log=print) -> Path:
         policy_kwargs={"net_arch": {"pi": [64, 64], "vf": [64, 64]}, "log_std_init": args.log_std},
     )
     model.set_logger(Logger(folder=None, output_formats=[]))  # no SB3 log folders in /tmp
-    with torch.no_grad():  # start at uniform power: mean action a = 1 / P_MAX_FACTOR -> p = budget
+    with torch.no_grad():  # start at uniform power: the mean action is the rule's uniform action at every budget
         model.policy.action_net.weight.mul_(0.1)
-        model.policy.action_net.bias.fill_(1.0 / P_MAX_FACTOR)
+        model.policy.action_net.bias.fill_(UNIFORM_ACTION[args.action_rule])
     model.meg_power = {
-        "snr_db": args.snr_db, "coherence": args.coherence, "p_max_factor": P_MAX_FACTOR,
+        "snr_db": args.snr_db, "coherence": args.coherence, "p_max_factor": P_MAX_FACTOR, "p_max": P_MAX,
+        "action_rule": args.action_rule, "fading": args.fading,
         "budget": args.budget, "reward": args.reward, "model": str(model_path), "symbols": inner.n,
         "blocks": inner.T, "timesteps": args.timesteps, "seed": args.seed, "lr": args.lr, "n_steps": args.n_steps,
         "log_std": args.log_std,

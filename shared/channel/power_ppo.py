@@ -15,10 +15,21 @@ the agent sees only what a causal transmitter knows (:func:`observation`):
  7    effective SNR of the budget, ``(snr_db + 10 log10 budget) / 10`` (clipped to ``[-5, 5]``)
 ====  ====================================================================================================
 
-The action ``a_t ∈ [0, 1]`` becomes ``p_t = a_t · p_max`` with ``p_max = P_MAX_FACTOR · budget`` (the cap of
-:mod:`shared.channel.power`), capped by the energy left (``p_t ≤ E_left / L_t``: the paper's "spend all remaining
-power" rule). The last block ignores its action and takes what is left, up to ``p_max``
-(:func:`action_to_power`). The energy constraint ``Σ L_t p_t ≤ budget · n`` therefore always holds.
+The action ``a_t ∈ [0, 1]`` becomes a power by one of two rules (:func:`action_to_power`; a policy file says which
+in its ``meg_power["action_rule"]``):
+
+- ``"share"`` (what ``meg-lab train-power`` trains): ``a = 1/2`` is the fair share ``s_t`` (the energy left spread
+  evenly over the symbols left: uniform power when every block takes it, at every budget); ``a ∈ [0, 1/2]``
+  scales it down to 0, ``a ∈ [1/2, 1]`` up to the cap ``p_cap = min(P_MAX_FACTOR · budget, P_MAX)``
+  (:func:`shared.channel.power.power_cap`: the channel clips a block above ``P_MAX``). The power is then clipped
+  to ``[floor_t, min(p_cap, E_left / L_t)]`` with ``floor_t = (E_left − p_cap · (symbols left after t)) / L_t``:
+  the energy the later blocks cannot take at the cap goes on this block, so the whole budget is radiated
+  (up to ``P_MAX`` per block) and at ``budget >= P_MAX`` the rule is exactly uniform whatever the action.
+- ``"pmax"`` (files without ``action_rule``: the first shipped policy): ``p_t = a_t · 4 · budget``, capped by the
+  energy left (Alg. 3's "spend all remaining power"), blind to ``P_MAX``.
+
+In both the last block ignores its action and takes what is left, up to the cap. The energy constraint
+``Σ L_t p_t ≤ budget · n`` therefore always holds.
 
 The same two functions are used by the training environment (``meg_lab.power_env``) and by
 :func:`load_ppo_policy`, which turns a saved stable-baselines3 PPO file into a plain function with the
@@ -37,7 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
-from shared.channel.power import P_MAX_FACTOR, block_sizes
+from shared.channel.power import P_MAX_FACTOR, block_sizes, power_cap
 
 OBS_DIM = 8
 OBS_LOW = np.array([0.0, -6.0, 0.0, 0.0, 0.0, 0.0, 0.0, -5.0], dtype=np.float32)
@@ -46,6 +57,13 @@ OBS_HIGH = np.array([4.0, 2.0, 8.0, 1.0, 16.0, 1.0, 1.0, 5.0], dtype=np.float32)
 #: Defaults the shipped policy was trained with (the daemon must use the same block length).
 DEFAULT_SNR_DB = 10.0
 DEFAULT_COHERENCE = 16
+
+#: How an action becomes a power (module docstring); ``"share"`` is what ``meg-lab train-power`` trains, a file
+#: without ``meg_power["action_rule"]`` uses ``"pmax"``.
+ACTION_RULES: tuple[str, ...] = ("share", "pmax")
+DEFAULT_ACTION_RULE = "share"
+#: The action that gives uniform power under each rule.
+UNIFORM_ACTION: dict[str, float] = {"share": 0.5, "pmax": 1.0 / P_MAX_FACTOR}
 
 #: The shipped policy: where ``meg-lab train-power`` writes by default and what ``--power-policy ppo`` loads.
 DEFAULT_POLICY_PATH = Path(__file__).resolve().parents[1] / "weights" / "power" / "ppo_power.zip"
@@ -81,13 +99,33 @@ def observation(
     return np.clip(obs, OBS_LOW, OBS_HIGH)
 
 
-def action_to_power(action: float, t: int, sizes: np.ndarray, energy_left: float, budget: float) -> float:
-    """Power of block ``t``: ``a · p_max`` capped by the energy left; the last block takes what is left
-    (up to ``p_max``) whatever the action."""
-    p_max = P_MAX_FACTOR * budget
-    room = max(energy_left, 0.0) / float(sizes[t])
-    a = 1.0 if t == len(sizes) - 1 else float(np.clip(action, 0.0, 1.0))
-    return float(max(0.0, min(a * p_max, room)))
+def action_to_power(
+    action: float, t: int, sizes: np.ndarray, energy_left: float, budget: float, rule: str = DEFAULT_ACTION_RULE
+) -> float:
+    """Power of block ``t`` for action ``a`` under ``rule`` (module docstring): ``"share"``: ``a = 1/2`` is the fair
+    share of what is left, 0 drops the block, 1 is the cap, within the floor that keeps the whole budget
+    spendable; ``"pmax"``: ``a · 4 · budget`` capped by the energy left. The last block takes what is left (up to
+    the cap) whatever the action."""
+    last = t == len(sizes) - 1
+    left = max(energy_left, 0.0)
+    size = float(sizes[t])
+    room = left / size
+    a = 1.0 if last else float(np.clip(action, 0.0, 1.0))
+    if rule == "pmax":
+        return float(max(0.0, min(a * P_MAX_FACTOR * budget, room)))
+    if rule != "share":
+        raise ValueError(f"unknown action rule {rule!r}; known: {', '.join(ACTION_RULES)}")
+    cap = power_cap(budget)
+    if last:
+        return float(min(room, cap))
+    after = float(sizes[t + 1:].sum())
+    share = left / (size + after)
+    if a <= 0.5 or share <= 0:
+        scale = 2.0 * a
+    else:
+        scale = 1.0 + (2.0 * a - 1.0) * max(cap / share - 1.0, 0.0)
+    floor = max((left - cap * after) / size, 0.0)
+    return float(min(max(scale * share, floor), cap, room))
 
 
 #: ``policy_kwargs`` a policy file may carry: the MlpPolicy defaults otherwise (tanh, no SDE, no squashing).
@@ -164,11 +202,15 @@ def load_ppo_policy(
     Returns ``policy(x, h, block_length, budget) -> p [T]`` (the signature of :func:`shared.channel.power.uniform`):
     ``x`` the seed's flat real symbols ``[n]``, ``h`` the CSI amplitudes ``[T]`` (``T = ceil(n / L)``),
     ``budget`` the average power per symbol. ``p_t`` depends only on ``h[:t+1]`` and the blocks of ``x`` up
-    to ``t``; ``p >= 0``, ``p <= P_MAX_FACTOR · budget`` and ``Σ L_t p_t <= budget · n``. ``snr_db`` is
-    the link SNR the observation reports (default: the SNR the policy was trained at).
+    to ``t``; ``p >= 0``, ``p <= power_cap(budget)`` (``P_MAX_FACTOR · budget`` for a ``"pmax"`` file) and
+    ``Σ L_t p_t <= budget · n`` (``=`` for a ``"share"`` file with ``budget <= P_MAX``). ``snr_db`` is the link SNR
+    the observation reports (default: the SNR the policy was trained at).
     """
     layers, meta = read_policy_file(path)
     snr = float(meta.get("snr_db", DEFAULT_SNR_DB)) if snr_db is None else float(snr_db)
+    rule = str(meta.get("action_rule", "pmax"))
+    if rule not in ACTION_RULES:
+        raise ValueError(f"{path}: unknown action_rule {rule!r} in meg_power; known: {', '.join(ACTION_RULES)}")
     actor = _NumpyActor(layers)
 
     def policy(x: np.ndarray, h: np.ndarray, block_length: int, budget: float) -> np.ndarray:
@@ -183,7 +225,7 @@ def load_ppo_policy(
         left = budget * float(sizes.sum())
         for t in range(len(sizes)):
             obs = observation(flat, hh, t, sizes, left, budget, snr)
-            p[t] = action_to_power(actor(obs), t, sizes, left, budget)
+            p[t] = action_to_power(actor(obs), t, sizes, left, budget, rule)
             left -= p[t] * sizes[t]
         return p
 
