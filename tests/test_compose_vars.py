@@ -21,7 +21,7 @@ import yaml
 from shared.cli.config import env_name
 
 ROOT = Path(__file__).resolve().parent.parent
-COMPOSE_FILES = [ROOT / "docker-compose.yml", ROOT / "docker" / "compose.tls.yml"]
+COMPOSE_FILES = [ROOT / "docker-compose.yml", ROOT / "docker" / "compose.tls.yml", ROOT / "docker" / "compose.mobility.yml"]
 CLIS = {"meg-edge": "edge_server.cli", "meg-channel": "channel_emulator.cli", "meg-ue": "ue_client.cli"}
 PREFIX = "MEG_COMPOSE_"
 NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -126,11 +126,34 @@ def test_no_cli_flag_maps_to_the_compose_prefix(cli_env_names: dict[str, set[str
 
 
 def test_k8s_container_variables(cli_env_names: dict[str, set[str]]) -> None:
-    """The ES pod's MEG_DEVICE is meg-edge's own variable on purpose (the same value as its --device);
-    any other MEG_* container variable in deploy/k8s is read only by a shell line and is no CLI's."""
+    """The ES pod's MEG_DEVICE is meg-edge's own variable on purpose (the same value as its --device), and so is
+    the mobility overlay's MEG_SCENARIO meg-channel's (its --scenario); any other MEG_* container variable in
+    deploy/k8s is read only by a shell line and is no CLI's."""
     every = set().union(*cli_env_names.values())
     found: set[str] = set()
     for path in sorted((ROOT / "deploy").rglob("*.yaml")):
         found |= set(re.findall(r"-\s+name:\s+(MEG_[A-Z0-9_]+)", path.read_text()))
-    assert "MEG_ES_ARGS" in found
-    assert found & every <= {"MEG_DEVICE"}, found & every
+    assert "MEG_ES_ARGS" in found and "MEG_SCENARIO" in found
+    assert "MEG_SCENARIO" in cli_env_names["meg-channel"] and "MEG_DEVICE" in cli_env_names["meg-edge"]
+    assert found & every <= {"MEG_DEVICE", "MEG_SCENARIO"}, found & every
+
+
+def test_compose_passes_the_scenario_only_when_set() -> None:
+    """docker-compose.yml's proxy start line adds --scenario only for a set MEG_COMPOSE_CHANNEL_SCENARIO (run by
+    sh, as in the container); docker/compose.mobility.yml sets it and mounts the scenarios and traces."""
+    import shutil
+    import subprocess
+
+    doc = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    line = doc["services"]["channel"]["command"][0].replace("$$", "$").replace("exec meg-channel", "printf '[%s]' ")
+    sh = shutil.which("sh")
+    assert sh is not None
+    for value, want in [("", ""), ("/etc/meg/scenarios/a b.toml", "[--scenario][/etc/meg/scenarios/a b.toml]")]:
+        env = {"MEG_COMPOSE_CHANNEL_PROFILES": "p.toml", "MEG_COMPOSE_CHANNEL_SCENARIO": value,
+               "MEG_COMPOSE_CHANNEL_ARGS": "--seed 3", "PATH": "/usr/bin:/bin"}
+        out = subprocess.run([sh, "-c", line], env=env, capture_output=True, text=True, check=True, timeout=30).stdout
+        assert out.endswith(f"[--profiles][/etc/meg/profiles/p.toml]{want}[--seed][3]"), out
+    over = yaml.safe_load((ROOT / "docker" / "compose.mobility.yml").read_text())["services"]["channel"]
+    targets = {v.split(":")[-2] for v in over["volumes"]}
+    assert targets == {"/etc/meg/scenarios", "/etc/meg/traces"} and all(v.endswith(":ro") for v in over["volumes"])
+    assert "/etc/meg/scenarios/drive-by.toml" in over["environment"]["MEG_COMPOSE_CHANNEL_SCENARIO"]

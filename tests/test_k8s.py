@@ -168,3 +168,49 @@ def test_kustomize_edit_set_image_reaches_every_container(which: str, names: lis
     assert images and all(i.startswith("registry.example/") and i.endswith(":v9") for i in images), images
     if which == "gpu":  # the GPU edge servers get the GPU image, never the CPU image set for `meg`
         assert container(by_kind(docs, "StatefulSet", "es"), "meg-edge")["image"] == "registry.example/meg-gpu:v9"
+
+
+@pytest.fixture(scope="module")
+def mobility() -> list[dict[str, Any]]:
+    return render(K8S / "mobility")
+
+
+def test_mobility_overlay_mounts_a_scenario_and_traces(base: list[dict[str, Any]], mobility: list[dict[str, Any]]) -> None:
+    """deploy/k8s/mobility: the proxy plays a scenario from a ConfigMap (MEG_SCENARIO, meg-channel's variable for
+    --scenario) and reads traces from a claim, both read-only; it validates offline and changes nothing else."""
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    assert {d["kind"] for d in mobility} == {"Namespace", "ConfigMap", "Service", "StatefulSet", "Deployment", "Job",
+                                             "PersistentVolumeClaim"}
+    for doc in mobility:
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+    deploy = by_kind(mobility, "Deployment", "channel")
+    proxy = container(deploy, "meg-channel")
+    volumes = {v["name"]: v for v in deploy["spec"]["template"]["spec"]["volumes"]}
+    mounts = {m["name"]: m for m in proxy["volumeMounts"]}
+    assert set(mounts) == {"profiles", "tmp", "scenarios", "traces"} and set(volumes) == set(mounts)
+    assert mounts["scenarios"]["readOnly"] is True and mounts["traces"]["readOnly"] is True
+    scenario = next(e["value"] for e in proxy["env"] if e["name"] == "MEG_SCENARIO")
+    folder, _, name = scenario.rpartition("/")
+    assert folder == mounts["scenarios"]["mountPath"]
+    cm = next(d for d in mobility if d["kind"] == "ConfigMap" and d["metadata"]["name"] == volumes["scenarios"]["configMap"]["name"])
+    assert cm["data"][name] == (ROOT / "configs" / "scenarios" / name).read_text()  # the copy is the configs file
+    assert (K8S / "mobility" / name).read_text() == (ROOT / "configs" / "scenarios" / name).read_text()
+    claim = by_kind(mobility, "PersistentVolumeClaim", volumes["traces"]["persistentVolumeClaim"]["claimName"])
+    assert claim["metadata"]["namespace"] == deploy["metadata"]["namespace"] == "meg"
+    assert volumes["traces"]["persistentVolumeClaim"]["readOnly"] is True
+    # the scenario file parses (every event valid; its trace events, if any, are relative to the mount)
+    import tomllib
+
+    from shared.channel.scenario import parse_scenario
+
+    assert parse_scenario(tomllib.loads(cm["data"][name]), name).events
+    # the rest is the base's
+    for kind, name in [("StatefulSet", "es"), ("Job", "ue-load"), ("Service", "es"), ("Service", "channel")]:
+        assert by_kind(mobility, kind, name) == by_kind(base, kind, name)
+    stripped = yaml.safe_load(yaml.safe_dump(deploy))
+    c = container(stripped, "meg-channel")
+    del c["env"]
+    c["volumeMounts"] = [m for m in c["volumeMounts"] if m["name"] in ("profiles", "tmp")]
+    spec = stripped["spec"]["template"]["spec"]
+    spec["volumes"] = [v for v in spec["volumes"] if v["name"] in ("profiles", "tmp")]
+    assert stripped == by_kind(base, "Deployment", "channel")
