@@ -145,7 +145,8 @@ def _fmt_profile(p: dict[str, object]) -> str:
         extra += f", trace {p['trace']} from {p.get('trace_offset_s') or 0:g} s"
         if p.get("trace_gain_db"):
             extra += f", gain {p['trace_gain_db']:+g} dB"
-    return f"{name}{model} {p.get('snr_db')} dB{extra}"
+    snr = p.get("snr_db")
+    return f"{name}{model} {round(snr, 2) if isinstance(snr, float) else snr} dB{extra}"
 
 
 def _fmt_scenarios(scenarios: list[dict[str, Any]]) -> list[str]:
@@ -159,8 +160,7 @@ def _fmt_scenarios(scenarios: list[dict[str, Any]]) -> list[str]:
                     + (f" (refused: {p['last_error']})" if p.get("last_error") else "")) if p["last_event"] >= 0 \
                 else "not started"
             nxt = f"next #{p['next_event']} at {p['next_at_s']:.2f} s: {p['next']}" if p["next_event"] >= 0 else "done"
-            here = f"; now {p['snr_db']:.2f} dB at {p['distance_m']:.0f} m" if p.get("snr_db") is not None else ""
-            lines.append(f"  {p['link']:16s} {last}{here}; {nxt}")
+            lines.append(f"  {p['link']:16s} {last}; {nxt}")  # a path step's last says its SNR and distance
     return lines
 
 

@@ -67,10 +67,17 @@ class LinkTableTarget:
                                      f"{', '.join(known)})")
 
     def _change(self, link: str, direction: str, **changes: object) -> None:
+        """Change some settings of each direction's current profile; one whose model changes is no longer the
+        named profile it was (its name goes)."""
         self._check(link)
         for d in DIRECTIONS if direction == "both" else (direction,):
             current = self.table.link(link)[d].profile
-            self.table.set(link, d, replace(current, **changes))  # type: ignore[arg-type]
+            mine = dict(changes)
+            if current.model == "ideal" and "snr_db" in mine and "model" not in mine:
+                mine["model"] = "awgn"  # an SNR needs noise: an ideal link becomes AWGN at that SNR
+            if mine.get("model", current.model) != current.model:
+                mine["name"] = ""
+            self.table.set(link, d, replace(current, **mine))  # type: ignore[arg-type]
         self._changed(link)
 
     def scenario_profile(self, link: str, direction: str, profile: str) -> None:
@@ -82,11 +89,7 @@ class LinkTableTarget:
         self._change(link, direction, trace=trace, trace_offset_s=offset_s, model="awgn")
 
     def scenario_snr(self, link: str, direction: str, snr_db: float) -> None:
-        current = self.table.link(link)["downlink" if direction == "both" else direction].profile
-        changes: dict[str, object] = {"snr_db": snr_db}
-        if current.model == "ideal":  # an SNR needs noise: an ideal link becomes AWGN at that SNR
-            changes["model"] = "awgn"
-        self._change(link, direction, **changes)
+        self._change(link, direction, snr_db=snr_db)  # each direction: an ideal one becomes AWGN at that SNR
 
     def scenario_handover(self, ue: str, es: str) -> None:
         self._check(f"{ue}->{es}")

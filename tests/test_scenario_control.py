@@ -378,3 +378,16 @@ def test_scenario_start_and_stop_on_a_real_proxy_fire_within_50_ms(tmp_path: Pat
         stopped = json.loads(cli("scenario", "stop", "--name", "long", "--json"))
         assert [x["state"] for x in stopped["scenarios"] if x["name"] == "long"] == ["stopped"]
         assert "Traceback" not in "".join(proc.tail)  # type: ignore[attr-defined]
+
+
+def test_an_snr_event_on_both_directions_makes_each_ideal_one_awgn() -> None:
+    """Each direction on its own: an ideal uplink becomes AWGN (and loses the name 'ideal'), a noisy downlink keeps
+    its model and name."""
+    from channel_emulator.mobility import LinkTableTarget
+    from shared.channel.profiles import BUILTIN_PROFILES
+
+    table = LinkTable(load_profiles(None), IDEAL, BUILTIN_PROFILES["awgn-30"])
+    LinkTableTarget(table, lambda: ["es0"]).scenario_snr("ue1->es0", "both", 7.0)
+    up, down = (table.links["ue1->es0"][d].profile for d in ("uplink", "downlink"))
+    assert (up.name, up.model, up.snr_db) == ("", "awgn", 7.0)
+    assert (down.name, down.model, down.snr_db) == ("awgn-30", "awgn", 7.0)
