@@ -170,7 +170,8 @@ def _route(context: grpc.aio.ServicerContext, upstreams: Upstreams, table: LinkT
     md = dict(context.invocation_metadata() or ())
     claimed = md.get(UE_HEADER)
     ue = _ue_id(context, None if claimed is None else str(claimed), certified)
-    es = str(md[ES_HEADER] if ES_HEADER in md else SERVING.get(ue) or upstreams.first or "")  # SERVING: handovers
+    # an empty meg-es is no choice (the default), as an empty proto3 string; SERVING: handovers
+    es = str(md.get(ES_HEADER) or SERVING.get(ue) or upstreams.first or "")
     if not NAME.fullmatch(ue):
         shown = ue if len(ue) <= 80 else ue[:80] + "..."
         raise ValueError(f"UE id {shown!r} in the {UE_HEADER} header must be 1-64 letters, digits or _.:-")

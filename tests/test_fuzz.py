@@ -8,6 +8,9 @@ sometimes coherent (the right byte count, NaN/Inf included). Raw bytes are fuzze
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator
+
 import grpc
 import numpy as np
 import pytest
@@ -177,3 +180,171 @@ def test_fuzzed_bytes_get_a_deliberate_status(inproc_stack, service, method, via
 
     check()
     _alive(addr)
+
+
+# --- issue 23 "Done when": long names, reused ids, huge powers and values, many names ------------------------------
+#: Header values (printable ASCII, as gRPC metadata must be) at and past the limits that matter.
+LONG = ["u" * 64, "u" * 65, "u" * 128, "u" * 129, "e" * 4000, "ue", "es0", "", "a b", "ü".encode().hex()]
+HEADER_TEXT = st.one_of(st.sampled_from(LONG), st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=300))
+
+
+def _with_headers(addr: str, method: str, body: bytes, md: tuple[tuple[str, str], ...]) -> grpc.RpcError | bytes:
+    with grpc.insecure_channel(addr) as ch:
+        try:
+            return ch.unary_unary(f"/{EDGE.full_name}/{method}")(body, timeout=10, metadata=md)  # type: ignore[no-any-return]
+        except grpc.RpcError as exc:
+            return exc
+
+
+@pytest.mark.parametrize("via", ["es", "proxy"])
+def test_fuzzed_ue_es_and_request_id_headers_get_the_right_status(inproc_stack, via: str) -> None:  # type: ignore[no-untyped-def]
+    """UE ids, ES names and request ids of any length and character: through the proxy a UE id that is not 1-64 of
+    ``[A-Za-z0-9_.:-]`` or an ES it does not know is INVALID_ARGUMENT (its message bounded, never the whole name);
+    everything else is served. The ES itself takes any header for a Describe."""
+    from channel_emulator.link import NAME
+
+    addr = inproc_stack.es_addr if via == "es" else inproc_stack.proxy_addr
+
+    @FUZZ
+    @given(ue=st.none() | HEADER_TEXT, es=st.none() | st.just("es0") | HEADER_TEXT, rid=st.none() | HEADER_TEXT)
+    def check(ue: str | None, es: str | None, rid: str | None) -> None:
+        md = tuple((k, v) for k, v in (("meg-ue", ue), ("meg-es", es), ("meg-request-id", rid)) if v is not None)
+        got = _with_headers(addr, "Describe", b"", md)
+        ok = via == "es" or ((ue is None or bool(NAME.fullmatch(ue))) and es in (None, "", "es0"))  # "": the default
+        if ok:
+            assert isinstance(got, bytes), (md, got)
+        else:
+            assert isinstance(got, grpc.RpcError) and got.code() == grpc.StatusCode.INVALID_ARGUMENT, (md, got)
+            assert len(got.details() or "") < 400, got.details()
+
+    check()
+    _alive(addr)
+
+
+def _segment(parts: object, request_id: str, seed: int = 1) -> bytes:
+    from shared.wire import air
+
+    cond = parts.embed("a red circle")  # type: ignore[attr-defined]
+    return edge_pb2.SegmentRequest(protocol="CIAG", segment=1, task="txt2img", tensors=[air.to_air("cond", cond)],
+                                   request_id=request_id, params=edge_pb2.GenerationParams(seed=seed, steps=2)
+                                   ).SerializeToString()
+
+
+def test_request_ids_at_and_past_their_limit_and_reused_by_another_ue(inproc_stack) -> None:  # type: ignore[no-untyped-def]
+    """Through the proxy: a request_id of 128 characters is served, 129 or 10,000 are INVALID_ARGUMENT; another UE
+    reusing an id gets its own run; the same UE reusing it with other parameters is ALREADY_EXISTS."""
+    addr = inproc_stack.proxy_addr
+    parts = inproc_stack.parts
+    rid = "r" * 128
+    assert isinstance(_with_headers(addr, "RunSegment", _segment(parts, rid), (("meg-ue", "fuzz-a"),)), bytes)
+    for bad in ("r" * 129, "r" * 10_000):
+        err = _with_headers(addr, "RunSegment", _segment(parts, bad), (("meg-ue", "fuzz-a"),))
+        assert isinstance(err, grpc.RpcError) and err.code() == grpc.StatusCode.INVALID_ARGUMENT, err
+        assert "at most 128" in (err.details() or "") and len(err.details() or "") < 400
+    other = _with_headers(addr, "RunSegment", _segment(parts, rid, seed=7), (("meg-ue", "fuzz-b"),))
+    assert isinstance(other, bytes), other  # b's run, not a's answer nor a conflict
+    again = _with_headers(addr, "RunSegment", _segment(parts, rid, seed=7), (("meg-ue", "fuzz-a"),))
+    assert isinstance(again, grpc.RpcError) and again.code() == grpc.StatusCode.ALREADY_EXISTS, again
+    _alive(addr)
+
+
+@st.composite
+def _powered_tensor(d: st.DrawFn) -> tuple[edge_pb2.ProbeRequest, bool]:
+    """A tensor of huge (or ordinary) finite values with a power allocation of huge, NaN, Inf or negative entries;
+    and whether the allocation is valid (finite, >= 0, one entry per block)."""
+    from shared.wire import air
+
+    n = d(st.integers(1, 600))
+    values = d(st.sampled_from([1e30, -1e30, 3.4e38, 1e-38, 0.0, 1.0]))
+    x = np.random.default_rng(n).standard_normal(n).astype(np.float64) * values
+    x = np.clip(x, -3.4e38, 3.4e38).astype(np.float32)
+    t = air.to_air("x", x)
+    length = d(st.sampled_from([0, 1, 2, 8, 288]))
+    blocks = 1 if length == 0 else -(-n // length)
+    power = d(st.lists(st.sampled_from([1e30, 1e38, math.inf, -math.inf, math.nan, -1.0, 0.0, 1.0, 1e-30]),
+                       min_size=blocks, max_size=blocks + d(st.sampled_from([0, 0, 1]))))
+    t.block_length = length
+    t.block_power.extend(power)
+    valid = len(power) == blocks and all(math.isfinite(p) and p >= 0 for p in power)
+    return edge_pb2.ProbeRequest(tensors=[t]), valid
+
+
+def _probe_power(addr: str, ue: str) -> None:
+    @FUZZ
+    @given(case=_powered_tensor())
+    def check(case: tuple[edge_pb2.ProbeRequest, bool]) -> None:
+        req, valid = case
+        got = _with_headers(addr, "Probe", req.SerializeToString(), (("meg-ue", ue),))
+        if valid:
+            assert isinstance(got, bytes), got
+            _check_reply(EDGE.methods_by_name["Probe"], got)  # the echo is finite: nothing came out NaN/Inf
+        else:
+            assert isinstance(got, grpc.RpcError) and got.code() == grpc.StatusCode.INVALID_ARGUMENT, got
+            assert "power allocation" in (got.details() or ""), got.details()
+
+    check()
+    _alive(addr)
+
+
+def test_huge_powers_and_values_on_a_fading_link(inproc_stack) -> None:  # type: ignore[no-untyped-def]
+    """Power allocations of 1e30, NaN, Inf (and tensors of huge finite values) over a Rayleigh link: a bad allocation
+    is INVALID_ARGUMENT naming it, a valid one (capped at P_MAX) is served and the echo stays finite."""
+    from channel_emulator.link import LinkTable
+
+    table: LinkTable = inproc_stack.link
+    table.set("fuzz-power->es0", "both", table.book.get("rayleigh-10"))
+    _probe_power(inproc_stack.proxy_addr, "fuzz-power")
+
+
+@pytest.fixture(scope="module")
+def trace_proxy(inproc_stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    """A second proxy in front of the same ES: every link on a per-PRB trace in a 5 MHz cell (account clock), so
+    each tensor goes through the scheduler's grants and the replay."""
+    from channel_emulator.cells import CellSet
+    from channel_emulator.link import LinkTable
+    from channel_emulator.proxy import create_proxy
+    from channel_emulator.replay import REPLAY
+    from shared.channel.cell import CellConfig
+    from shared.channel.profiles import BUILTIN_PROFILES, ProfileBook, profile_from_mapping
+    from shared.channel.trace import TraceMeta, normalise, save_trace
+    from tests.conftest import BackgroundLoop
+
+    rng = np.random.default_rng(0)
+    h = (rng.normal(size=(50, 25)) + 1j * rng.normal(size=(50, 25))) / np.sqrt(2)
+    path = save_trace(tmp_path_factory.mktemp("trace") / "t.npz", normalise(h),
+                      TraceMeta(model="TDL-A", per="prb", numerology=0, bandwidth_mhz=5.0, prbs=25, generator="test"))
+    profile = profile_from_mapping("fuzz-trace", {"trace": str(path), "snr_db": 10, "csi_error": 0.1})
+    cells = CellSet({"default": CellConfig(bandwidth_mhz=5, numerology=0)}, "account")
+    REPLAY.cell_of = cells.cell_of
+    bg = BackgroundLoop()
+    table = LinkTable(ProfileBook({**BUILTIN_PROFILES, profile.name: profile}, {}), profile, profile)
+    proxy, port, _ = bg.run(create_proxy("127.0.0.1:0", {"es0": inproc_stack.es_addr}, table, cells=cells))  # type: ignore[misc]
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        bg.run(proxy.stop(0))
+        bg.close()
+        REPLAY.cell_of = lambda es: None
+
+
+def test_huge_powers_and_values_on_a_trace_link_in_a_cell(trace_proxy: str) -> None:
+    """The same through trace replay on the scheduler's grants: the right status, a finite echo, and the proxy
+    keeps serving."""
+    _probe_power(trace_proxy, "fuzz-trace")
+
+
+def test_many_distinct_ue_ids_stay_within_the_link_table_bound(inproc_stack) -> None:  # type: ignore[no-untyped-def]
+    """200 UEs with 64-character ids through a proxy tracking at most 40 links: every call is served, idle links
+    make room (the table never holds more than its bound) and the proxy keeps serving."""
+    table = inproc_stack.link
+    saved, before = table.max_links, table.evicted
+    table.max_links = max(40, len(table.links))
+    try:
+        for i in range(200):
+            ue = f"{i:03d}" + "n" * 61
+            assert isinstance(_with_headers(inproc_stack.proxy_addr, "Describe", b"", (("meg-ue", ue),)), bytes)
+            assert len(table.links) <= table.max_links
+        assert table.evicted - before >= 200 - table.max_links
+    finally:
+        table.max_links = saved
+    _alive(inproc_stack.proxy_addr)
