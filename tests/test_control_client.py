@@ -87,3 +87,25 @@ def test_async_client_csi(proxy: str) -> None:
             await control.close()
 
     assert asyncio.run(go()) == (2, ["es0", "es1"])
+
+
+def test_start_and_stop_a_scenario(proxy: str) -> None:
+    """``start_scenario`` / ``stop_scenario``: the scenario shows in the settings; a bad file is INVALID_ARGUMENT."""
+    toml = '[[event]]\nat_s = 0.0\nlink = "s->es0"\nsnr_db = 4.0\n[[event]]\nat_s = 3600.0\nue = "s"\nhandover = "es1"\n'
+    with ControlClient(proxy) as control:
+        started = control.start_scenario("cc", toml)
+        (s,) = [x for x in started.scenarios if x.name == "cc"]
+        assert s.state == "playing" and s.events == 2 and s.duration_s == 3600.0
+        with pytest.raises(grpc.RpcError) as err:
+            control.start_scenario("cc", toml)  # playing: refused unless replace
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert [x.state for x in control.start_scenario("cc", toml, replace=True).scenarios if x.name == "cc"] == ["playing"]
+        with pytest.raises(grpc.RpcError) as err:
+            control.start_scenario("bad", '[[event]]\nat_s = "soon"\n')
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "bad: event[0]" in (err.value.details() or "")
+        stopped = control.stop_scenario("cc")
+        assert [x.state for x in stopped.scenarios if x.name == "cc"] == ["stopped"]
+        assert all(x.state != "playing" for x in control.stop_scenario().scenarios)
+    from channel_emulator.mobility import SCENARIOS
+
+    SCENARIOS.items.clear()  # this process's scenarios: the next test's proxy starts with none

@@ -95,6 +95,7 @@ class Proxy:
 async def proxy(profiles: Path | None = None, trace_dir: Path | None = None, admin_token: str | None = None,
                 t0: float = 10.0) -> AsyncIterator[Proxy]:
     clock = VirtualClock(t0)
+    SCENARIOS.items.clear()  # this process's scenarios (one proxy per process): none from an earlier test
     table = LinkTable(load_profiles(profiles), IDEAL, IDEAL)
     # two upstream names, nothing behind them: these tests use only the control service
     server, port, _ = await create_proxy("127.0.0.1:0", {"es0": "127.0.0.1:9", "es1": "127.0.0.1:9"}, table,
