@@ -127,20 +127,21 @@ def test_no_cli_flag_maps_to_the_compose_prefix(cli_env_names: dict[str, set[str
 
 def test_k8s_container_variables(cli_env_names: dict[str, set[str]]) -> None:
     """The ES pod's MEG_DEVICE is meg-edge's own variable on purpose (the same value as its --device), and so is
-    the mobility overlay's MEG_SCENARIO meg-channel's (its --scenario); any other MEG_* container variable in
+    the mobility overlay's MEG_SCENARIO and MEG_TRACE_DIR meg-channel's (--scenario, --trace-dir); any other MEG_* container variable in
     deploy/k8s is read only by a shell line and is no CLI's."""
     every = set().union(*cli_env_names.values())
     found: set[str] = set()
     for path in sorted((ROOT / "deploy").rglob("*.yaml")):
         found |= set(re.findall(r"-\s+name:\s+(MEG_[A-Z0-9_]+)", path.read_text()))
-    assert "MEG_ES_ARGS" in found and "MEG_SCENARIO" in found
-    assert "MEG_SCENARIO" in cli_env_names["meg-channel"] and "MEG_DEVICE" in cli_env_names["meg-edge"]
-    assert found & every <= {"MEG_DEVICE", "MEG_SCENARIO"}, found & every
+    assert {"MEG_ES_ARGS", "MEG_SCENARIO", "MEG_TRACE_DIR"} <= found
+    assert {"MEG_SCENARIO", "MEG_TRACE_DIR"} <= cli_env_names["meg-channel"] and "MEG_DEVICE" in cli_env_names["meg-edge"]
+    assert found & every <= {"MEG_DEVICE", "MEG_SCENARIO", "MEG_TRACE_DIR"}, found & every
 
 
 def test_compose_passes_the_scenario_only_when_set() -> None:
-    """docker-compose.yml's proxy start line adds --scenario only for a set MEG_COMPOSE_CHANNEL_SCENARIO (run by
-    sh, as in the container); docker/compose.mobility.yml sets it and mounts the scenarios and traces."""
+    """docker-compose.yml's proxy start line adds --scenario and --trace-dir only for a set
+    MEG_COMPOSE_CHANNEL_SCENARIO / MEG_COMPOSE_CHANNEL_TRACE_DIR (run by sh, as in the container);
+    docker/compose.mobility.yml sets both and mounts the scenarios and traces."""
     import shutil
     import subprocess
 
@@ -148,12 +149,14 @@ def test_compose_passes_the_scenario_only_when_set() -> None:
     line = doc["services"]["channel"]["command"][0].replace("$$", "$").replace("exec meg-channel", "printf '[%s]' ")
     sh = shutil.which("sh")
     assert sh is not None
-    for value, want in [("", ""), ("/etc/meg/scenarios/a b.toml", "[--scenario][/etc/meg/scenarios/a b.toml]")]:
+    full = "[--scenario][/etc/meg/scenarios/a b.toml][--trace-dir][/t]"
+    for value, traces, want in [("", "", ""), ("/etc/meg/scenarios/a b.toml", "/t", full)]:
         env = {"MEG_COMPOSE_CHANNEL_PROFILES": "p.toml", "MEG_COMPOSE_CHANNEL_SCENARIO": value,
-               "MEG_COMPOSE_CHANNEL_ARGS": "--seed 3", "PATH": "/usr/bin:/bin"}
+               "MEG_COMPOSE_CHANNEL_TRACE_DIR": traces, "MEG_COMPOSE_CHANNEL_ARGS": "--seed 3", "PATH": "/usr/bin:/bin"}
         out = subprocess.run([sh, "-c", line], env=env, capture_output=True, text=True, check=True, timeout=30).stdout
         assert out.endswith(f"[--profiles][/etc/meg/profiles/p.toml]{want}[--seed][3]"), out
     over = yaml.safe_load((ROOT / "docker" / "compose.mobility.yml").read_text())["services"]["channel"]
     targets = {v.split(":")[-2] for v in over["volumes"]}
     assert targets == {"/etc/meg/scenarios", "/etc/meg/traces"} and all(v.endswith(":ro") for v in over["volumes"])
     assert "/etc/meg/scenarios/drive-by.toml" in over["environment"]["MEG_COMPOSE_CHANNEL_SCENARIO"]
+    assert over["environment"]["MEG_COMPOSE_CHANNEL_TRACE_DIR"] == "/etc/meg/traces"

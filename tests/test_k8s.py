@@ -190,6 +190,7 @@ def test_mobility_overlay_mounts_a_scenario_and_traces(base: list[dict[str, Any]
     assert set(mounts) == {"profiles", "tmp", "scenarios", "traces"} and set(volumes) == set(mounts)
     assert mounts["scenarios"]["readOnly"] is True and mounts["traces"]["readOnly"] is True
     scenario = next(e["value"] for e in proxy["env"] if e["name"] == "MEG_SCENARIO")
+    assert next(e["value"] for e in proxy["env"] if e["name"] == "MEG_TRACE_DIR") == mounts["traces"]["mountPath"]
     folder, _, name = scenario.rpartition("/")
     assert folder == mounts["scenarios"]["mountPath"]
     cm = next(d for d in mobility if d["kind"] == "ConfigMap" and d["metadata"]["name"] == volumes["scenarios"]["configMap"]["name"])
