@@ -95,8 +95,9 @@ def _cells(args: argparse.Namespace, book: ProfileBook) -> dict[str, CellConfig]
 async def _serve(args: argparse.Namespace) -> None:
     from channel_emulator.cells import CellSet
     from channel_emulator.link import LinkTable
-    from channel_emulator.mobility import start_motion
+    from channel_emulator.mobility import check_scenario, start_motion
     from channel_emulator.proxy import create_proxy
+    from channel_emulator.replay import REPLAY
     from shared.channel.scenario import load_scenario
 
     book = load_profiles(args.profiles)
@@ -109,6 +110,9 @@ async def _serve(args: argparse.Namespace) -> None:
         TlsFiles(args.tls_cert, args.tls_key, upstream_ca, args.upstream_tls_server_name)
     fixed = _upstreams(args.upstream or [])
     membership = _membership(args, fixed, upstream_tls)
+    if scenario is not None and membership is None:  # fixed upstreams: the file's ESs, profiles, traces known now
+        REPLAY.cell_of = cells.cell_of  # a trace must fit its ES's carrier
+        check_scenario(scenario, table, fixed)
     server, port, health = await create_proxy(
         args.listen, fixed, table, advertise_as=args.advertise, tls=tls, upstream_tls=upstream_tls,
         ue_token=read_token(args.token_file, UE_TOKEN_ENV), admin_token=read_token(args.admin_token_file, ADMIN_TOKEN_ENV),

@@ -392,3 +392,16 @@ def test_an_snr_event_on_both_directions_makes_each_ideal_one_awgn() -> None:
     up, down = (table.links["ue1->es0"][d].profile for d in ("uplink", "downlink"))
     assert (up.name, up.model, up.snr_db) == ("", "awgn", 7.0)
     assert (down.name, down.model, down.snr_db) == ("awgn-30", "awgn", 7.0)
+
+
+def test_serve_refuses_a_scenario_file_naming_an_unknown_profile_at_start_up(tmp_path: Path) -> None:
+    """With fixed upstreams the ``serve --scenario`` file is checked whole at start-up, as StartScenario checks it."""
+    from tests.support.procs import script
+
+    (tmp_path / "s.toml").write_text('[[event]]\nat_s = 0.0\nlink = "ue1->es0"\nsnr_db = 3.0\n'
+                                     '[[event]]\nat_s = 1.0\nlink = "ue1->es0"\nprofile = "no-such"\n')
+    out = subprocess.run([script("meg-channel"), "serve", "--listen", "127.0.0.1:0", "--upstream", "es0=127.0.0.1:9",
+                          "--scenario", str(tmp_path / "s.toml")], capture_output=True, text=True, timeout=60,
+                         check=False)
+    assert out.returncode == 1 and "listening" not in out.stdout
+    assert f"{tmp_path / 's.toml'}: event[1].profile: unknown profile 'no-such'" in out.stderr, out.stderr
