@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from channel_emulator.link import DIRECTIONS, LinkTable, check_link_name
+from channel_emulator.link import DIRECTIONS, LinkTable, LinkTableFull, check_link_name
 from channel_emulator.replay import REPLAY
 from shared.channel.cell import CellConfig
 from shared.channel.models import ChannelConfigError
@@ -34,7 +34,7 @@ from shared.channel.scenario import Fired, Scenario, ScenarioError, ScenarioPlay
 from shared.channel.scheduler import MonotonicClock, VirtualClock
 from shared.channel.trace import load_trace_cached
 from shared.pb import channel_pb2
-from shared.wire.limits import MAX_SCENARIOS
+from shared.wire.limits import MAX_SCENARIO_LINKS, MAX_SCENARIOS
 
 if TYPE_CHECKING:
     from channel_emulator.cells import CellSet
@@ -109,7 +109,10 @@ class _Logged:
 
         def call(*args: object) -> None:
             try:
-                method(*args)
+                try:
+                    method(*args)
+                except LinkTableFull as exc:  # a refusal like any other: play goes on
+                    raise ChannelConfigError(str(exc)) from None
             except ChannelConfigError as exc:
                 log.warning("scenario: %s(%s) refused: %s", name.removeprefix("scenario_"), ", ".join(map(str, args)), exc)
                 raise
@@ -140,7 +143,9 @@ class Playing:
     def state(self) -> str:
         if self.stopped or (not self.task.done() and self.task.get_loop().is_closed()):  # its loop ended under it
             return "stopped"
-        return "done" if self.task.done() else "playing"
+        if not self.task.done():
+            return "playing"
+        return "failed" if not self.task.cancelled() and self.task.exception() is not None else "done"
 
     @property
     def keys(self) -> set[str]:
@@ -236,6 +241,9 @@ def check_scenario(scenario: Scenario, table: LinkTable, edge_servers: Iterable[
     files load and fit the ES's carrier. Raises ScenarioError naming the event and field."""
     known = list(edge_servers)
     where = scenario.path
+    keys = {e.link or e.ue for e in scenario.events}
+    if len(keys) > MAX_SCENARIO_LINKS:
+        raise ScenarioError(f"{where}: acts on {len(keys)} links and UEs, more than {MAX_SCENARIO_LINKS} a scenario may")
     seen: set[tuple[int, str]] = set()
     for e in scenario.events:
         if (e.index, e.kind) in seen:  # a path's steps share their event

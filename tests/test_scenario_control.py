@@ -31,7 +31,7 @@ from shared.channel.scheduler import VirtualClock
 from shared.channel.trace import TraceMeta, normalise, save_trace
 from shared.pb import channel_pb2, channel_pb2_grpc
 from shared.wire.headers import AUTH_HEADER
-from shared.wire.limits import MAX_SCENARIO_BYTES
+from shared.wire.limits import MAX_SCENARIO_BYTES, MAX_SCENARIO_LINKS
 
 DRIVE = """
 step_s = 0.25
@@ -175,6 +175,8 @@ def test_started_scenario_fires_exactly_on_the_virtual_clock_and_says_where_each
     ("bad", '[[event]]\nat_s = 0.0\nlink = "ue1->es0"\nsnr_db = "x"\n', "bad: event[0].snr_db must be a finite number"),
     ("bad name", '[[event]]\nat_s = 0.0\nlink = "ue1->es0"\nsnr_db = 3.0\n', "name 'bad name' must be 1-64"),
     ("bad", "#" * (MAX_SCENARIO_BYTES + 1), f"more than {MAX_SCENARIO_BYTES}"),
+    ("bad", "".join(f'[[event]]\nat_s = 0.0\nlink = "u{i}->es0"\nsnr_db = 3.0\n' for i in range(MAX_SCENARIO_LINKS + 1)),
+     f"bad: acts on {MAX_SCENARIO_LINKS + 1} links and UEs, more than {MAX_SCENARIO_LINKS}"),
 ])
 def test_a_bad_scenario_is_refused_whole_and_changes_nothing(name: str, toml: str, needle: str) -> None:
     async def body() -> None:
@@ -405,3 +407,21 @@ def test_serve_refuses_a_scenario_file_naming_an_unknown_profile_at_start_up(tmp
                          check=False)
     assert out.returncode == 1 and "listening" not in out.stdout
     assert f"{tmp_path / 's.toml'}: event[1].profile: unknown profile 'no-such'" in out.stderr, out.stderr
+
+
+def test_an_event_the_full_link_table_refuses_is_shown_refused_and_play_goes_on() -> None:
+    toml = ('[[event]]\nat_s = 1.0\nlink = "ue1->es0"\nsnr_db = 3.0\n'
+            '[[event]]\nat_s = 2.0\nue = "ue9"\nhandover = "es1"\n')
+
+    async def body() -> None:
+        async with proxy() as p:
+            p.table.link("busy->es0")
+            p.table.busy["busy->es0"] = 1  # an RPC in flight: never evicted
+            p.table.max_links = 1
+            await p.stub.StartScenario(start("full", toml), timeout=5)
+            s = (await p.at(13.0)).scenarios[0]
+            pos = {q.link: q for q in s.positions}
+            assert s.state == "done" and "every one is in use or configured" in pos["ue1->es0"].last_error
+            assert SERVING["ue9"] == "es1" and "ue1->es0" not in p.table.links
+
+    run(body)

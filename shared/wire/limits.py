@@ -53,3 +53,5 @@ MAX_SYNC = 1000
 MAX_SCENARIO_BYTES = 1024 * 1024
 #: Most scenarios the proxy keeps (playing, done or stopped; the oldest finished ones are forgotten first).
 MAX_SCENARIOS = 16
+#: Most links (and handed-over UEs) one scenario may act on (``GetChannel`` reports where each of them is).
+MAX_SCENARIO_LINKS = 1000
