@@ -388,6 +388,52 @@ def test_load_from_the_ue_container(stack: Stack) -> None:
     assert not summary.get("errors"), summary
 
 
+@needs_engine
+def test_proxy_plays_a_mounted_scenario_and_trace(stack: Stack, tmp_path: Path) -> None:
+    """docker/compose.mobility.yml: a scenario folder and a traces folder mounted into the proxy; the scenario
+    (MEG_COMPOSE_CHANNEL_SCENARIO) plays from start-up and puts ue->es0's downlink on a trace profile (a flat
+    trace written here with numpy, in the .npz format shared/channel/trace.py reads), which a UE's image then
+    crosses; `meg-channel show` in the container shows both of the scenario's links."""
+    from shared.channel.trace import flat_trace, save_trace
+
+    configs, scenarios, traces = tmp_path / "configs", tmp_path / "scenarios", tmp_path / "traces"
+    for d in (configs, scenarios, traces):
+        d.mkdir()
+    save_trace(traces / "ramp.npz", *flat_trace(np.linspace(-3.0, 3.0, 2000), numerology=1, generator="test: numpy"))
+    (configs / "channel-profiles.toml").write_text((ROOT / "configs" / "channel-profiles.toml").read_text()
+                                                    + '\n[profiles.traced]\ntrace = "/etc/meg/traces/ramp.npz"\nsnr_db = 12\n')
+    (scenarios / "moving.toml").write_text('[[event]]\nat_s = 0.0\nlink = "ue->es0"\ndirection = "downlink"\n'
+                                           'profile = "traced"\n\n[[event]]\nat_s = 0.0\nlink = "probe->es0"\n'
+                                           'snr_db = 7.5\n')
+    for d in (tmp_path, configs, scenarios, traces):
+        d.chmod(0o755)
+        for f in d.iterdir():
+            f.chmod(0o755 if f.is_dir() else 0o644)  # readable by the containers' uid
+    settings = {"MEG_COMPOSE_CONFIGS": str(configs), "MEG_COMPOSE_SCENARIOS": str(scenarios),
+                "MEG_COMPOSE_TRACES": str(traces), "MEG_COMPOSE_CHANNEL_SCENARIO": "/etc/meg/scenarios/moving.toml"}
+    stack.overrides = (ROOT / "docker" / "compose.mobility.yml",)
+    stack.env.update(settings)
+    try:
+        stack.compose("up", "-d", timeout=600)  # recreates the proxy only (its settings changed)
+        stack.wait_healthy(["es0", "channel"])
+        shown = json.loads(stack.compose("exec", "-T", "channel", "meg-channel", "show", "--via", "127.0.0.1:50052",
+                                         "--json").stdout)
+        links = {ls["link"]: ls for ls in shown["links"]}
+        assert links["ue->es0"]["downlink"]["name"] == "traced" and links["ue->es0"]["downlink"]["snr_db"] == 12
+        assert links["probe->es0"]["downlink"]["snr_db"] == 7.5
+        logs = stack.compose("logs", "--no-color", "channel").stdout
+        assert "scenario: profile(ue->es0, downlink, traced)" in logs, logs[-3000:]
+        res = stack.ue("generate", PROMPT, "--protocol", "CIAG", "--via", VIA, "--out", "/out/traced.png", "--json")
+        report = json.loads(res.stdout.strip().splitlines()[-1])
+        assert report["downlink"]["channel"] == "traced" and report["downlink"]["snr_db"] == 12, report
+        _read_png(stack.out / "traced.png")
+    finally:
+        stack.overrides = ()
+        for k in settings:
+            del stack.env[k]
+        stack.compose("up", "-d", timeout=600, check=False)  # back to the plain proxy for the tests after
+
+
 def _has_tls() -> bool:
     if not (ROOT / "scripts" / "make-dev-certs.sh").is_file() or not shutil.which("meg-edge"):
         return False

@@ -240,6 +240,11 @@ def test_timeline_follows_a_scenario_and_agrees_with_requests_csv(random_model_d
         if len(carried) == 1:
             assert es == carried.pop(), row
         previous = at
+    # the proxy's own account of where the scenario is, at each read (its clock started with the first events)
+    started = min(e[0] for e in events)
+    assert {r["scenario"] for r in rows} == {"ramp"}
+    for row in rows:
+        assert float(row["scenario_s"]) == pytest.approx(t0 + float(row["sampled_s"]) - started, abs=0.3), row
     known = [r for r in rows if r["serving"] != "?"]
     table = "\n".join(f"{r['t0_s']} {r['sampled_s']} {r['serving']} {r['link_snr_db']} {r['finished']}" for r in rows)
     assert len(known) >= 6 and checked >= len(known) // 2, f"t0 {t0}\n{table}\n{events}"

@@ -12,7 +12,8 @@ Per bin ``[t0, t1)`` (seconds since the run started; measured requests only, war
 * ``air_s``: the air time of the bin's finished requests (both directions; blank without a cell);
 * the link state, read at the bin's end through the one control client (:class:`shared.rpc.control.ControlClient`):
   ``GetStats`` says which link of each of the run's UEs carried its transmissions since the last read (so which
-  ES serves it: a handover moves them to ``ue->es1``), ``GetChannel`` that link's profile (name, model, SNR).
+  ES serves it: a handover moves them to ``ue->es1``), ``GetChannel`` that link's profile (name, model, SNR) and
+  how far the scenario playing on the run's UEs is (``scenario_s``: the bins line up with the scenario file's times).
   With several UEs, ``serving`` counts UEs per ES and the SNRs are means over the UEs' serving links.
 
 :class:`TimelineRecorder` closes each bin as the run goes (a thread at the bin boundaries); :class:`TimelineLog`
@@ -76,6 +77,8 @@ class LinkState:
     model: dict[str, str] = field(default_factory=dict)  # UE -> that profile's model
     downlink_snr_db: dict[str, float] = field(default_factory=dict)  # UE -> downlink SNR (absent: ideal)
     uplink_snr_db: dict[str, float] = field(default_factory=dict)
+    scenario: str = ""  # the scenario playing on the run's UEs (GetChannel's scenarios; else the first one)
+    scenario_s: float | None = None  # how far it is, seconds from its start on the proxy's clock
 
 
 class LinkSampler:
@@ -143,6 +146,10 @@ class LinkSampler:
                     into[ue] = float(p.snr_db)
         if tx is not None:
             self._tx = tx
+        ours = [sc for sc in settings.scenarios if any(
+            p.link in self.ues or p.link.partition("->")[0] in self.ues for p in sc.positions)]
+        for sc in ours[:1] or list(settings.scenarios)[:1]:
+            out.scenario, out.scenario_s = sc.name, round(float(sc.elapsed_s), 3)
         return out
 
     def close(self) -> None:
@@ -169,6 +176,8 @@ class TimelineRow:
     link_snr_db: float | None = None  # the serving links' downlink SNR (mean over UEs; None: ideal or not read)
     uplink_snr_db: float | None = None
     sampled_s: float | None = None  # when the proxy was read for this bin
+    scenario: str = ""  # the scenario playing on the run's UEs then ("": none)
+    scenario_s: float | None = None  # where it was, seconds from its start (line the bins up with its file)
 
     @classmethod
     def of(cls, t0: float, t1: float, sent: int, done: Sequence[_Done], link: LinkState | None) -> TimelineRow:
@@ -187,6 +196,7 @@ class TimelineRow:
             row.air_s = round(float(sum(air)), 6) if air else None
         if link is not None:
             row.sampled_s = round(link.t_s, 6)
+            row.scenario, row.scenario_s = link.scenario, link.scenario_s
             counts: dict[str, int] = {}
             for es in link.serving.values():
                 counts[es or "?"] = counts.get(es or "?", 0) + 1
@@ -342,14 +352,15 @@ def format_timeline(rows: Sequence[TimelineRow], max_rows: int = 24) -> str:
         return "-" if v is None else format(v, fmt)
 
     head = f"{'t (s)':>11} {'sent':>5} {'ok':>5} {'fail':>4} {'p50 s':>7} {'p99 s':>7} {'SNR*':>6} {'air s':>7}  " \
-           f"{'ES':<8} {'link':<14} {'link SNR':>8}"
+           f"{'ES':<8} {'link':<14} {'link SNR':>8} {'scen s':>7}"
     lines = [f"timeline ({len(rows)} bins of {rows[0].t1_s - rows[0].t0_s:g} s"
-             + (f", every {step}th shown" if step > 1 else "") + "; SNR* = applied to the bin's requests):", head]
+             + (f", every {step}th shown" if step > 1 else "") + "; SNR* = applied to the bin's requests; scen s = "
+             "where the proxy's scenario was at the bin's end):", head]
     for r in rows[::step]:
         lines.append(f"{r.t0_s:5.1f}-{r.t1_s:<5.1f} {r.sent:>5d} {r.finished:>5d} {r.failed:>4d} "
                      f"{f(r.latency_p50_s, '7.3f'):>7} {f(r.latency_p99_s, '7.3f'):>7} {f(r.applied_snr_db, '6.1f'):>6} "
                      f"{f(r.air_s, '7.4f'):>7}  {r.serving or '-':<8} {(r.link_profile or '-')[:14]:<14} "
-                     f"{f(r.link_snr_db, '8.1f'):>8}")
+                     f"{f(r.link_snr_db, '8.1f'):>8} {f(r.scenario_s, '7.1f'):>7}")
     return "\n".join(lines)
 
 
