@@ -12,9 +12,20 @@ Schemes, all sending one generated result over the same channel function the pro
   it, ideal link adaptation) — exact after 8-bit rounding above MCS 0's threshold (−6.0 dB), **lost** below
   (``outage`` = 1, PSNR and FID empty: nothing arrived). ``digital_bytes`` is the PNGs' mean size.
 
+Channels (``--channels``): ``awgn`` and ``rayleigh`` (block fading, L = 64 symbols), the default; and the
+3GPP TR 38.901 models ``tdl-a`` … ``tdl-e``, ``cdl-a`` … ``cdl-e`` at each of ``--speeds`` km/h (default 3, 30,
+120): a Sionna trace made as ``meg-lab make-trace`` makes it (3.5 GHz, 20 MHz, numerology 1, per PRB, 100 ns
+delay spread, ``--trace-seconds`` long, Sionna seed ``--seed``; cached in ``OUT/traces/``), each result replayed
+on it by a lone UE of the cell (consecutive REs of the whole carrier, slot after slot, with
+``shared.channel.trace.transmit_on_grid``, the proxy's replay). Their rows' ``channel`` is e.g.
+``tdl-c@120kmh``. On a trace the digital baseline's MCS is still the mean SNR's, and each slot's transport
+block is lost when its effective SNR (MIESM with Shannon's gapped rate) falls below that MCS's threshold:
+``outage`` is then the fraction of images lost, PSNR and FID are over the delivered ones (details:
+:mod:`meg_lab.eval_channels`).
+
 The reference ("perfectly received") image of each prompt is the same generation over an ideal link.
-Writes ``results.csv``, ``psnr_vs_snr.png``, ``fid_vs_snr.png``, ``psnr_fc_snr.png``, ``fid_fc_snr.png`` and
-``table_ii.md`` (symbols per scheme and model sizes) into ``--out``.
+Writes ``results.csv``, ``psnr_vs_snr.png``, ``fid_vs_snr.png`` (one panel per channel), ``psnr_fc_snr.png``,
+``fid_fc_snr.png`` (AWGN only) and ``table_ii.md`` (symbols per scheme and model sizes) into ``--out``.
 """
 
 from __future__ import annotations
@@ -22,16 +33,29 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
+import shlex
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from meg_lab.eval_channels import (
+    BASIC_CHANNELS,
+    DEFAULT_SPEEDS,
+    LoneUe,
+    TraceSpec,
+    parse_channels,
+    send_png_on_trace,
+    trace_for,
+)
 from shared.channel.mcs import select_mcs
-from shared.channel.models import MODELS
+from shared.channel.models import MODELS, ChannelConfigError
 from shared.channel.profiles import ChannelProfile
 from shared.channel.transmit import transmit
 from shared.model import vae
@@ -50,7 +74,8 @@ class Sweep:
     n: int
     snrs: tuple[float, ...]
     fcs: tuple[float, ...]
-    channels: tuple[str, ...] = ("awgn", "rayleigh")
+    #: a basic channel's name, or a 3GPP trace (:class:`meg_lab.eval_channels.TraceSpec`)
+    channels: tuple[str | TraceSpec, ...] = BASIC_CHANNELS
     fid: bool = True
 
 
@@ -85,6 +110,20 @@ def send_each(x: torch.Tensor, profile: ChannelProfile, rng: np.random.Generator
     return torch.stack([torch.from_numpy(transmit(item.numpy(), profile, rng).received) for item in x])
 
 
+def send_on_trace(x: torch.Tensor, ue: LoneUe, snr_db: float, rng: np.random.Generator) -> torch.Tensor:
+    """Send item ``i`` of the batch ``[B, ...]`` as the lone UE's transmission ``i`` on its trace."""
+    return torch.stack([torch.from_numpy(ue.send(item.numpy(), i, snr_db, rng)) for i, item in enumerate(x)])
+
+
+def _sender(ue: LoneUe | None, profile: ChannelProfile | None, snr_db: float,
+            rng: np.random.Generator) -> Callable[[torch.Tensor], torch.Tensor]:
+    """What sends a batch on this row's channel: the lone UE's trace, else the profile's block fading."""
+    if ue is not None:
+        return lambda x: send_on_trace(x, ue, snr_db, rng)
+    assert profile is not None
+    return lambda x: send_each(x, profile, rng)
+
+
 def send_png(pngs: list[bytes], snr_db: float) -> torch.Tensor | None:
     """The digital baseline's downlink of PNG images at ``snr_db``: the images ``[B, 3, H, W]`` exactly as sent
     when the SNR affords an MCS, ``None`` (every image lost: the outage) below MCS 0's threshold."""
@@ -93,7 +132,9 @@ def send_png(pngs: list[bytes], snr_db: float) -> torch.Tensor | None:
     return torch.cat([png_to_image(p) for p in pngs])
 
 
-def run(model: Path, out: Path, sweep: Sweep, seed: int = 0) -> list[dict[str, object]]:
+def run(model: Path, out: Path, sweep: Sweep, seed: int = 0, command: str = "") -> list[dict[str, Any]]:
+    """Evaluate every scheme on every channel × SNR of ``sweep``; write results.csv, the plots, table_ii.md and
+    run.json (with ``command``) into ``out``; return the rows."""
     t0 = time.perf_counter()
     from shared.model.ops import ModelParts
 
@@ -112,12 +153,38 @@ def run(model: Path, out: Path, sweep: Sweep, seed: int = 0) -> list[dict[str, o
     seeds = {(d, fc): codecs[d][fc].encode(latents) for _, d, fc in schemes if d}
     pngs = [image_to_png(im) for im in images]
     png_bytes = round(sum(map(len, pngs)) / len(pngs))
-    rows: list[dict[str, object]] = []
-    for channel in sweep.channels:
+    rows: list[dict[str, Any]] = []
+    traces: dict[str, dict[str, Any]] = {}
+    subset_fid: dict[tuple[int, ...], float] = {}  # the digital baseline's FID by the set of images delivered
+    for spec in sweep.channels:
+        ue = None
+        if isinstance(spec, TraceSpec):
+            tr = trace_for(spec, out / "traces")
+            ue = LoneUe(tr, sweep.n)
+            traces[spec.label] = {"file": str(out / "traces" / spec.file_name), "generator": tr.meta.generator,
+                                  "make_trace": spec.command(spec.file_name), "slots": tr.slots,
+                                  "prbs": tr.meta.prbs, "doppler_hz": round(float(tr.meta.extra.get("doppler_hz", 0)), 2),
+                                  "start_slots": ue.starts}
+        channel = spec.label if isinstance(spec, TraceSpec) else spec
         for snr in sweep.snrs:
-            profile = ChannelProfile(model=channel, snr_db=snr, coherence_symbols=COHERENCE if MODELS[channel].fading else 0)
+            profile = None if ue else ChannelProfile(model=channel, snr_db=snr,
+                                                     coherence_symbols=COHERENCE if MODELS[channel].fading else 0)
             for scheme, design, fc in schemes:
                 rng = np.random.default_rng([seed, int(snr * 10) + 1000, len(rows)])
+                send = _sender(ue, profile, snr, rng)
+                if scheme == "digital-png" and ue is not None:
+                    ok = send_png_on_trace(ue, [len(p) for p in pngs], snr)
+                    keep = [i for i, d in enumerate(ok) if d]
+                    got = torch.cat([png_to_image(pngs[i]) for i in keep]) if keep else None
+                    if fid and got is not None and len(keep) >= 2 and tuple(keep) not in subset_fid:
+                        subset_fid[tuple(keep)] = round(fid(got * 2 - 1), 3)  # the same images: the same FID
+                    rows.append({
+                        "channel": channel, "snr_db": snr, "scheme": scheme, "design": "-", "fc": fc, "symbols": 0,
+                        "psnr_db": float("nan") if got is None else round(psnr(got, images[keep], per_image=True, max_db=100.0), 3),
+                        "fid": subset_fid.get(tuple(keep), float("nan")),
+                        "n": sweep.n, "outage": round(1.0 - len(keep) / len(ok), 4), "digital_bytes": png_bytes,
+                    })
+                    continue
                 if scheme == "digital-png":
                     got = send_png(pngs, snr)
                     rows.append({
@@ -128,13 +195,13 @@ def run(model: Path, out: Path, sweep: Sweep, seed: int = 0) -> list[dict[str, o
                     })
                     continue
                 if scheme == "centralized":
-                    received, symbols = send_each(images, profile, rng).clamp(0, 1), images[0].numel()
+                    received, symbols = send(images).clamp(0, 1), images[0].numel()
                 elif scheme == "raw-latent":
-                    received, symbols = decode(parts, send_each(latents, profile, rng)), latents[0].numel()
+                    received, symbols = decode(parts, send(latents)), latents[0].numel()
                 else:
                     s = seeds[design, fc]
                     with torch.no_grad():
-                        z = codecs[design][fc].decode(send_each(s, profile, rng)).reshape(latents.shape)
+                        z = codecs[design][fc].decode(send(s)).reshape(latents.shape)
                     received, symbols = decode(parts, z), s[0].numel()
                 rows.append({
                     "channel": channel, "snr_db": snr, "scheme": scheme, "design": design or "-", "fc": fc,
@@ -148,10 +215,14 @@ def run(model: Path, out: Path, sweep: Sweep, seed: int = 0) -> list[dict[str, o
         w = csv.DictWriter(f, fieldnames=COLUMNS)
         w.writeheader()
         w.writerows(rows)
-    plot(rows, out)
+    plot(rows, out, {s.label: s.title for s in sweep.channels if isinstance(s, TraceSpec)})
     write_table_ii(parts, codecs, model, out)
-    (out / "run.json").write_text(json.dumps({"seconds": round(time.perf_counter() - t0, 1), "n": sweep.n,
-                                              "snrs": sweep.snrs, "fcs": sweep.fcs, "prompts": prompts[:8]}, indent=2))
+    info: dict[str, object] = {"seconds": round(time.perf_counter() - t0, 1), "n": sweep.n, "snrs": sweep.snrs,
+                               "fcs": sweep.fcs, "prompts": prompts[:8]}
+    if traces:  # the 3GPP runs say what they ran (the basic runs' run.json keeps its old keys)
+        info = {"command": command, **info, "fid": sweep.fid, "seed": seed,
+                "channels": [s.label if isinstance(s, TraceSpec) else s for s in sweep.channels], "traces": traces}
+    (out / "run.json").write_text(json.dumps(info, indent=2))
     return rows
 
 
@@ -170,36 +241,56 @@ def _style(scheme: str, fc: float) -> dict[str, object]:
     return {"color": cmap(0.35 + 0.6 * fc), "linestyle": "--" if scheme == "meg-paper" else "-"}
 
 
-def plot(rows: list[dict[str, object]], out: Path) -> None:
+def plot(rows: list[dict[str, Any]], out: Path, titles: dict[str, str] | None = None) -> None:
+    """PSNR and FID vs SNR, one panel per channel (``titles``: the 3GPP channels' panel titles by label; with
+    any, panels follow the sweep's order, a row per model and a column per speed), and the fc × SNR maps (AWGN)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    channels = sorted({str(r["channel"]) for r in rows})
+    titles = titles or {}
+    seen = list(dict.fromkeys(str(r["channel"]) for r in rows))
+    channels = seen if titles else sorted(seen)
+    ncols = len(channels)
+    if titles:  # a column per speed: the speeds of the first model
+        models = [c.split("@")[0] for c in channels if c in titles]
+        ncols = max(1, models.count(models[0]))
+    nrows = math.ceil(len(channels) / ncols)
     labels = sorted({(str(r["scheme"]), float(r["fc"])) for r in rows}, key=lambda s: (s[0] != "centralized", s[0], s[1]))
     for metric, fname, ylabel in (("psnr_db", "psnr_vs_snr.png", "PSNR vs perfect image (dB)"),
                                   ("fid", "fid_vs_snr.png", "FID vs perfect images")):
-        fig, axes = plt.subplots(1, len(channels), figsize=(6 * len(channels), 4.2), squeeze=False)
-        for ax, ch in zip(axes[0], channels):
+        size = (6 * ncols, 4.2 * nrows) if not titles else (4.6 * ncols, 3.3 * nrows)
+        fig, axes = plt.subplots(nrows, ncols, figsize=size, squeeze=False)
+        flat = list(axes.reshape(-1))
+        for ax, ch in zip(flat, channels):
             for scheme, fc in labels:
                 pts = sorted((float(r["snr_db"]), float(r[metric])) for r in rows
                              if r["channel"] == ch and r["scheme"] == scheme and float(r["fc"]) == fc)
                 if not pts or all(np.isnan(v) for _, v in pts):
                     continue
                 name = scheme if scheme in ("centralized", "raw-latent", "digital-png") else f"{scheme} fc={fc:g}"
+                if scheme == "digital-png" and ch in titles:
+                    name += " (delivered)"
                 ax.plot(*zip(*pts), **_style(scheme, fc), marker="o", ms=3, label=name)
-            ax.set_title(f"{ch.upper()}" + (f" (block fading, L={COHERENCE})" if MODELS[ch].fading else ""))
-            ax.set_xlabel("SNR (dB)")
+            if ch in titles:
+                _plot_outage(ax, rows, ch)
+                ax.set_title(f"{titles[ch]} (lone UE, perfect CSI)", fontsize=9)
+            else:
+                ax.set_title(f"{ch.upper()}" + (f" (block fading, L={COHERENCE})" if MODELS[ch].fading else ""))
+            ax.set_xlabel("mean SNR (dB)" if ch in titles else "SNR (dB)")
             ax.set_ylabel(ylabel)
             ax.grid(alpha=0.3)
-        axes[0][0].legend(fontsize=7, ncol=2)
+        for ax in flat[len(channels):]:
+            ax.set_visible(False)
+        if flat[0].get_legend_handles_labels()[0]:
+            flat[0].legend(fontsize=6 if titles else 7, ncol=2)
         fig.tight_layout()
-        fig.savefig(out / fname, dpi=90)
+        fig.savefig(out / fname, dpi=72 if titles else 90)
         plt.close(fig)
     # Figs. 8-9: metric over (fc, SNR) for the MEG codecs on AWGN
     for metric, fname in (("psnr_db", "psnr_fc_snr.png"), ("fid", "fid_fc_snr.png")):
-        designs = sorted({str(r["design"]) for r in rows if str(r["scheme"]).startswith("meg-")})
+        designs = sorted({str(r["design"]) for r in rows if str(r["scheme"]).startswith("meg-") and r["channel"] == "awgn"})
         if not designs:
             continue
         fig, axes = plt.subplots(1, len(designs), figsize=(5.5 * len(designs), 4), squeeze=False)
@@ -219,6 +310,19 @@ def plot(rows: list[dict[str, object]], out: Path) -> None:
         fig.tight_layout()
         fig.savefig(out / fname, dpi=90)
         plt.close(fig)
+
+
+def _plot_outage(ax: Any, rows: list[dict[str, Any]], channel: str) -> None:
+    """The digital baseline's lost images (%) on a twin axis of a 3GPP panel."""
+    pts = sorted((float(r["snr_db"]), 100 * float(r["outage"])) for r in rows
+                 if r["channel"] == channel and r["scheme"] == "digital-png")
+    if not pts:
+        return
+    twin = ax.twinx()
+    twin.plot(*zip(*pts), color="tab:orange", alpha=0.45, linewidth=1, marker="x", ms=3, label="digital-png lost (%)")
+    twin.set_ylim(-3, 103)
+    twin.set_ylabel("digital images lost (%)", fontsize=7, color="tab:orange")
+    twin.tick_params(axis="y", labelsize=7, colors="tab:orange")
 
 
 def write_table_ii(parts: ModelParts, codecs: dict[str, dict[float, SeedCodec]], model: Path, out: Path) -> None:
@@ -247,19 +351,67 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="8 prompts, 5 SNRs, fc 0.5 (about a minute)")
     parser.add_argument("--n", type=int, help="prompts per cell (default 48)")
     parser.add_argument("--no-fid", action="store_true", help="PSNR only")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="prompts, noise and the 3GPP traces' Sionna seed")
+    parser.add_argument("--channels", default=",".join(BASIC_CHANNELS),
+                        help="comma-separated: awgn, rayleigh (block fading, L=64), and the TR 38.901 traces "
+                             "tdl-a..tdl-e, cdl-a..cdl-e (each at every --speeds; needs Sionna). Default awgn,rayleigh")
+    parser.add_argument("--speeds", default=",".join(f"{v:g}" for v in DEFAULT_SPEEDS),
+                        help="UE speeds in km/h of the 3GPP channels (default 3,30,120)")
+    parser.add_argument("--snrs", help="comma-separated SNRs in dB, or START:STOP:STEP; write --snrs=-10:30:5 when it starts with a minus (default -30:30:5; --quick "
+                                       "-20,-10,0,10,30)")
+    parser.add_argument("--fcs", help="comma-separated compression rates of the MEG codecs (default all shipped; "
+                                      "--quick 0.5)")
+    parser.add_argument("--trace-seconds", type=float, default=2.0,
+                        help="length of each 3GPP trace (3.5 GHz, 20 MHz, numerology 1, per PRB; cached in OUT/traces)")
+
+
+def parse_floats(text: str, flag: str) -> tuple[float, ...]:
+    """``a,b,c`` or ``start:stop:step`` (stop included) -> floats; SystemExit naming ``flag`` otherwise."""
+    try:
+        if ":" in text:
+            start, stop, step = (float(v) for v in text.split(":"))
+            if not step > 0 or stop < start:
+                raise ValueError
+            k = math.floor((stop - start) / step + 1e-9)
+            values = tuple(round(start + i * step, 6) for i in range(k + 1))
+        else:
+            values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise SystemExit(f"meg-lab eval: {flag} must be comma-separated numbers or START:STOP:STEP, got {text!r}") from None
+    if not values or not all(math.isfinite(v) for v in values):
+        raise SystemExit(f"meg-lab eval: {flag} must name finite numbers, got {text!r}")
+    return values
+
+
+def argv_is_eval() -> bool:
+    """Whether this process was started as ``meg-lab eval ...`` (so ``sys.argv[2:]`` are its flags)."""
+    return len(sys.argv) > 1 and sys.argv[1] == "eval"
+
+
+def sweep_from_args(args: argparse.Namespace) -> Sweep:
+    """The sweep the parsed flags ask for (no flags: :data:`FULL`; ``--quick``: :data:`QUICK`); SystemExit naming
+    the flag for a bad value or an unknown channel."""
+    sweep = QUICK if args.quick else FULL
+    if not (math.isfinite(args.trace_seconds) and args.trace_seconds > 0):
+        raise SystemExit(f"meg-lab eval: --trace-seconds must be > 0, got {args.trace_seconds}")
+    if args.n is not None and args.n < 2:
+        raise SystemExit(f"meg-lab eval: --n must be at least 2 prompts, got {args.n}")
+    try:
+        channels = tuple(parse_channels(args.channels, parse_floats(args.speeds, "--speeds"),
+                                        seconds=args.trace_seconds, seed=args.seed))
+    except ChannelConfigError as exc:
+        raise SystemExit(f"meg-lab eval: {exc}") from None
+    return Sweep(args.n or sweep.n, parse_floats(args.snrs, "--snrs") if args.snrs else sweep.snrs,
+                 parse_floats(args.fcs, "--fcs") if args.fcs else sweep.fcs, channels, sweep.fid and not args.no_fid)
 
 
 def run_cli(args: argparse.Namespace) -> int:
     """Run the sweep of the parsed flags and write everything into ``args.out``."""
-    sweep = QUICK if args.quick else FULL
-    if args.n:
-        sweep = Sweep(args.n, sweep.snrs, sweep.fcs, sweep.channels, sweep.fid)
-    if args.no_fid:
-        sweep = Sweep(sweep.n, sweep.snrs, sweep.fcs, sweep.channels, False)
+    sweep = sweep_from_args(args)
     from shared.model.loader import default_model_path
 
     model = Path(args.model) if args.model else default_model_path()
-    run(model, Path(args.out), sweep, args.seed)
+    command = shlex.join(["meg-lab", *sys.argv[1:]]) if argv_is_eval() else ""
+    run(model, Path(args.out), sweep, args.seed, command)
     print(f"wrote {args.out}/results.csv and plots")
     return 0
