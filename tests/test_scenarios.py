@@ -348,3 +348,14 @@ def test_the_example_scenario_parses() -> None:
     assert [(e.at_s, e.ue, e.value) for e in handover] == [(40.0, "phone", "es1")]
     snrs = [e.value for e in scenario.events if e.link == "phone->es0"]
     assert len(snrs) == 81 and max(snrs) == snrs[40] and snrs[0] == pytest.approx(snrs[80])  # closest at 20 s
+
+
+def test_the_runtime_example_scenario_parses_with_its_trace_under_the_trace_dir() -> None:
+    """configs/scenarios/handover.toml (README): started at runtime, its trace name resolves as the proxy says."""
+    from shared.channel.scenario import parse_scenario_text
+
+    path = Path(__file__).resolve().parent.parent / "configs" / "scenarios" / "handover.toml"
+    scenario = parse_scenario_text(path.read_text(), "handover", lambda name, field: f"/srv/traces/{name}")
+    assert scenario.links == ["phone->es0", "phone->es1"] and scenario.duration_s == 6.0
+    assert [(e.kind, e.value) for e in scenario.events if e.at_s == 6.0 and e.link != "phone->es0"] == [
+        ("snr", 15.0), ("trace", "/srv/traces/tdl-a-30.npz"), ("handover", "es1")]
