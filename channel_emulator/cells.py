@@ -6,7 +6,9 @@ else ``meg-channel serve --bandwidth-mhz``); requests go on its uplink scheduler
 then each over-the-air tensor's ``ceil(n/2)``) queues on its link's flow; with the ``enforce`` clock the proxy
 releases it at its departure time (arrival + queueing + air + the link's delay and jitter), so the proxy's own
 work is absorbed; with ``account`` it is forwarded at once and the same times are computed (as predicted at
-arrival: exact unless later messages in the cell take a share of the same slots) and reported.
+arrival: exact unless later messages in the cell take a share of the same slots) and reported. ``carry(...,
+grants=True)`` also hands back each segment's grant units (:attr:`Crossing.served`), where the proxy replays a
+trace link's tensors (:mod:`channel_emulator.replay`).
 
 No cell configured: :meth:`CellSet.cell_of` is ``None`` for every ES and the proxy takes no time, as before.
 """

@@ -235,6 +235,23 @@ def test_grants_are_the_seam_disjoint_units_on_the_grid() -> None:
         assert t.slots == len({slot for slot, _ in flow_units})
 
 
+@pytest.mark.parametrize("kind", [CellScheduler, PfScheduler])
+def test_predicted_grants_are_the_grants_when_nothing_else_arrives(kind: type[CellScheduler]) -> None:
+    """predict_segments (the account clock's units, for trace replay) on a copy: equal to the units each segment
+    then gets, leads included, and the scheduler itself is left as it was."""
+    s = kind(CELL20, "downlink")
+    tickets = [s.submit(f"ue{i}->es0", [37 * (i + 1), 3_000 * (i + 1), 500], 0.0002 * i) for i in range(4)]
+    last = tickets[-1]
+    predicted = s.predict_segments(last)
+    assert last.state == "queued" and not any(seg.grants for seg in last.segments)  # untouched
+    _run(s)
+    assert last.state == "done"
+    for want, got in zip(predicted, last.segments, strict=True):
+        assert [u for g in want.grants for u in g.units()] == [u for g in got.grants for u in g.units()]
+        assert want.lead == got.lead
+    assert last.segments[1].lead == 37 * 4 % CELL20.re_per_prb  # the tensor starts where the digital part ended
+
+
 def test_a_message_that_cannot_finish_before_its_deadline_expires_at_the_deadline() -> None:
     s = CellScheduler(CELL20, "uplink")
     slow = s.submit("a->es0", [CELL20.re_per_slot * 100], 0.0, deadline=0.0101)
