@@ -459,7 +459,7 @@ def test_tls_and_tokens_override(stack: Stack, tmp_path: Path) -> None:
     stack.wait_healthy(["es0", "channel"])  # the TLS health checks pass
     tls = ["--tls-ca", "/certs/ca.pem", "--tls-cert", "/certs/ue.pem", "--tls-key", "/certs/ue.key"]
     stack.ue("generate", PROMPT, "--protocol", "CIAG", "--via", VIA, *tls, "--token-file", "/certs/ue.token",
-             "--out", "/out/tls.png")
+             "--ue-id", "meg-ue", "--out", "/out/tls.png")  # the UE id its certificate may claim (issue 23.8)
     _read_png(stack.out / "tls.png")
     no_token = stack.ue("generate", PROMPT, "--protocol", "CIAG", "--via", VIA, *tls, "--out", "/out/x.png", check=False)
     assert no_token.returncode != 0 and "not authenticated" in (no_token.stdout + no_token.stderr).lower()
