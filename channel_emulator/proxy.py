@@ -40,6 +40,7 @@ from channel_emulator.walker import air_tensors, carries_air
 from shared.channel.airtime import DirectionAirtime, airtime_value
 from shared.channel.models import ChannelConfigError
 from shared.channel.scheduler import Segment
+from shared.channel.trace import check_power_allocation
 from shared.pb import air_pb2, channel_pb2, channel_pb2_grpc, edge_pb2
 from shared.rpc.security import TlsFiles, aio_channel, server_credentials, server_interceptors
 from shared.rpc.server import (
@@ -228,7 +229,8 @@ def _forwarder(method: object, table: LinkTable, upstreams: Upstreams, advertise
 
     def scan(direction: str, raw: bytes) -> tuple[Message, list[air_pb2.AirTensor]]:
         """(In the math thread.) The parsed message and the tensors the channel will touch, picked as
-        :meth:`LinkTable.apply` picks them (well-formed, finite), before any is touched."""
+        :meth:`LinkTable.apply` picks them (well-formed, finite), before any is touched; a bad power allocation
+        raises ChannelConfigError here, before the message takes any time on the air."""
         msg = classes[direction].FromString(raw)
         out = []
         for t in air_tensors(msg):
@@ -237,6 +239,8 @@ def _forwarder(method: object, table: LinkTable, upstreams: Upstreams, advertise
             except air.TensorError:
                 continue
             if np.isfinite(x).all():
+                check_power_allocation(np.asarray(t.block_power) if len(t.block_power) else None, x.size,
+                                       int(t.block_length))
                 out.append(t)
         return msg, out
 

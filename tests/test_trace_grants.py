@@ -176,3 +176,34 @@ def test_two_ues_in_one_cell_are_received_on_their_own_granted_units(stack: Stac
     lone = Allocation.from_units(_units(list(range(11))), xb.size // 2, 168, lead_b)
     assert not np.allclose(got_b, _expected(stack, xb, tb, lone))  # the lone-UE layout is not what b got
     assert math.isclose(float(airb["air_s"]), 1e-3)  # type: ignore[arg-type]  # positions 1..21: slot 0 only
+
+
+def test_a_bad_power_allocation_on_a_trace_link_is_refused_before_any_air_time(tmp_path: Path) -> None:
+    """The enforce clock on a virtual time nobody advances: a trace link's request with a NaN power allocation is
+    INVALID_ARGUMENT at once, checked before the message is queued (it would otherwise wait for its slots)."""
+    from channel_emulator.link import LinkTable
+    from channel_emulator.proxy import create_proxy
+
+    profile = profile_from_mapping("moving", {"trace": str(_trace(tmp_path / "t.npz")), "snr_db": 12})
+    clock = VirtualClock(0.0)
+    cells = CellSet({"default": CELL}, "enforce", clock)
+    REPLAY.restart(clock.now)
+    REPLAY.cell_of = cells.cell_of
+    bg = BackgroundLoop()
+    table = LinkTable(ProfileBook({**BUILTIN_PROFILES, profile.name: profile}, {}), profile, IDEAL)
+    proxy, port, _ = bg.run(create_proxy("127.0.0.1:0", {"es0": "127.0.0.1:1"}, table, cells=cells))  # type: ignore[misc]
+    try:
+        t = air.to_air("x", np.ones(64, np.float32))
+        t.block_length = 8
+        t.block_power.extend([1.0] * 7 + [math.nan])
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch, pytest.raises(grpc.RpcError) as err:
+            edge_pb2_grpc.EdgeServiceStub(ch).Probe(edge_pb2.ProbeRequest(tensors=[t]), timeout=10,
+                                                    metadata=((UE_HEADER, "u"),))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value
+        assert "power allocation entries must be finite" in (err.value.details() or "")
+        assert clock.now() == 0.0 and not cells.directions  # nothing was queued on the cell
+    finally:
+        bg.run(proxy.stop(0))
+        bg.close()
+        REPLAY.restart(__import__("time").monotonic)
+        REPLAY.cell_of = lambda es: None

@@ -409,12 +409,12 @@ class GridTransmission:
     blocks: int = 1  # slots spanned (set by the caller that knows the allocation)
 
 
-def _power_per_symbol(block_power: np.ndarray | None, n: int, block_length: int) -> np.ndarray:
-    """``[n]`` float32 powers from a per-block allocation (blocks of ``block_length`` real symbols; 0 = one), each
-    capped at :data:`~shared.channel.power.P_MAX` and at most :data:`MAX_POWER_BLOCKS` blocks, as
-    :func:`shared.channel.transmit.transmit` takes them."""
+def check_power_allocation(block_power: np.ndarray | None, n: int, block_length: int) -> np.ndarray | None:
+    """The per-block powers ``[T]`` (float64) of a tensor of ``n`` values, or ``None`` for none (unit power); raises
+    ChannelConfigError unless there are at most :data:`MAX_POWER_BLOCKS`, one per block of ``block_length``, all
+    finite and >= 0 (the proxy checks a trace link's before the message takes its time on the air)."""
     if block_power is None or len(block_power) == 0:
-        return np.ones(n, dtype=np.float32)
+        return None
     if block_length < 0:
         raise ChannelConfigError(f"block length must be >= 0 symbols, got {block_length}")
     lp = block_length or n
@@ -426,6 +426,17 @@ def _power_per_symbol(block_power: np.ndarray | None, n: int, block_length: int)
         raise ChannelConfigError(f"power allocation has {p.size} entries for {tp} blocks of {lp} symbols")
     if not np.isfinite(p).all() or (p < 0).any():
         raise ChannelConfigError("power allocation entries must be finite and >= 0")
+    return p
+
+
+def _power_per_symbol(block_power: np.ndarray | None, n: int, block_length: int) -> np.ndarray:
+    """``[n]`` float32 powers from a per-block allocation (blocks of ``block_length`` real symbols; 0 = one), each
+    capped at :data:`~shared.channel.power.P_MAX` (:func:`check_power_allocation`'s checks), as
+    :func:`shared.channel.transmit.transmit` takes them."""
+    p = check_power_allocation(block_power, n, block_length)
+    if p is None:
+        return np.ones(n, dtype=np.float32)
+    lp = block_length or n
     return np.repeat(np.minimum(p, P_MAX).astype(np.float32), lp)[:n]
 
 
