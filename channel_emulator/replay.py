@@ -43,6 +43,7 @@ from shared.channel.scheduler import Segment
 from shared.channel.trace import (
     Allocation,
     Trace,
+    TraceError,
     estimate_gains,
     load_trace_cached,
     transmit_on_grid,
@@ -125,7 +126,7 @@ class Replayer:
         self.cell_of: Callable[[str], CellConfig | None] = lambda es: None
         self.pins: OrderedDict[tuple[str, str], Pin] = OrderedDict()
         #: per link direction, the granted REs of its next tensors in order (set around one message's math)
-        self.granted: dict[tuple[str, str], deque[Allocation]] = {}
+        self.granted: dict[tuple[str, str], deque[Allocation | None]] = {}
 
     def restart(self, clock: Callable[[], float] | None = None) -> None:
         """Count slots from now (on ``clock`` if given) and forget pinned CSI."""
@@ -160,8 +161,13 @@ class Replayer:
         """Before one message's math (in the math thread): its tensors (``n_res`` REs each, in order) are received on
         the units the scheduler gave ``segments`` (one per tensor). :meth:`transmit` takes them in order;
         :meth:`ungrant` afterwards."""
-        self.granted[(link, direction)] = deque(granted_allocation(s, n, re_per_prb, self.epoch)
-                                                for s, n in zip(segments, n_res, strict=True))
+        allocs: deque[Allocation | None] = deque()
+        for s, n in zip(segments, n_res, strict=True):
+            try:
+                allocs.append(granted_allocation(s, n, re_per_prb, self.epoch))
+            except TraceError:  # fewer units than REs (a prediction cut short): the lone-UE layout instead
+                allocs.append(None)
+        self.granted[(link, direction)] = allocs
 
     def ungrant(self, link: str, direction: str) -> None:
         self.granted.pop((link, direction), None)
@@ -172,7 +178,7 @@ class Replayer:
         queue = self.granted.get((link, direction))
         if queue:
             alloc = queue.popleft()
-            if len(alloc) == n_re:
+            if alloc is not None and len(alloc) == n_re:
                 return alloc
         start = pin.start_slot if pin is not None else self.next_slot(cell)
         return Allocation.contiguous(n_re, start, cell.prbs, cell.re_per_prb)
