@@ -355,12 +355,15 @@ class Allocation:
         """REs from the scheduler's grant units ``(slot, prb)`` in order (``shared.channel.scheduler.Grant.units``):
         the transmission's REs start ``lead`` REs into the first unit (a unit can end one segment and start the
         next) and run on unit by unit. Raises TraceError when the units hold fewer than ``n_re`` REs."""
-        u = np.array(list(units), dtype=np.int64).reshape(-1, 2)
-        j = np.arange(int(n_re), dtype=np.int64) + int(lead)
-        unit, k = np.divmod(j, re_per_prb)
-        if n_re and unit[-1] >= len(u):
+        u = np.asarray(units if isinstance(units, np.ndarray) else list(units), dtype=np.int64).reshape(-1, 2)
+        n, lead = int(n_re), int(lead)
+        if n and (lead + n - 1) // re_per_prb >= len(u):
             raise TraceError(f"{len(u)} grant units of {re_per_prb} REs cannot carry {n_re} REs from offset {lead}")
-        return cls(u[unit, 0], u[unit, 1] * SUBCARRIERS_PER_PRB + k % SUBCARRIERS_PER_PRB)
+        used = u[: -(-(lead + n) // re_per_prb)] if n else u[:0]  # the units it touches, each unit's REs in turn
+        pattern = np.arange(re_per_prb, dtype=np.int64) % SUBCARRIERS_PER_PRB
+        slots = np.repeat(used[:, 0], re_per_prb)[lead:lead + n]
+        subcarriers = (np.repeat(used[:, 1] * SUBCARRIERS_PER_PRB, re_per_prb) + np.tile(pattern, len(used)))[lead:lead + n]
+        return cls(slots, subcarriers)
 
 
 def element_gains(trace: Trace, allocation: Allocation, offset_slots: int = 0) -> np.ndarray:
