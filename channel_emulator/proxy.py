@@ -268,9 +268,14 @@ def _forwarder(method: object, table: LinkTable, upstreams: Upstreams, advertise
             msg, touched = await loop.run_in_executor(pool, through, link, direction, raw)
         crossing = None
         if cells is not None and cell is not None:
-            crossing = await cells.carry(link, es, direction, len(raw), [air.symbols(t) for t in touched],
-                                         sum(len(t.data) for t in touched), snr_of(link, direction), deadline, arrival,
-                                         grants=granted)
+            try:
+                crossing = await cells.carry(link, es, direction, len(raw), [air.symbols(t) for t in touched],
+                                             sum(len(t.data) for t in touched), snr_of(link, direction), deadline,
+                                             arrival, grants=granted)
+            except AirError:
+                if granted:  # never sent: counted as an RPC and its bytes, as a block-fading link's is
+                    await loop.run_in_executor(pool, table.apply, link, direction, classes[direction](), len(raw))
+                raise
             if granted:
                 assert msg is not None
                 n_res = [-(-air.symbols(t) // 2) for t in touched]
