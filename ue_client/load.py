@@ -337,7 +337,8 @@ def run_load(parts: Any, cfg: LoadConfig, connect: Connect, image_in: Any = None
     before = proxy_stats(cfg.via, cfg.ue_id, tls=cfg.control_tls, token=cfg.admin_token)
     attach = _Attach(cfg, connect)
     try:
-        sampler = LinkSampler(cfg.via, [f"{cfg.ue_id}{i}" for i in range(cfg.ues)], cfg.control_tls, cfg.admin_token)
+        sampler = LinkSampler(cfg.via, [f"{cfg.ue_id}{i}" for i in range(cfg.ues)], cfg.control_tls, cfg.admin_token,
+                              follows_handovers=not cfg.es)
     except BaseException:
         attach.close()
         raise

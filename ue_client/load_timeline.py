@@ -11,8 +11,10 @@ Per bin ``[t0, t1)`` (seconds since the run started; measured requests only, war
   load run has: it makes no ideal-link reference image, so it computes no PSNR (``meg-lab eval`` does);
 * ``air_s``: the air time of the bin's finished requests (both directions; blank without a cell);
 * the link state, read at the bin's end through the one control client (:class:`shared.rpc.control.ControlClient`):
-  ``GetStats`` says which link of each of the run's UEs carried its transmissions since the last read (so which
-  ES serves it: a handover moves them to ``ue->es1``), ``GetChannel`` that link's profile (name, model, SNR) and
+  the serving ES is where the proxy routes the UE now: for UEs that name no ES (no ``--es``) its last handover
+  in a scenario (``GetChannel``'s scenario positions), else the proxy's first ES, as the proxy routes them (a
+  request already in flight still ends on the ES it went to); with ``--es``, the link that carried its
+  transmissions since the last read (``GetStats``). ``GetChannel`` gives that link's profile (name, model, SNR) and
   how far the scenario playing on the run's UEs is (``scenario_s``: the bins line up with the scenario file's times).
   With several UEs, ``serving`` counts UEs per ES and the SNRs are means over the UEs' serving links.
 
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -81,16 +84,35 @@ class LinkState:
     scenario_s: float | None = None  # how far it is, seconds from its start on the proxy's clock
 
 
+_HANDOVER = re.compile(r"handover of (\S+) to (\S+)")
+
+
+def handovers(settings: Any) -> dict[str, str]:
+    """UE -> the ES the last handover a playing (or finished) scenario applied made its serving ES, from
+    ``GetChannel``'s scenario positions (a handover's position is keyed by the UE; its ``last`` is the event's
+    description, ``handover of UE to ES``; a refused one does not count)."""
+    out: dict[str, str] = {}
+    for sc in settings.scenarios:
+        for pos in sc.positions:
+            m = _HANDOVER.fullmatch(pos.last) if pos.last_event >= 0 and not pos.last_error else None
+            if m and m.group(1) == pos.link:
+                out[pos.link] = m.group(2)
+    return out
+
+
 class LinkSampler:
-    """Reads each of the run's UEs' link state from the proxy (``GetStats`` then ``GetChannel``), remembering
-    the transmissions counted on each link at the last read: the link whose count grew since is the serving one.
-    A target that is no proxy (an ES directly) turns it off after the first read (``enabled`` False); a refused
+    """Reads each of the run's UEs' link state from the proxy (``GetChannel`` then ``GetStats``): the serving ES
+    as the proxy routes the UE (its scenario handovers), or, for UEs that name their ES, the link whose
+    transmissions grew since the last read. A target that is no proxy (an ES directly) turns it off after the first read (``enabled`` False); a refused
     ``GetStats`` (a secured proxy without the admin token) leaves the serving ES to links the UE alone has."""
 
-    def __init__(self, via: str, ues: Sequence[str], tls: TlsFiles | None = None, token: str | None = None) -> None:
+    def __init__(self, via: str, ues: Sequence[str], tls: TlsFiles | None = None, token: str | None = None,
+                 follows_handovers: bool = True) -> None:
+        """``follows_handovers``: the UEs name no ES (no ``--es``), so a scenario's handover routes them."""
         from shared.rpc.control import ControlClient
 
         self.ues = list(ues)
+        self.follows_handovers = follows_handovers
         self.enabled = True
         self.error = ""  # the last read's failure, if any
         self._control = ControlClient(via, tls, token, timeout_s=SAMPLE_DEADLINE_S)
@@ -119,11 +141,14 @@ class LinkSampler:
             self.error = f"GetStats: {exc.code().name}: {exc.details()}"
             tx = None
         links = {ls.link: ls for ls in settings.links}
+        handed = handovers(settings) if self.follows_handovers else {}
         out = LinkState(t_s)
         for ue in self.ues:
             mine = sorted(n for n in links if n.partition("->")[0] == ue)
             grown = {n: tx.get(n, 0) - self._tx.get(n, 0) for n in mine} if tx is not None else {}
-            if any(v > 0 for v in grown.values()):
+            if self.follows_handovers:  # where the proxy routes a UE that names no ES now: its last handover, else
+                es = handed.get(ue) or (settings.upstreams[0] if settings.upstreams else "")  # the first ES
+            elif any(v > 0 for v in grown.values()):
                 es = max(grown, key=lambda n: (grown[n], n)).partition("->")[2]
             elif ue in self._serving:
                 es = self._serving[ue]
