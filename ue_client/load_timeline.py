@@ -379,7 +379,7 @@ def format_timeline(rows: Sequence[TimelineRow], max_rows: int = 24) -> str:
     head = f"{'t (s)':>11} {'sent':>5} {'ok':>5} {'fail':>4} {'p50 s':>7} {'p99 s':>7} {'SNR*':>6} {'air s':>7}  " \
            f"{'ES':<8} {'link':<14} {'link SNR':>8} {'scen s':>7}"
     lines = [f"timeline ({len(rows)} bins of {rows[0].t1_s - rows[0].t0_s:g} s"
-             + (f", every {step}th shown" if step > 1 else "") + "; SNR* = applied to the bin's requests; scen s = "
+             + (f", one in {step} shown" if step > 1 else "") + "; SNR* = applied to the bin's requests; scen s = "
              "where the proxy's scenario was at the bin's end):", head]
     for r in rows[::step]:
         lines.append(f"{r.t0_s:5.1f}-{r.t1_s:<5.1f} {r.sent:>5d} {r.finished:>5d} {r.failed:>4d} "
@@ -391,13 +391,14 @@ def format_timeline(rows: Sequence[TimelineRow], max_rows: int = 24) -> str:
 
 def plot_timeline(path: Path, rows: Sequence[TimelineRow]) -> Path:
     """``timeline.png``: requests per bin, latency p50/p99, the link's SNR (as read and as applied) with the
-    serving ES, and air time, over the run; raises ImportError without matplotlib."""
+    serving ES, and (with a cell) air time, over the run; raises ImportError without matplotlib."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(4, 1, figsize=(10, 8.5), sharex=True)
+    with_air = any(r.air_s is not None for r in rows)  # a cell on the way (else no air time was measured)
+    fig, axes = plt.subplots(4 if with_air else 3, 1, figsize=(10, 8.5 if with_air else 6.8), sharex=True)
     mid = np.array([(r.t0_s + r.t1_s) / 2 for r in rows])
     width = np.array([r.t1_s - r.t0_s for r in rows])
 
@@ -427,9 +428,11 @@ def plot_timeline(path: Path, rows: Sequence[TimelineRow]) -> Path:
             last = r.serving
     ax.set(ylabel="SNR (dB)")
     ax.legend(fontsize=8, loc="lower left")
-    ax = axes[3]
-    ax.bar(mid, np.nan_to_num(col("air_s")), width=width * 0.9, color="#dd8452")
-    ax.set(xlabel="time since start (s)", ylabel="air s / bin")
+    if with_air:
+        ax = axes[3]
+        ax.bar(mid, np.nan_to_num(col("air_s")), width=width * 0.9, color="#dd8452")
+        ax.set(ylabel="air s / bin")
+    ax.set(xlabel="time since start (s)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
