@@ -209,7 +209,7 @@ def test_every_hop_over_mtls_with_the_real_daemons(pki: tuple[Path, Path], rando
                  "--admin-token-file", str(good / "admin.token")]
         with running(proxy, "meg.v1.ChannelControl", tls=client) as (_, port):
             tls = ["--tls-ca", str(good / "ca.pem"), "--tls-cert", str(good / "ue.pem"), "--tls-key", str(good / "ue.key")]
-            r = subprocess.run([script("meg-ue"), "generate", "a red circle", "--via", f"127.0.0.1:{port}", *tls, "--ue-id", "meg-ue",
+            r = subprocess.run([script("meg-ue"), "generate", "a red circle", "--via", f"127.0.0.1:{port}", *tls,  # no --ue-id: the certificate's name
                                 "--token-file", str(good / "ue.token"), "--model", str(random_model_dir), "--steps", "2",
                                 "--out", str(tmp_path / "x.png"), "--json"], capture_output=True, text=True, timeout=120,
                                check=False)

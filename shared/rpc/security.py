@@ -237,3 +237,21 @@ def add_tls_flags(parser: argparse.ArgumentParser, server: bool) -> None:
 def tls_from_args(args: argparse.Namespace) -> TlsFiles:
     return TlsFiles(getattr(args, "tls_cert", None), getattr(args, "tls_key", None), getattr(args, "tls_ca", None),
                     getattr(args, "tls_server_name", None))
+
+
+def certificate_name(cert_path: str) -> str | None:
+    """The name a certificate proves (the identity the channel proxy ties a UE id to): its subject's common name,
+    else its first DNS subject alternative name; None if the file has neither or cannot be read.
+
+    Reads the PEM with the standard library's decoder (``ssl``; no extra dependency)."""
+    import ssl
+
+    try:
+        decoded = ssl._ssl._test_decode_cert(cert_path)  # type: ignore[attr-defined]
+    except (OSError, ssl.SSLError, ValueError):
+        return None
+    for rdn in decoded.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName" and value:
+                return str(value)
+    return next((str(v) for k, v in decoded.get("subjectAltName", ()) if k == "DNS" and v), None)

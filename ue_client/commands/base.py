@@ -61,7 +61,9 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fc", type=FC, default=0.0, help="seed compression rate (0 = 1: raw latent; others: see the "
                                                       "ES's codec rates)")
     p.add_argument("--timeout", type=TIMEOUT, default=120.0, help="deadline of the whole generation, seconds")
-    p.add_argument("--ue-id", default="ue", help="this UE's name on the channel proxy (its link is UE->ES)")
+    p.add_argument("--ue-id", default=None, help="this UE's name on the channel proxy (its link is UE->ES; default: "
+                   "with --tls-cert the certificate's name, which a proxy requiring client certificates ties ids to; "
+                   "else 'ue')")
     p.add_argument("--es", help="which edge server(s) behind the proxy, by name (single-ES protocols: one, default "
                    "its first; multi-ES: comma-separated, default all of them)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -74,6 +76,22 @@ def add_connection_flags(p: argparse.ArgumentParser, admin_use: str | None = Non
     p.add_argument("--token-file", help=f"bearer token for the edge service (default: ${UE_TOKEN_ENV})")
     if admin_use:
         p.add_argument("--admin-token-file", help=f"the proxy's admin token, {admin_use} (default: ${ADMIN_TOKEN_ENV})")
+
+
+def ue_id_of(args: argparse.Namespace, prefix: bool = False) -> str:
+    """``--ue-id``, or its default: the client certificate's name when there is one (a proxy that requires
+    client certificates accepts only ids in that name's namespace: the name, or the name + ``-._:`` ...), else
+    ``ue``. ``prefix``: the id is a prefix of several UEs' ids (``meg-ue load``: ``{prefix}0``, ``{prefix}1``...),
+    so a certificate's name gets a ``-``."""
+    from shared.rpc.security import certificate_name
+
+    if getattr(args, "ue_id", None):
+        return str(args.ue_id)
+    cert = getattr(args, "tls_cert", None)
+    name = certificate_name(cert) if cert else None
+    if name is None:
+        return "ue"
+    return f"{name}-" if prefix else name
 
 
 def ue_token(args: argparse.Namespace) -> str | None:
@@ -104,7 +122,7 @@ def open_client(args: argparse.Namespace, parts: ModelParts) -> EdgeClient:
     """One checked client towards ``--via`` (``--es``, ``--ue-id``): same geometry, a rate the ES has."""
     from ue_client.edge_client import EdgeClient, check_geometry
 
-    client = EdgeClient(args.via, timeout_s=args.timeout, ue_id=args.ue_id, es_name=args.es, tls=tls_from_args(args),
+    client = EdgeClient(args.via, timeout_s=args.timeout, ue_id=ue_id_of(args), es_name=args.es, tls=tls_from_args(args),
                         token=ue_token(args))
     try:
         remote = client.describe()
@@ -120,7 +138,7 @@ def open_clients(args: argparse.Namespace, parts: ModelParts) -> dict[str, EdgeC
     """The multi-ES session's clients (:func:`ue_client.multi.open_clients`)."""
     from ue_client.multi import open_clients as open_all
 
-    return open_all(args.via, args.es, parts, args.timeout, args.ue_id, tls=tls_from_args(args), token=ue_token(args))
+    return open_all(args.via, args.es, parts, args.timeout, ue_id_of(args), tls=tls_from_args(args), token=ue_token(args))
 
 
 def close_all(clients: Iterable[EdgeClient | None]) -> None:
