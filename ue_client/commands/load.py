@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         via=args.via, ues=args.ues, requests=args.requests, duration_s=args.duration, rate=args.rate,
         protocols=parse_protocols(args.protocol, PROTOCOLS), task=args.task, steps=args.steps, fc=args.fc,
         guidance=args.guidance, strength=args.strength, warmup=args.warmup, seed=args.seed, timeout_s=args.timeout,
-        ue_id=args.ue_id, es=cells, attach=args.attach, prompts=tuple(check_prompt(p) for p in args.prompt) if args.prompt else DEFAULT_PROMPTS,
+        ue_id=base.ue_id_of(args, prefix=True), es=cells, attach=args.attach, prompts=tuple(check_prompt(p) for p in args.prompt) if args.prompt else DEFAULT_PROMPTS,
         control_tls=tls_from_args(args), admin_token=base.admin_token(args), timeline_s=args.timeline_s,
     )
     out = Path(args.out)
