@@ -12,9 +12,11 @@ It writes ``results.json`` (throughput; latency p50/p90/p95/p99/p99.9/max as k6'
 report give them; errors by gRPC status; the same per protocol; symbols and bytes per direction from the
 proxy's ``GetStats`` before/after and from the UEs' own accounting; through a proxy with cells, the
 ``breakdown`` of every round trip into queueing, air, delay and compute from the proxy's ``meg-airtime``
-trailers, and with several ``--es`` each cell's share), ``requests.csv`` (one row per request, written as
-each ends) and plots (``latency.png``: histogram and CDF; ``timeline.png``: throughput and latency over
-time; ``breakdown.png``: the stacked means, with cells).
+trailers, and with several ``--es`` each cell's share; the timeline's summary), ``requests.csv`` (one row per
+request, written as each ends), ``timeline.csv`` (one row per time bin, written as each closes: requests,
+latency, the SNR applied, air time and the link state the proxy reports, :mod:`ue_client.load_timeline`) and
+plots (``latency.png``: histogram and CDF; ``timeline.png``: the bins over the run; ``breakdown.png``: the
+stacked means, with cells).
 
 The virtual UEs are threads (the UE's walk is synchronous); they share one gRPC connection per ES
 (:meth:`EdgeClient.for_ue`: HTTP/2 multiplexes their calls, each still names its UE), so N UEs cost N small
