@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import shlex
 import sys
 import time
 from collections.abc import Callable
@@ -175,7 +176,10 @@ def run_record(args: argparse.Namespace) -> dict:
     from shared.channel.power_ppo import policy_metadata
 
     flags = {k: v for k, v in vars(args).items() if k != "argv" and isinstance(v, (str, int, float, bool, type(None)))}
-    record: dict = {"command": "meg-lab eval-power " + " ".join(getattr(args, "argv", [])), "flags": flags}
+    argv = getattr(args, "argv", None)
+    if argv is None:  # through `meg-lab eval-power`: sys.argv is [meg-lab, eval-power, flags...]
+        argv = sys.argv[2:] if len(sys.argv) > 1 and sys.argv[1] == "eval-power" else sys.argv[1:]
+    record: dict = {"command": "meg-lab eval-power " + shlex.join(argv), "flags": flags}
     if args.policy:
         record["policy_sha256"] = hashlib.sha256(Path(args.policy).read_bytes()).hexdigest()
         record["policy_settings"] = policy_metadata(args.policy)

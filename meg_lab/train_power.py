@@ -41,7 +41,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     """The flags of ``meg-lab train-power``."""
     ap.add_argument("--model", default=None, help="StableDiffusionPipeline folder (default: the embedded meg-tiny)")
     ap.add_argument("--out", default=str(DEFAULT_POLICY_PATH), help="policy file to write (.zip)")
-    ap.add_argument("--timesteps", type=int, default=400_000, help="environment steps (one per fading block)")
+    ap.add_argument("--timesteps", type=int, default=320_000, help="environment steps (one per fading block)")
     ap.add_argument("--snr-db", type=float, default=DEFAULT_SNR_DB, help="link SNR at unit power (dB)")
     ap.add_argument("--coherence", type=int, default=DEFAULT_COHERENCE, help="fading/power block length, symbols")
     ap.add_argument("--budget", type=float, default=None,

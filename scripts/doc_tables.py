@@ -248,17 +248,41 @@ def _power(rows: list[dict[str, str]], budgets: list[str] | None, sem: bool) -> 
     def psnr(r: dict[str, str]) -> str:
         return f"{float(r['psnr']):.2f} ± {float(r['psnr_sem']):.2f}" if sem else f"{float(r['psnr']):.2f}"
 
-    lines = ["| budget | uniform PSNR | oracle PSNR | **PPO PSNR** | uniform FID | oracle FID | **PPO FID** | PPO dropped |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [("| budget | uniform PSNR | oracle PSNR | **PPO PSNR** | PPO − uniform (paired) | uniform FID | oracle FID "
+             "| **PPO FID** | PPO dropped |"),
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for b in shown:
         u, o, q = (cell[(b, k)] for k in ("uniform", "oracle", "ppo"))
-        lines.append(_row(f"{float(b):g}", psnr(u), psnr(o), f"**{psnr(q)}**", f"{float(u['fid']):.1f}", f"{float(o['fid']):.1f}",
-                          f"**{float(q['fid']):.1f}**", f"{float(q['dropped']) * 100:.0f} %"))
+        lines.append(_row(f"{float(b):g}", psnr(u), psnr(o), f"**{psnr(q)}**", _gain(q), f"{float(u['fid']):.1f}",
+                          f"{float(o['fid']):.1f}", f"**{float(q['fid']):.1f}**", f"{float(q['dropped']) * 100:.0f} %"))
     worst = max(float(r["energy_ratio"]) for r in rows)
     r0 = rows[0]
     lines += ["", f"meg-tiny, Rayleigh block fading at {float(r0['snr_db']):g} dB, {r0['coherence']}-symbol blocks, "
                   f"{r0['episodes']} downloads per cell (FID over {r0['fid_images']} images); PSNR in dB"
                   + (" (mean ± s.e.m.)" if sem else "") + f"; the most energy any download used: {worst:.3f} × its budget."]
+    return lines
+
+
+def _gain(r: dict[str, str]) -> str:
+    """A policy's paired PSNR gain over uniform, ``+x.xx ± s.e.m.`` (eval-power's psnr_gain columns)."""
+    return f"{float(r['psnr_gain']):+.2f} ± {float(r['psnr_gain_sem']):.2f}"
+
+
+def power_tdl(files: list[list[dict[str, str]]]) -> list[str]:
+    """meg-lab eval-power --trace on TDL-A at 3, 30, 120 km/h: uniform / PPO PSNR and PPO's paired gain per budget."""
+    speeds = ("3 km/h", "30 km/h", "120 km/h")
+    cells = [{(r["budget"], r["policy"]): r for r in rows} for rows in files]
+    budgets = sorted({r["budget"] for r in files[0]}, key=float)
+    lines = ["| budget | " + " | ".join(f"{v}: uniform / **PPO** (PPO − uniform)" for v in speeds) + " |",
+             "|---:|" + "---|" * len(speeds)]
+    for b in budgets:
+        lines.append(_row(f"{float(b):g}", *(f"{float(c[(b, 'uniform')]['psnr']):.2f} / **{float(c[(b, 'ppo')]['psnr']):.2f}** "
+                                               f"({_gain(c[(b, 'ppo')])})" for c in cells)))
+    r0 = files[0][0]
+    worst = max(float(r["energy_ratio"]) for rows in files for r in rows)
+    lines += ["", (f"meg-tiny on TDL-A traces, {float(r0['snr_db']):g} dB, {r0['coherence']}-symbol blocks, {r0['episodes']} "
+                  "downloads per cell; PSNR in dB (mean; PPO − uniform: paired mean ± s.e.m. over the same downloads); "
+                  f"the oracle equals uniform (one gain per seed); the most energy any download used: {worst:.3f} × its budget.")]
     return lines
 
 
@@ -322,6 +346,11 @@ TABLES: dict[str, Table] = {
                        "meg-lab eval-power --out benchmarks/results/power", power_all),
     "readme/power": Table("README.md", "benchmarks/results/power/results.csv",
                           "meg-lab eval-power --out benchmarks/results/power", power_readme),
+    "power/tdl": Table("docs/power.md", "benchmarks/results/power-traces/tdl-a-3/results.csv",
+                       "meg-lab eval-power --trace tdl-a-V.npz --images 100 --draws 2 --no-fid "
+                       "--out benchmarks/results/power-traces/tdl-a-V (V = 3, 30, 120; docs/power.md)", power_tdl,
+                       extra=("benchmarks/results/power-traces/tdl-a-30/results.csv",
+                              "benchmarks/results/power-traces/tdl-a-120/results.csv")),
     "readme/eval-awgn": Table("README.md", "benchmarks/results/eval/results.csv", "meg-lab eval --out benchmarks/results/eval",
                               eval_awgn),
     "readme/serving": Table("README.md", "benchmarks/results/serving/serving.json", "python -m benchmarks.bench_serving",
