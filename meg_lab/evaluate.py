@@ -263,6 +263,7 @@ def plot(rows: list[dict[str, Any]], out: Path, titles: dict[str, str] | None = 
         size = (6 * ncols, 4.2 * nrows) if not titles else (4.6 * ncols, 3.3 * nrows)
         fig, axes = plt.subplots(nrows, ncols, figsize=size, squeeze=False)
         flat = list(axes.reshape(-1))
+        extra: list[Any] = []  # the first panel's outage line, for the legend
         for ax, ch in zip(flat, channels):
             for scheme, fc in labels:
                 pts = sorted((float(r["snr_db"]), float(r[metric])) for r in rows
@@ -274,7 +275,9 @@ def plot(rows: list[dict[str, Any]], out: Path, titles: dict[str, str] | None = 
                     name += " (delivered)"
                 ax.plot(*zip(*pts), **_style(scheme, fc), marker="o", ms=3, label=name)
             if ch in titles:
-                _plot_outage(ax, rows, ch)
+                line = _plot_outage(ax, rows, ch)
+                if ax is flat[0] and line is not None:
+                    extra.append(line)
                 ax.set_title(f"{titles[ch]} (lone UE, perfect CSI)", fontsize=9)
             else:
                 ax.set_title(f"{ch.upper()}" + (f" (block fading, L={COHERENCE})" if MODELS[ch].fading else ""))
@@ -283,11 +286,18 @@ def plot(rows: list[dict[str, Any]], out: Path, titles: dict[str, str] | None = 
             ax.grid(alpha=0.3)
         for ax in flat[len(channels):]:
             ax.set_visible(False)
-        if flat[0].get_legend_handles_labels()[0]:
-            flat[0].legend(fontsize=6 if titles else 7, ncol=2)
+        handles, names = flat[0].get_legend_handles_labels()
+        if handles:
+            flat[0].legend(handles + extra, names + [h.get_label() for h in extra], fontsize=6 if titles else 7, ncol=2)
         fig.tight_layout()
         fig.savefig(out / fname, dpi=72 if titles else 90)
         plt.close(fig)
+        if titles:  # nine panels: a 256-colour palette keeps the file small enough for the README (< 200 KB)
+            from PIL import Image
+
+            with Image.open(out / fname) as im:
+                small = im.convert("RGB").quantize(256)
+            small.save(out / fname, optimize=True)
     # Figs. 8-9: metric over (fc, SNR) for the MEG codecs on AWGN
     for metric, fname in (("psnr_db", "psnr_fc_snr.png"), ("fid", "fid_fc_snr.png")):
         designs = sorted({str(r["design"]) for r in rows if str(r["scheme"]).startswith("meg-") and r["channel"] == "awgn"})
@@ -312,17 +322,18 @@ def plot(rows: list[dict[str, Any]], out: Path, titles: dict[str, str] | None = 
         plt.close(fig)
 
 
-def _plot_outage(ax: Any, rows: list[dict[str, Any]], channel: str) -> None:
+def _plot_outage(ax: Any, rows: list[dict[str, Any]], channel: str) -> Any:
     """The digital baseline's lost images (%) on a twin axis of a 3GPP panel."""
     pts = sorted((float(r["snr_db"]), 100 * float(r["outage"])) for r in rows
                  if r["channel"] == channel and r["scheme"] == "digital-png")
     if not pts:
-        return
+        return None
     twin = ax.twinx()
-    twin.plot(*zip(*pts), color="tab:orange", alpha=0.45, linewidth=1, marker="x", ms=3, label="digital-png lost (%)")
+    (line,) = twin.plot(*zip(*pts), color="tab:orange", alpha=0.45, linewidth=1, marker="x", ms=3, label="digital-png lost (%)")
     twin.set_ylim(-3, 103)
     twin.set_ylabel("digital images lost (%)", fontsize=7, color="tab:orange")
     twin.tick_params(axis="y", labelsize=7, colors="tab:orange")
+    return line
 
 
 def write_table_ii(parts: ModelParts, codecs: dict[str, dict[float, SeedCodec]], model: Path, out: Path) -> None:

@@ -205,6 +205,39 @@ def eval_awgn(rows: list[dict[str, str]]) -> list[str]:
     return lines
 
 
+#: (column label, scheme, fc) of the README's 3GPP table, at each of EVAL_3GPP_SNRS
+EVAL_3GPP_COLS = [("pixels", "centralized", "1.0"), ("latent", "raw-latent", "1.0"), ("seed paper", "meg-paper", "0.5"),
+                  ("seed residual", "meg-residual", "0.5")]
+EVAL_3GPP_SNRS = ["0.0", "20.0"]
+EVAL_3GPP_COMMAND = ("meg-lab eval --channels tdl-a,tdl-c,cdl-c --speeds 3,30,120 --n 16 --snrs=-10:30:10 --fcs 0.5 "
+                     "--out benchmarks/results/eval-3gpp")
+
+
+def eval_3gpp(rows: list[dict[str, str]]) -> list[str]:
+    """meg-lab eval on TR 38.901 traces: PSNR dB (FID) per scheme at two mean SNRs, and the digital images lost."""
+    cell = {(r["channel"], r["scheme"], r["fc"], r["snr_db"]): r for r in rows}
+    channels = list(dict.fromkeys(r["channel"] for r in rows))
+    head, rule = ["channel"], ["---"]
+    for snr in EVAL_3GPP_SNRS:
+        db = f"{float(snr):g} dB".replace("-", "−")
+        head += [f"{label}, {db}" for label, _, _ in EVAL_3GPP_COLS] + [f"digital lost, {db}"]
+        rule += ["---:"] * (len(EVAL_3GPP_COLS) + 1)
+    lines = [_row(*head), "|" + "|".join(rule) + "|"]
+    for ch in channels:
+        model, _, speed = ch.partition("@")
+        cells = [f"{model.upper()} {speed.replace('kmh', ' km/h')}"]
+        for snr in EVAL_3GPP_SNRS:
+            for _, scheme, fc in EVAL_3GPP_COLS:
+                c = cell[(ch, scheme, fc, snr)]
+                cells.append(f"{float(c['psnr_db']):.1f} ({_r0(float(c['fid']))})")
+            cells.append(f"{100 * float(cell[(ch, 'digital-png', '1.0', snr)]['outage']):.0f} %")
+        lines.append(_row(*cells))
+    n = rows[0]["n"]
+    lines += ["", (f"PSNR dB against the perfectly received image (FID in brackets), mean over {n} prompts per cell; "
+                   "digital lost = the share of PNG images with a lost transport block (the delivered ones are exact).")]
+    return lines
+
+
 def serving(data: dict[str, Any]) -> list[str]:
     """bench_serving: images/s served vs offline, medians of the interleaved rounds."""
     m = data["median"]
@@ -353,6 +386,7 @@ TABLES: dict[str, Table] = {
                               "benchmarks/results/power-traces/tdl-a-120/results.csv")),
     "readme/eval-awgn": Table("README.md", "benchmarks/results/eval/results.csv", "meg-lab eval --out benchmarks/results/eval",
                               eval_awgn),
+    "readme/eval-3gpp": Table("README.md", "benchmarks/results/eval-3gpp/results.csv", EVAL_3GPP_COMMAND, eval_3gpp),
     "readme/serving": Table("README.md", "benchmarks/results/serving/serving.json", "python -m benchmarks.bench_serving",
                             serving),
     "readme/serving-mixed": Table("README.md", "benchmarks/results/serving/mixed.json", "python -m benchmarks.bench_mixed",
