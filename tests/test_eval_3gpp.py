@@ -129,7 +129,6 @@ def _rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-@pytest.mark.slow  # a model end to end, three sweeps (17 s on an idle 2-core host)
 def test_eval_on_a_unit_gain_trace_equals_awgn(random_model_dir: Path, tmp_path: Path) -> None:
     """The whole 3GPP path on the random model, 2 prompts, 1 SNR: a cached trace of H = 1 everywhere (numpy, in
     the cache under the spec's name) gives the AWGN rows (same noise seeds), the digital image arrives."""
