@@ -296,28 +296,31 @@ class TimelineRecorder(threading.Thread):
         """A measured request ended (call holding ``lock``)."""
         self._done.setdefault(self._bin(rec.done_s), []).append(rec)
 
-    def _close(self, k: int, t1: float | None = None) -> None:
+    def _close(self, upto: int, end: float | None = None) -> None:
+        """Close bins ``_closed .. upto-1`` with one read of the proxy (a read that fell behind, e.g. waiting on a
+        proxy that stopped answering, costs one deadline, not one per bin); the last ends at ``end`` if given."""
         link = self.sampler.sample(time.monotonic() - self.t0) if self.sampler is not None else None
-        with self.lock:
-            row = TimelineRow.of(k * self.bin_s, (k + 1) * self.bin_s if t1 is None else t1, self._sent.pop(k, 0),
-                                 self._done.pop(k, []), link)
-        self.rows.append(row)
-        self._closed = k + 1
-        if self.sink is not None:
-            self.sink(row)
+        for k in range(self._closed, upto):
+            t1 = (k + 1) * self.bin_s if end is None or k < upto - 1 else min((k + 1) * self.bin_s, end)
+            with self.lock:
+                row = TimelineRow.of(k * self.bin_s, t1, self._sent.pop(k, 0), self._done.pop(k, []), link)
+            self.rows.append(row)
+            if self.sink is not None:
+                self.sink(row)
+        self._closed = max(self._closed, upto)
 
     def run(self) -> None:
         while not self._halt.wait(max(self.t0 + (self._closed + 1) * self.bin_s - time.monotonic(), 0.0)):
-            self._close(self._closed)
+            self._close(max(int((time.monotonic() - self.t0) // self.bin_s), self._closed + 1))
 
     def finish(self) -> list[TimelineRow]:
         """Stop at the run's end: close the bins up to now (the last one ends now), and return every row."""
         self._halt.set()
         self.join()
         end = time.monotonic() - self.t0
-        while self._closed * self.bin_s < end or self._closed == 0:
-            k = self._closed
-            self._close(k, t1=min((k + 1) * self.bin_s, end))
+        upto = max(math.ceil(end / self.bin_s), 1)
+        if upto > self._closed:
+            self._close(upto, end)
         if self.sampler is not None:
             self.sampler.close()
         return self.rows
