@@ -188,12 +188,14 @@ def test_timeline_follows_a_scenario_and_agrees_with_requests_csv(random_model_d
     """Issue 20: a load run under ``meg-channel serve --scenario`` (real clock; one ES behind two names, so a
     handover changes the link, not the model): the timeline's serving ES is where the scenario's handovers route
     the UE at each read and its link SNR the SNR the scenario set on that link, a handover and several SNR steps
-    show up, the proxy's scenario clock agrees with its log, and the bins recount requests.csv exactly."""
+    show up, the proxy's scenario clock agrees with its log, and the bins (air time too: a 20 MHz cell) recount
+    requests.csv exactly."""
     scenario = _scenario(tmp_path / "ramp.toml")
     es = [script("meg-edge"), "serve", "--listen", "127.0.0.1:0", "--model", str(random_model_dir)]
     with running(es) as (_, es_port):
         ch = [script("meg-channel"), "serve", "--listen", "127.0.0.1:0", "--upstream", f"es0=127.0.0.1:{es_port}",
-              "--upstream", f"es1=127.0.0.1:{es_port}", "--snr-db", "40", "--scenario", str(scenario)]
+              "--upstream", f"es1=127.0.0.1:{es_port}", "--snr-db", "40", "--scenario", str(scenario),
+              "--bandwidth-mhz", "20"]  # a cell: the bins' air time too
         with running(ch) as (proxy, ch_port):
             s = _load(random_model_dir, f"127.0.0.1:{ch_port}", tmp_path / "run", "--ues", "1", "--duration", "16",
                       "--steps", "2", "--timeline-s", "1")
@@ -257,7 +259,9 @@ def test_timeline_follows_a_scenario_and_agrees_with_requests_csv(random_model_d
             assert float(row["latency_p99_s"]) == pytest.approx(float(np.percentile(lat, 99)), abs=2e-6)
             assert float(row["applied_snr_db"]) == pytest.approx(np.mean([float(r["downlink_snr_db"]) for r in done]),
                                                                  abs=1e-3)
+            assert float(row["air_s"]) == pytest.approx(sum(float(r["air_s"]) for r in done), abs=1e-5)
+            assert float(row["air_s"]) > 0
         else:
-            assert row["latency_p50_s"] == "" and row["applied_snr_db"] == ""
+            assert row["latency_p50_s"] == "" and row["applied_snr_db"] == "" and row["air_s"] == ""
     assert sum(int(r["finished"]) for r in rows) == len(reqs)
     assert (tmp_path / "run" / "timeline.png").read_bytes()[:4] == b"\x89PNG"
