@@ -25,7 +25,6 @@ thread stacks, not N connections.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
@@ -37,13 +36,14 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Self, TextIO
+from typing import Any, TextIO
 
 import grpc
 import numpy as np
 
 from shared.rpc.security import TlsFiles
 from shared.wire.limits import MAX_SEED
+from ue_client.csv_log import CsvLog
 from ue_client.load_timeline import (
     MAX_BINS,
     MIN_BIN_S,
@@ -551,34 +551,12 @@ def write_atomic(path: Path, text: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
-class RequestLog:
+class RequestLog(CsvLog[RequestRecord]):
     """``requests.csv``, one row per request as it ends (flushed at once: a crash or Ctrl-C keeps every row
     written so far). Thread-safe; use as a context manager."""
 
-    COLUMNS = tuple(fl.name for fl in fields(RequestRecord))
-
     def __init__(self, path: Path) -> None:
-        self.path = path
-        self._file = path.open("w", newline="")
-        self._csv = csv.writer(self._file)
-        self._lock = threading.Lock()
-        self._csv.writerow(self.COLUMNS)
-        self._file.flush()
-
-    def __call__(self, rec: RequestRecord) -> None:
-        row = [round(v, 6) if isinstance(v, float) else v for v in (getattr(rec, n) for n in self.COLUMNS)]
-        with self._lock:
-            self._csv.writerow(row)
-            self._file.flush()
-
-    def close(self) -> None:
-        self._file.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        super().__init__(path, RequestRecord)
 
 
 def write_outputs(out: Path, summary: dict[str, object], records: list[RequestRecord]) -> list[Path]:

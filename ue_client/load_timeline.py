@@ -25,20 +25,20 @@ the table printed at the end; :func:`plot_timeline` draws ``timeline.png``.
 
 from __future__ import annotations
 
-import csv
 import math
 import re
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, Self
+from typing import Any, Protocol
 
 import grpc
 import numpy as np
 
 from shared.rpc.security import TlsFiles
+from ue_client.csv_log import CsvLog
 
 #: Bins a run may have at most (a longer run gets wider bins by default; an explicit ``--timeline-s`` that
 #: would make more is refused).
@@ -240,30 +240,15 @@ def applied_snr(r: _Done) -> float | None:
     return r.downlink_snr_db if r.downlink_snr_db is not None else r.uplink_snr_db
 
 
-class TimelineLog:
+def _cell(value: object) -> object:
+    return "" if value is None else value
+
+
+class TimelineLog(CsvLog[TimelineRow]):
     """``timeline.csv``, one row per bin as it closes (flushed at once, like ``requests.csv``)."""
 
-    COLUMNS = tuple(f.name for f in fields(TimelineRow))
-
     def __init__(self, path: Path) -> None:
-        self.path = path
-        self._file = path.open("w", newline="")
-        self._csv = csv.writer(self._file)
-        self._csv.writerow(self.COLUMNS)
-        self._file.flush()
-
-    def __call__(self, row: TimelineRow) -> None:
-        self._csv.writerow(["" if v is None else v for v in (getattr(row, n) for n in self.COLUMNS)])
-        self._file.flush()
-
-    def close(self) -> None:
-        self._file.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        super().__init__(path, TimelineRow, _cell)
 
 
 class TimelineRecorder(threading.Thread):
