@@ -21,10 +21,10 @@ health_pb2_grpc.add_HealthServicer_to_server(h, server)
 port = server.add_insecure_port("127.0.0.1:0")
 server.start()
 print(f"listening on port {port}", flush=True)
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # before the mark: the test stops it once the mark is there
 for i in range(256):
     print("x" * 1023, flush=True)
 open(sys.argv[1], "w").write("done")
-signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 server.wait_for_termination()
 """
 
