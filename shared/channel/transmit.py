@@ -121,13 +121,14 @@ def transmit(
     n0 = profile.noise_power
     if tf == 1 and tp == 1:  # one block: scalar gains, a few passes over the data
         g, g_hat = float(h[0] * math.sqrt(p[0])), float(h_hat[0] * math.sqrt(p[0]))
-        y = flat * np.float32(g / scale)
+        y = flat * np.float32(g / scale) if abs(g / scale) < _F32_MAX else (flat / np.float32(scale)) * np.float32(g)
         if n0 > 0:
             noise = rng.standard_normal(n, dtype=np.float32)
             noise *= np.float32(math.sqrt(n0))
             y += noise
         if g_hat > 0:
-            y *= np.float32(scale / g_hat)
+            with np.errstate(over="ignore"):  # beyond float32's range: saturates, clipped by _finite
+                y *= np.float32(min(scale / g_hat, _F32_MAX))  # a finite gain: 0 · gain stays 0, never NaN
         else:
             y[:] = 0.0
         eff = math.inf if n0 == 0 else (10 * math.log10(g * g / n0) if g > 0 else -math.inf)
@@ -138,7 +139,10 @@ def transmit(
         gh_b = h_hat * np.sqrt(p if tp > 1 else np.full(tf, p[0])) if tf > 1 else np.sqrt(p) * h_hat[0]
         counts = np.full(len(g_b), float(length))
         counts[-1] = n - length * (len(g_b) - 1)
-        y = flat * _per_symbol((g_b / scale).astype(np.float32), n, length)
+        if bool(np.all(np.abs(g_b / scale) < _F32_MAX)):
+            y = flat * _per_symbol((g_b / scale).astype(np.float32), n, length)
+        else:  # values so small that gain / RMS leaves float32: normalise first
+            y = (flat / np.float32(scale)) * _per_symbol(g_b.astype(np.float32), n, length)
         with np.errstate(over="ignore"):  # beyond float32's range: saturates, clipped at the end
             inverse = np.where(gh_b > 0, scale / np.where(gh_b > 0, gh_b, 1.0), 0.0).astype(np.float32)
         mean_gain = float((g_b**2 * counts).sum() / n)
@@ -146,14 +150,18 @@ def transmit(
         gain = _per_symbol(h, n, lc) * np.sqrt(_per_symbol(p, n, lp))
         gain_hat = _per_symbol(h_hat, n, lc) * np.sqrt(_per_symbol(p, n, lp))
         y = gain * (flat / np.float32(scale))
-        inverse = np.where(gain_hat > 0, np.float32(scale) / np.where(gain_hat > 0, gain_hat, np.float32(1.0)), np.float32(0.0))
+        with np.errstate(over="ignore"):
+            inverse = np.where(gain_hat > 0, np.float32(scale) / np.where(gain_hat > 0, gain_hat, np.float32(1.0)),
+                               np.float32(0.0))
         mean_gain = float(np.mean(np.square(gain, dtype=np.float64)))
         length = 0
     if n0 > 0:
         noise = rng.standard_normal(n, dtype=np.float32)
         noise *= np.float32(math.sqrt(n0))
         y += noise
-    y *= inverse if length == 0 else _per_symbol(inverse, n, length)
+    inverse = np.minimum(inverse, _F32_MAX)  # finite (a zero symbol times it stays 0, never NaN)
+    with np.errstate(over="ignore"):  # a product beyond float32's range saturates; _finite clips it
+        y *= inverse if length == 0 else _per_symbol(inverse, n, length)
     eff = math.inf if n0 == 0 else (10 * math.log10(mean_gain / n0) if mean_gain > 0 else -math.inf)
     return Transmission(_finite(y).reshape(xf.shape), n, tf, energy, eff)
 
